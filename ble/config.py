@@ -1,0 +1,35 @@
+"""Config section ``ble``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProximityThresholds(BaseModel):
+    """Per-receiver RSSI thresholds written by ``bzgw ble calibrate``."""
+
+    model_config = ConfigDict(extra="forbid")
+    near_dbm: int = Field(default=-65, ge=-127, le=20, description="RSSI ≥ this: near (<2 m)")
+    medium_dbm: int = Field(default=-80, ge=-127, le=20, description="RSSI ≥ this: medium")
+    calibrated: bool = Field(default=False, description="true once measured on this unit")
+
+
+class BleConfig(BaseModel):
+    """BLE capture."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    source: Literal["bleak", "bluepy", "replay", "simulator"] = Field(
+        default="bleak", description="where adverts come from")
+    adapter: str | None = Field(default=None, description="e.g. hci0; default adapter if unset")
+    scanning_mode: Literal["passive", "active"] = "passive"
+    watchdog_s: float = Field(default=90, gt=0, description="restart scanning after this quiet")
+    replay_file: Path | None = Field(default=None, description="capture for source=replay")
+    ios_gatt_read: bool = Field(default=False, description="read iOS Bluezone IDs over GATT")
+    gatt_reads_per_minute: int = Field(default=6, ge=0, le=120)
+    max_ids_per_window: int = Field(default=20000, ge=10, description="cap, overflow counted")
+    count_window_s: int = Field(default=900, ge=60, le=3600, description="adoption window")
+    proximity: ProximityThresholds = Field(default_factory=ProximityThresholds)

@@ -1,0 +1,101 @@
+"""The ``bzgw`` command: one entry point into every stage.
+
+Each package contributes its own commands (``ble.cli``, ``qr.cli``, ``mqtt.cli``,
+``matcher.cli``); this module assembles them and turns :class:`BzgwError` into one line on
+stderr with exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import click
+
+from gateway.errors import BzgwError, ConfigError
+
+
+def _version() -> str:
+    try:
+        return version("bzgw")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+class BzgwGroup(click.Group):
+    """Group that reports product errors as one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:
+            for loc, msg in err.problems:
+                click.echo(f"error: {loc}: {msg}" if loc else f"error: {msg}", err=True)
+            ctx.exit(1)
+        except BzgwError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+        return None
+
+
+@click.group(cls=BzgwGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="bzgw")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Venue gateway for contact tracing (Bluezone, Exposure Notification, QR check-ins).
+
+    Example:
+
+        bzgw demo
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Validate configuration files."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+def config_check(file: Path) -> None:
+    """Validate a config file; errors name the line, the key and what was expected.
+
+    Example:
+
+        bzgw config check /etc/bzgw/gateway.yaml
+    """
+    from gateway.config import load
+
+    cfg = load(file)
+    sections = [name for name in ("gateway", "sealing", "mqtt", "matcher")
+                if getattr(cfg, name) is not None]
+    click.echo(f"{file}: OK ({', '.join(sections) or 'defaults only'})")
+
+
+def _register() -> None:
+    # Imported here so `bzgw --help` stays fast and a broken optional stage cannot break others.
+    from ble.cli import ble_group
+    from gateway.commands import bench, demo, enroll, outbox_group, run
+    from matcher.cli import ids_group, match, matcher_group
+    from mqtt.cli import broker_group
+    from qr.cli import qr_group
+
+    for cmd in (demo, run, bench, enroll, outbox_group, ble_group, qr_group, ids_group, match,
+                matcher_group, broker_group):
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="bzgw")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

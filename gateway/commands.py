@@ -1,0 +1,91 @@
+"""Gateway-side commands: ``demo``, ``run``, ``bench``, ``enroll``, ``outbox``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gateway.errors import BzgwError
+
+
+@click.command("demo")
+@click.option("--capture", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Feed a real capture (btsnoop/pcapng/btmon) instead of the simulator.")
+@click.option("--qr-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="QR images to check in instead of generated ones.")
+@click.option("--f0", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="F0 file (Bluezone InfoF JSON or GAEN export) to match.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for report.json / report.html and the demo state.")
+@click.option("--seed", default=7, show_default=True, help="Simulator seed.")
+def demo(capture: Path | None, qr_dir: Path | None, f0: Path | None, out: Path | None,
+         seed: int) -> None:
+    """Run the whole pipeline locally and write an exposure report.
+
+    Simulated crowd + QR images → sealed outbox → local Mosquitto (mTLS) → matcher on
+    SQLite → exposure report. Every process it starts is stopped at the end, also on Ctrl-C.
+
+    Example:
+
+        bzgw demo --out /tmp/bzgw-demo
+    """
+    from gateway.demo import run_demo
+
+    run_demo(capture=capture, qr_dir=qr_dir, f0=f0, out=out, seed=seed)
+
+
+@click.command("run")
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path))
+def run(config: Path) -> None:
+    """Run the gateway daemon (capture, seal, buffer, sync).
+
+    Example:
+
+        bzgw run --config /etc/bzgw/gateway.yaml
+    """
+    raise BzgwError("bzgw run is not available yet")
+
+
+@click.command("bench")
+@click.option("--only", multiple=True, help="Run only benchmarks whose name contains this.")
+@click.option("--json", "as_json", type=click.Path(path_type=Path), default=None,
+              help="Also write the results as JSON here.")
+@click.option("--quick", is_flag=True, help="Smaller workloads (smoke run).")
+def bench(only: tuple[str, ...], as_json: Path | None, quick: bool) -> None:
+    """Run the benchmarks in bench/ and print a table (and JSON).
+
+    Example:
+
+        bzgw bench --only ble
+    """
+    raise BzgwError("bzgw bench is not available yet")
+
+
+@click.command("enroll")
+def enroll() -> None:
+    """Device side of enrolment: make the key, write a CSR, install the signed certificate.
+
+    Example:
+
+        bzgw enroll --config /etc/bzgw/gateway.yaml --csr-out /tmp/gw.csr
+    """
+    raise BzgwError("bzgw enroll is not available yet")
+
+
+@click.group("outbox")
+def outbox_group() -> None:
+    """Inspect the sealed-batch outbox."""
+
+
+@outbox_group.command("status")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None)
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="Outbox file.")
+def outbox_status(config: Path | None, db: Path | None) -> None:
+    """Depth, oldest batch, bytes and dropped counts.
+
+    Example:
+
+        bzgw outbox status --config /etc/bzgw/gateway.yaml
+    """
+    raise BzgwError("bzgw outbox status is not available yet")

@@ -1,0 +1,25 @@
+"""Config section ``matcher``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mqtt.config import MqttConfig
+
+
+class MatcherConfig(BaseModel):
+    """The central matcher."""
+
+    model_config = ConfigDict(extra="forbid")
+    db: str = Field(default="sqlite:///var/lib/bzgw-matcher/matcher.db",
+                    description="sqlite:///path or postgresql://...")
+    private_key: Path = Field(description="HPKE private key batches are sealed to")
+    registry: Path = Field(description="gateway registry (YAML: id, province, venue, key)")
+    f0_signers: list[Path] = Field(default_factory=list,
+                                   description="health-authority public keys for F0 input")
+    retention_days: float = Field(default=21, gt=0, le=60)
+    mqtt: MqttConfig | None = None
+    dashboard_listen: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8090, ge=0, le=65535)

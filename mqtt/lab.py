@@ -1,0 +1,109 @@
+"""A complete local MQTT site in one folder: CA, broker, device and matcher identities.
+
+The demo and the tests use it to run a real Mosquitto with TLS, client certificates and the
+generated ACLs on a free loopback port. Nothing here is used on a deployed gateway.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.registry import GatewayEntry, Registry
+from mqtt.broker import MosquittoProcess, free_port
+from mqtt.broker_config import TlsFiles, write_broker_config
+from mqtt.config import MqttConfig
+from mqtt.pki import CA, write_identity
+
+
+@dataclass
+class LabGateway:
+    """A gateway identity made by the lab."""
+
+    entry: GatewayEntry
+    signing_key: Ed25519PrivateKey
+    mqtt: MqttConfig
+
+
+@dataclass
+class Lab:
+    """CA + registry + running broker under ``root``."""
+
+    root: Path
+    ca: CA
+    registry: Registry
+    broker: MosquittoProcess
+    gateways: dict[str, LabGateway] = field(default_factory=dict)
+    matcher_mqtt: dict[str, MqttConfig] = field(default_factory=dict)
+
+    def client_config(self, name: str) -> MqttConfig:
+        """Issue (once) a client certificate for ``name`` and return its connection config."""
+        pki = self.root / "pki"
+        crt, key = pki / f"{name}.crt", pki / f"{name}.key"
+        if not crt.exists():
+            k, c = self.ca.issue(name)
+            write_identity(pki, name, k, c)
+        return MqttConfig(host="127.0.0.1", port=self.broker.port, ca_file=pki / "ca.crt",
+                          cert_file=crt, key_file=key, keepalive_s=10, backoff_min_s=0.05,
+                          backoff_max_s=1)
+
+    def restart_broker(self) -> None:
+        """Start the broker again on the same port (after ``broker.kill()``)."""
+        self.broker.stop()
+        self.broker.proc = None
+        self.broker.start()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.broker.stop()
+
+
+def make_lab(root: Path, gateways: list[dict[str, str]], matchers: tuple[str, ...] = (
+        "matcher",), *, start: bool = True, persistence: bool = True) -> Lab:
+    """Build a lab: ``gateways`` are dicts with id/province/venue (district, venue_name).
+
+    Each gateway gets an Ed25519 signing key (registered) and a TLS client certificate.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    pki = root / "pki"
+    ca = CA.create("bzgw lab CA")
+    ca.save(pki / "ca.crt", pki / "ca.key")
+    skey, scert = ca.issue("localhost", server=True, hosts=("localhost", "127.0.0.1"))
+    s_crt, s_key = write_identity(pki, "broker", skey, scert)
+    made: dict[str, LabGateway] = {}
+    entries = []
+    for g in gateways:
+        sk = Ed25519PrivateKey.generate()
+        from cryptography.hazmat.primitives import serialization
+
+        pub = sk.public_key().public_bytes(serialization.Encoding.Raw,
+                                           serialization.PublicFormat.Raw)
+        entry = GatewayEntry(signing_key=pub.hex(), **g)
+        entries.append(entry)
+        made[entry.id] = LabGateway(entry, sk, None)  # type: ignore[arg-type]
+    registry = Registry(gateways={e.id: e for e in entries}, matchers=list(matchers))
+    port = free_port()
+    conf, _ = write_broker_config(
+        registry, root / "broker", port=port, bind="127.0.0.1",
+        tls=TlsFiles(pki / "ca.crt", s_crt, s_key),
+        persistence_dir=(root / "broker" / "data") if persistence else None,
+        log_file=root / "broker" / "mosquitto.log", run_as_root=os.geteuid() == 0)
+    if persistence:
+        (root / "broker" / "data").mkdir(parents=True, exist_ok=True)
+    broker = MosquittoProcess(conf=conf, port=port, log=root / "broker" / "mosquitto.log")
+    lab = Lab(root=root, ca=ca, registry=registry, broker=broker, gateways=made)
+    for gid, lg in made.items():
+        lg.mqtt = lab.client_config(gid)
+    for m in matchers:
+        lab.matcher_mqtt[m] = lab.client_config(m)
+    registry.save(root / "registry.yaml")
+    if start:
+        broker.start()
+    return lab

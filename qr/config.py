@@ -1,0 +1,26 @@
+"""Config section ``qr``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QrConfig(BaseModel):
+    """QR check-in capture."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    source: Literal["picamera2", "v4l2", "folder", "video", "none"] = "none"
+    device: str = Field(default="/dev/video0", description="V4L2 device")
+    folder: Path | None = Field(default=None, description="watched image folder")
+    video: Path | None = Field(default=None, description="video file")
+    fps: float = Field(default=10, gt=0, le=60)
+    width: int = Field(default=640, ge=160, le=4096)
+    height: int = Field(default=480, ge=120, le=4096)
+    cooldown_s: float = Field(default=300, ge=0, description="same code again = same check-in")
+    frame_budget_ms: float = Field(default=30, gt=0, description="decode retries stop here")
+    trust_list: Path | None = Field(default=None, description="EU DCC signer certificates")
+    checkin_key: Path | None = Field(default=None, description="public key for bzgw QR codes")
