@@ -59,7 +59,9 @@ def bench(only: tuple[str, ...], as_json: Path | None, quick: bool) -> None:
 
         bzgw bench --only ble
     """
-    raise BzgwError("bzgw bench is not available yet")
+    from gateway.benchrun import main
+
+    main(only, as_json, quick)
 
 
 @click.command("enroll")
