@@ -64,15 +64,55 @@ def bench(only: tuple[str, ...], as_json: Path | None, quick: bool) -> None:
     main(only, as_json, quick)
 
 
-@click.command("enroll")
-def enroll() -> None:
+@click.group("enroll", invoke_without_command=True)
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
+              help="Gateway (or matcher) config naming the key, CSR and certificate paths.")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Instead of --config: keep device.key, tls.key, tls.csr, tls.crt here.")
+@click.option("--id", "identity", default=None,
+              help="Certificate CN (default: gateway.id from --config).")
+@click.option("--csr-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where to write the CSR (default: next to the TLS key).")
+@click.option("--no-signing-key", is_flag=True,
+              help="TLS identity only (matcher, broker): no Ed25519 sealing key.")
+@click.option("--install-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Install this signed certificate (after checking it).")
+@click.option("--ca", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="The provincial CA certificate it must chain to.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_context
+def enroll(ctx: click.Context, config: Path | None, state_dir: Path | None,
+           identity: str | None, csr_out: Path | None, no_signing_key: bool,
+           install_cert: Path | None, ca: Path | None, as_json: bool) -> None:
     """Device side of enrolment: make the key, write a CSR, install the signed certificate.
+
+    Creates the Ed25519 signing key and the TLS key if missing (mode 0600), writes a CSR with
+    CN = gateway id and prints the signing public key (hex) for the registry. Private keys
+    never leave this host. With --install-cert, checks that the certificate matches the TLS
+    key and chains to --ca, then installs both. Safe to repeat.
 
     Example:
 
         bzgw enroll --config /etc/bzgw/gateway.yaml --csr-out /tmp/gw.csr
+        bzgw enroll --config gateway.yaml --install-cert gw.crt --ca ca.crt
     """
-    raise BzgwError("bzgw enroll is not available yet")
+    if ctx.invoked_subcommand is not None:
+        return
+    from gateway.enroll import run_device_enroll
+
+    run_device_enroll(config=config, state_dir=state_dir, identity=identity, csr_out=csr_out,
+                      no_signing_key=no_signing_key, install_cert=install_cert, ca=ca,
+                      as_json=as_json)
+
+
+def _enroll_subcommands() -> None:
+    # The control-node side (CA init, signing) lives with the rest of enrolment.
+    from gateway.enroll import register_ca_commands
+
+    register_ca_commands(enroll)
+
+
+_enroll_subcommands()
 
 
 @click.group("outbox")
