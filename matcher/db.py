@@ -1,0 +1,295 @@
+"""Database connections for the store: SQLite (default) and PostgreSQL, one small interface.
+
+SQL is written once with ``?`` placeholders; the PostgreSQL side rewrites them to ``%s``. Bulk
+loads differ on purpose: SQLite takes ``executemany`` in one transaction, PostgreSQL takes
+``COPY`` (binary, built with numpy where the rows are fixed-width).
+
+URLs:
+
+- ``sqlite:///var/lib/x.db`` or ``sqlite:////var/lib/x.db`` → ``/var/lib/x.db``; a plain path
+  (no scheme) is a SQLite file too; ``sqlite://`` or ``sqlite:///:memory:`` is in memory.
+- ``postgresql://user@host:5432/db?schema=name`` → PostgreSQL; the optional ``schema`` query
+  parameter (not a libpq option) selects, and creates, the schema the tables live in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from gateway.errors import BzgwError
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+
+
+class StoreError(BzgwError):
+    """The store cannot be opened or used (bad URL, unreachable server, schema problem)."""
+
+
+class Database(ABC):
+    """One connection, one dialect."""
+
+    dialect: str
+    integrity_errors: tuple[type[BaseException], ...]
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one statement; return its rows (empty for statements without a result)."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each row."""
+
+    @abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A write transaction (nested calls become savepoints)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
+
+    def insert_rows(self, table: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows (inside the caller's transaction)."""
+        if not rows:
+            return
+        marks = ", ".join("?" for _ in columns)
+        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    @abstractmethod
+    def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT/UPDATE/DELETE; return the number of rows it changed."""
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """First column of the first row, or ``None``."""
+        rows = self.execute(sql, params)
+        return rows[0][0] if rows else None
+
+
+class SqliteDatabase(Database):
+    """SQLite in WAL mode: several matcher processes may share one file."""
+
+    dialect = "sqlite"
+    integrity_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN ourselves, so a write transaction takes the
+            # lock up front (BEGIN IMMEDIATE) instead of failing half-way under contention.
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s,
+                                        check_same_thread=False)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open SQLite database {path}: {err}") from err
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the ident index stays hot
+        self.conn.execute("PRAGMA mmap_size=1073741824")
+        self._depth = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one statement."""
+        return self.conn.execute(sql, params).fetchall()
+
+    def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; rows changed."""
+        return self.conn.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement per row."""
+        self.conn.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; nested levels are savepoints."""
+        if self._depth:
+            name = f"sp{self._depth}"
+            self.conn.execute(f"SAVEPOINT {name}")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+                raise
+            finally:
+                self._depth -= 1
+            self.conn.execute(f"RELEASE {name}")
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through psycopg 3 (autocommit outside explicit transactions)."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self.integrity_errors = (psycopg.errors.IntegrityError,)
+        self.schema = schema
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as err:
+            raise StoreError(f"cannot connect to PostgreSQL ({_redact(url)}): {err}") from err
+        if schema:
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(schema)))
+            self.conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+
+    @staticmethod
+    def _pg(sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one statement."""
+        cur = self.conn.execute(self._pg(sql), params or None)
+        return cur.fetchall() if cur.description else []
+
+    def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; rows changed."""
+        return self.conn.execute(self._pg(sql), params or None).rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement per row (pipelined by psycopg)."""
+        with self.conn.cursor() as cur:
+            cur.executemany(self._pg(sql), rows)
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """psycopg's transaction block (savepoints when nested)."""
+        return _discard(self.conn.transaction())
+
+    def insert_rows(self, table: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """COPY the rows in (text protocol handled by psycopg's dumpers)."""
+        if not rows:
+            return
+        with self.conn.cursor() as cur, cur.copy(
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+
+    def copy_binary(self, table: str, columns: Sequence[str], payload: bytes) -> None:
+        """``COPY ... FROM STDIN (FORMAT BINARY)`` of a payload built by :func:`pg_binary`."""
+        with self.conn.cursor() as cur, cur.copy(
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.write(payload)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def _discard(cm: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with cm:
+        yield
+
+
+PG_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+PG_COPY_TRAILER = struct.pack(">h", -1)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """Remove our ``schema`` query parameter from a PostgreSQL URL; return (url, schema)."""
+    parts = urlsplit(url)
+    q = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in q if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in q if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema or None
+
+
+def sqlite_path(url: str) -> str:
+    """The file path (or ``:memory:``) of a ``sqlite:`` URL or a plain path."""
+    if not url.startswith("sqlite:"):
+        return url
+    rest = url[len("sqlite:"):]
+    if rest in ("", "//", "///:memory:", ":memory:"):
+        return ":memory:"
+    if rest.startswith("//"):
+        rest = rest[2:]  # authority part (always empty for SQLite)
+    if rest.startswith("//"):
+        rest = rest[1:]  # sqlite:////abs/path
+    if not rest:
+        raise StoreError(f"no file path in {url!r}")
+    return rest
+
+
+def connect(url: str, *, schema: str | None = None) -> Database:
+    """Open the database a URL names.
+
+    Raises:
+        StoreError: unknown scheme, unreachable server or unopenable file.
+    """
+    scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
+    if scheme in ("postgresql", "postgres"):
+        clean, from_url = split_schema(url)
+        return PostgresDatabase(clean, schema=schema or from_url)
+    if scheme in ("sqlite", ""):
+        return SqliteDatabase(sqlite_path(url))
+    raise StoreError(f"unsupported database URL {_redact(url)!r}: use sqlite:///path or "
+                     "postgresql://...")
+
+
+def pg_binary(columns: Sequence[tuple[str, Any]]) -> bytes:
+    """A binary ``COPY`` payload for fixed-width, non-null columns, built without a Python loop.
+
+    Args:
+        columns: ``(pg_type, numpy array)`` pairs of equal length; types ``bytea`` (array of
+            dtype ``S<n>``), ``int4``, ``int8`` and ``float8``.
+    """
+    import numpy as np
+
+    n = len(columns[0][1]) if columns else 0
+    fields: list[tuple[str, Any]] = [("nf", ">i2")]
+    widths = []
+    for i, (typ, arr) in enumerate(columns):
+        if len(arr) != n:
+            raise ValueError("columns differ in length")
+        if typ == "bytea":
+            dt = np.dtype(f"S{arr.dtype.itemsize}")
+        else:
+            dt = np.dtype({"int4": ">i4", "int8": ">i8", "float8": ">f8"}[typ])
+        fields += [(f"l{i}", ">i4"), (f"v{i}", dt)]
+        widths.append(dt.itemsize)
+    rec = np.empty(n, dtype=np.dtype(fields))
+    rec["nf"] = len(columns)
+    for i, (_typ, arr) in enumerate(columns):
+        rec[f"l{i}"] = widths[i]
+        rec[f"v{i}"] = arr
+    return PG_COPY_HEADER + rec.tobytes() + PG_COPY_TRAILER

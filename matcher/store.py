@@ -1,0 +1,336 @@
+"""The matcher's store: one schema on SQLite (default, zero set-up) and PostgreSQL (a province).
+
+Writes come from ingest (:meth:`Store.add_batch`, one transaction per batch, idempotent on
+``(gateway, seq)``), gateway status and health, and ingest counters. Reads serve matching
+(:mod:`matcher.match`) and the dashboard. :meth:`Store.purge` enforces retention.
+
+Times are stored as the gateway's wall-clock estimate; each record also points at the clock
+epoch (boot id, offset, sync state, source, uncertainty) it was computed in, so a later clock
+correction can re-time it and matching can widen windows by the uncertainty.
+
+Example::
+
+    store = open_store("sqlite:///var/lib/bzgw-matcher/matcher.db")
+    store.add_batch(entry, header, batch)
+    store.purge(time.time(), 21)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from ble.records import Sighting
+from gateway.batch import Batch
+from gateway.clock import ClockEpoch
+from gateway.registry import GatewayEntry
+from matcher import schema
+from matcher.db import Database, StoreError, connect
+from matcher.identity import checkin_phone
+from matcher.rows import Counter, EpochInfo, GatewayState, HeaderLike
+from matcher.store_read import StoreReads
+
+AddResult = Literal["stored", "duplicate", "replay"]
+DAY = 86400.0
+_SIGHTING_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "slot_start",
+                  "first_seen", "last_seen", "count", "rssi_max", "rssi_median", "tx_power",
+                  "proximity", "aem")
+_CHECKIN_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "ts", "kind", "subject", "masked",
+                 "fields", "phone")
+_COUNT_COLS = ("gw_id", "venue_id", "seq", "window_start", "window_len", "bluezone", "gaen",
+               "other_phones", "other_devices", "overflow", "by_kind")
+
+
+class Store(StoreReads):
+    """A migrated database plus small caches of venue, gateway and epoch ids."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self._gw_ids: dict[str, tuple[int, int]] = {}  # gateway id -> (gw_id, venue_id)
+        self._epoch_ids: dict[tuple[int, ClockEpoch], int] = {}
+        self.migrate()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                   " name TEXT NOT NULL, applied_at " + schema.render("{real}", db.dialect)
+                   + " NOT NULL)")
+        done: list[int] = []
+        with db.transaction():
+            if db.dialect == "postgres":  # concurrent matchers starting together
+                db.execute("SELECT pg_advisory_xact_lock(4242)")
+            applied = {int(r[0]) for r in db.execute("SELECT version FROM schema_migrations")}
+            if applied and max(applied) > schema.SCHEMA_VERSION:
+                raise StoreError(f"database schema version {max(applied)} is newer than this "
+                                 f"matcher ({schema.SCHEMA_VERSION}): upgrade bzgw")
+            for m in schema.pending(applied):
+                for stmt in m.statements:
+                    db.execute(schema.render(stmt, db.dialect))
+                db.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                           "VALUES (?, ?, ?)", (m.version, m.name, time.time()))
+                done.append(m.version)
+        return done
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- registry -> ids ---------------------------------------------------------------------
+    def ensure_gateway(self, entry: GatewayEntry) -> tuple[int, int]:
+        """``(gw_id, venue_id)`` for a registry entry, creating or moving it as registered."""
+        cached = self._gw_ids.get(entry.id)
+        db = self.db
+        if cached is None or self._venue_changed(cached[1], entry):
+            db.execute("INSERT INTO venues (province, venue, name, district) VALUES (?,?,?,?) "
+                       "ON CONFLICT (province, venue) DO UPDATE SET name = excluded.name, "
+                       "district = excluded.district",
+                       (entry.province, entry.venue, entry.venue_name, entry.district))
+            venue_id = int(db.scalar("SELECT id FROM venues WHERE province = ? AND venue = ?",
+                                     (entry.province, entry.venue)))
+            db.execute("INSERT INTO gateways (gateway_id, venue_id) VALUES (?, ?) ON CONFLICT "
+                       "(gateway_id) DO UPDATE SET venue_id = excluded.venue_id",
+                       (entry.id, venue_id))
+            gw_id = int(db.scalar("SELECT id FROM gateways WHERE gateway_id = ?", (entry.id,)))
+            cached = (gw_id, venue_id)
+            self._gw_ids[entry.id] = cached
+            self._venues.pop(venue_id, None)
+            self._gw_names[gw_id] = entry.id
+        return cached
+
+    def _venue_changed(self, venue_id: int, entry: GatewayEntry) -> bool:
+        v = self.venue(venue_id)
+        return (v.province, v.venue, v.name, v.district) != (
+            entry.province, entry.venue, entry.venue_name, entry.district)
+
+    def _epoch_id(self, gw_id: int, e: ClockEpoch) -> int:
+        key = (gw_id, e)
+        got = self._epoch_ids.get(key)
+        if got is not None:
+            return got
+        params = (gw_id, e.boot_id, e.offset, int(e.synced), str(e.source), e.uncertainty)
+        self.db.execute(
+            "INSERT INTO clock_epochs (gw_id, boot_id, clock_offset, synced, source, "
+            "uncertainty, applied_offset) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (*params, e.offset))
+        got = int(self.db.scalar(
+            "SELECT id FROM clock_epochs WHERE gw_id = ? AND boot_id = ? AND clock_offset = ? "
+            "AND synced = ? AND source = ? AND uncertainty = ?", params))
+        self._epoch_ids[key] = got
+        return got
+
+    # -- ingest ------------------------------------------------------------------------------
+    def add_batch(self, entry: GatewayEntry, header: HeaderLike, batch: Batch, *,
+                  digest: bytes = b"", size: int = 0,
+                  received_at: float | None = None) -> AddResult:
+        """Store one opened batch, once.
+
+        Args:
+            entry: the registry entry of the gateway that signed it.
+            header: its header (gateway id, sequence number, created-at).
+            batch: the opened records.
+            digest: a hash of the sealed bytes; a known ``seq`` arriving with another digest
+                is a replay (a different batch reusing a sequence number).
+            size: sealed size in bytes (for statistics).
+            received_at: when it arrived (default now).
+
+        Returns:
+            ``"stored"``, ``"duplicate"`` (already stored: nothing written) or ``"replay"``
+            (sequence number reused or already purged: nothing written).
+        """
+        if header.gateway_id != entry.id:
+            raise StoreError(f"header gateway {header.gateway_id!r} is not {entry.id!r}")
+        now = time.time() if received_at is None else received_at
+        try:
+            with self._tx():
+                gw_id, venue_id = self.ensure_gateway(entry)
+                verdict = self._seq_verdict(gw_id, header.seq, digest)
+                if verdict is not None:
+                    return verdict
+                self._insert_batch(gw_id, venue_id, header, batch, digest, size, now)
+        except self.db.integrity_errors:
+            return "duplicate"  # another matcher process stored this (gateway, seq) first
+        return "stored"
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            with self.db.transaction():
+                yield
+        except BaseException:
+            # ids cached inside a rolled-back transaction may not exist
+            self._gw_ids.clear()
+            self._epoch_ids.clear()
+            raise
+
+    def _seq_verdict(self, gw_id: int, seq: int, digest: bytes) -> AddResult | None:
+        row = self.db.execute("SELECT digest FROM batches WHERE gw_id = ? AND seq = ?",
+                              (gw_id, seq))
+        if row:
+            known = bytes(row[0][0])
+            return "duplicate" if (not digest or not known or known == digest) else "replay"
+        purged = self.db.scalar("SELECT purged_seq FROM gateways WHERE id = ?", (gw_id,))
+        if purged is not None and seq <= int(purged):
+            return "replay"
+        return None
+
+    def _insert_batch(self, gw_id: int, venue_id: int, header: HeaderLike, batch: Batch,
+                      digest: bytes, size: int, now: float) -> None:
+        db = self.db
+        times = [s.last_seen for s in batch.sightings] + [c.ts for c in batch.checkins]
+        db.execute(
+            "INSERT INTO batches (gw_id, seq, digest, created_at, received_at, size, t_max, "
+            "n_sightings, n_checkins, n_counts, n_corrections) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (gw_id, header.seq, digest, header.created_at, now, size,
+             max(times) if times else None, len(batch.sightings), len(batch.checkins),
+             len(batch.counts), len(batch.corrections)))
+        seq = header.seq
+        db.insert_rows("sightings", _SIGHTING_COLS, [
+            (gw_id, venue_id, seq, self._epoch_id(gw_id, s.clock), str(s.kind), bytes(s.ident),
+             int(s.slot_start), float(s.first_seen), float(s.last_seen), int(s.count),
+             s.rssi_max, s.rssi_median, s.tx_power, str(s.proximity), s.aem)
+            for s in batch.sightings])
+        db.insert_rows("checkins", _CHECKIN_COLS, [
+            (gw_id, venue_id, seq, self._epoch_id(gw_id, c.clock), float(c.ts), str(c.kind),
+             c.subject, c.masked, json.dumps(c.fields, ensure_ascii=False, sort_keys=True),
+             checkin_phone(c.subject, c.fields))
+            for c in batch.checkins])
+        db.insert_rows("adoption_counts", _COUNT_COLS, [
+            (gw_id, venue_id, seq, int(a.window_start), int(a.window_len), a.bluezone, a.gaen,
+             a.other_phones, a.other_devices, a.overflow, json.dumps(a.by_kind, sort_keys=True))
+            for a in batch.counts])
+        db.insert_rows("clock_corrections", (
+            "gw_id", "seq", "boot_id", "old_offset", "new_offset", "uncertainty", "source",
+            "received_at"), [(gw_id, seq, k.boot_id, k.old_offset, k.new_offset, k.uncertainty,
+                              k.source, now) for k in batch.corrections])
+        db.execute(
+            "UPDATE gateways SET last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END, "
+            "batches = batches + 1, last_batch_at = ?, last_created_at = ? WHERE id = ?",
+            (seq, seq, now, header.created_at, gw_id))
+        span = _max_span(batch.sightings)
+        if span > 0:
+            self._raise_stat("max_span", span)
+        if batch.counts:
+            self._raise_stat("max_window_len", max(a.window_len for a in batch.counts))
+
+    def _raise_stat(self, key: str, value: float) -> None:
+        self.db.execute("INSERT INTO stats (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+                        "UPDATE SET value = CASE WHEN excluded.value > stats.value THEN "
+                        "excluded.value ELSE stats.value END", (key, value))
+
+    def count(self, reason: str, gateway_id: str = "", n: int = 1) -> None:
+        """Add ``n`` to the ingest counter ``(reason, gateway_id)``.
+
+        ``gateway_id`` comes from a topic and is not trusted: it is cut to 64 characters.
+        """
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO ingest_counters (reason, gateway_id, n, updated_at) VALUES "
+                "(?,?,?,?) ON CONFLICT (reason, gateway_id) DO UPDATE SET n = "
+                "ingest_counters.n + excluded.n, updated_at = excluded.updated_at",
+                (reason[:64], gateway_id[:64], n, time.time()))
+
+    def counters(self) -> list[Counter]:
+        """Every ingest counter, by reason then gateway."""
+        return [Counter(r, g, int(n), float(u)) for r, g, n, u in self.db.execute(
+            "SELECT reason, gateway_id, n, updated_at FROM ingest_counters "
+            "ORDER BY reason, gateway_id")]
+
+    def counter_totals(self) -> dict[str, int]:
+        """Ingest outcomes summed over gateways: ``{"stored": 12, "bad_signature": 1}``."""
+        return {r: int(n) for r, n in self.db.execute(
+            "SELECT reason, SUM(n) FROM ingest_counters GROUP BY reason ORDER BY reason")}
+
+    # -- status and health (for the dashboard) ------------------------------------------------
+    def set_status(self, entry: GatewayEntry, status: str, at: float | None = None) -> None:
+        """Remember a gateway's last retained status (``online``/``offline``...)."""
+        with self._tx():
+            gw_id, _ = self.ensure_gateway(entry)
+            self.db.execute("UPDATE gateways SET status = ?, status_at = ? WHERE id = ?",
+                            (status[:200], time.time() if at is None else at, gw_id))
+
+    def set_health(self, entry: GatewayEntry, health: dict[str, Any],
+                   at: float | None = None) -> None:
+        """Remember a gateway's last health report (stored as JSON)."""
+        with self._tx():
+            gw_id, _ = self.ensure_gateway(entry)
+            self.db.execute("UPDATE gateways SET health = ?, health_at = ? WHERE id = ?",
+                            (json.dumps(health, ensure_ascii=False, sort_keys=True),
+                             time.time() if at is None else at, gw_id))
+
+    def gateways(self) -> list[GatewayState]:
+        """Every gateway the matcher has heard of, with its last status and health."""
+        out = []
+        for (gid, venue_id, last_seq, batches, last_at, last_created, status, status_at,
+             health, health_at) in self.db.execute(
+                "SELECT gateway_id, venue_id, last_seq, batches, last_batch_at, "
+                "last_created_at, status, status_at, health, health_at FROM gateways "
+                "ORDER BY gateway_id"):
+            out.append(GatewayState(
+                gateway_id=gid, venue=self.venue(int(venue_id)), last_seq=int(last_seq),
+                batches=int(batches), last_batch_at=last_at, last_created_at=last_created,
+                status=status, status_at=status_at,
+                health=json.loads(health) if health else None, health_at=health_at))
+        return out
+
+    # -- retention ---------------------------------------------------------------------------
+    def purge(self, now: float, retention_days: float) -> dict[str, int]:
+        """Delete every record older than the window; return rows deleted per table.
+
+        Records go by their own time (venue by venue, through the venue+time indexes); batch
+        rows go by receipt time, and each gateway keeps the highest purged sequence number so
+        a replay of a purged batch is still refused.
+        """
+        if retention_days <= 0:
+            raise StoreError("retention must be positive")
+        cutoff = now - retention_days * DAY
+        db = self.db
+        out = {"sightings": 0, "checkins": 0, "adoption_counts": 0, "batches": 0,
+               "clock_corrections": 0}
+        venue_ids = [int(r[0]) for r in db.execute("SELECT id FROM venues")]
+        for vid in venue_ids:
+            with db.transaction():
+                for table, col in (("sightings", "first_seen"), ("checkins", "ts"),
+                                   ("adoption_counts", "window_start")):
+                    out[table] += self._delete(
+                        f"DELETE FROM {table} WHERE venue_id = ? AND {col} < ?", (vid, cutoff))
+        with db.transaction():
+            db.execute("UPDATE gateways SET purged_seq = (SELECT MAX(b.seq) FROM batches b "
+                       "WHERE b.gw_id = gateways.id AND b.received_at < ?) WHERE EXISTS ("
+                       "SELECT 1 FROM batches b WHERE b.gw_id = gateways.id AND "
+                       "b.received_at < ? AND b.seq > gateways.purged_seq)", (cutoff, cutoff))
+            out["batches"] = self._delete("DELETE FROM batches WHERE received_at < ?", (cutoff,))
+            out["clock_corrections"] = self._delete(
+                "DELETE FROM clock_corrections WHERE received_at < ?", (cutoff,))
+        return out
+
+    def _delete(self, sql: str, params: Sequence[Any]) -> int:
+        return self.db.modify(sql, params)
+
+
+def _max_span(sightings: list[Sighting]) -> float:
+    return max((s.last_seen - s.first_seen for s in sightings), default=0.0)
+
+
+def open_store(url: str, *, schema_name: str | None = None) -> Store:
+    """Open (and migrate) the store a URL names: ``sqlite:///path`` or ``postgresql://...``.
+
+    Raises:
+        StoreError: unsupported URL, unreachable server, or a newer schema.
+    """
+    return Store(connect(url, schema=schema_name))
+
+
+__all__ = ["AddResult", "EpochInfo", "Store", "StoreError", "open_store"]

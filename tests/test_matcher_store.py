@@ -1,0 +1,215 @@
+"""The matcher store: one test suite run against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ble.records import AdoptionCount
+from gateway.batch import Batch, ClockCorrection
+from gateway.clock import ClockEpoch, ClockSource
+from matcher import schema
+from matcher.db import StoreError, split_schema, sqlite_path
+from matcher.store import Store, open_store
+from matcher.testing import Header, checkin, entry, sighting, temp_store
+
+T0 = 1_700_000_000.0
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    with temp_store(request.param, tmp_path, url) as s:
+        yield s
+
+
+def _batch(n: int = 3, t: float = T0, *, clock: ClockEpoch | None = None) -> Batch:
+    kw = {"clock": clock} if clock else {}
+    return Batch(sightings=[sighting(os.urandom(12), t + 60 * i, **kw) for i in range(n)],
+                 checkins=[checkin("001099012345", t + 5, fields={"name": "Nguyễn Văn A"})],
+                 counts=[AdoptionCount(window_start=int(t), window_len=900, bluezone=n,
+                                       other_phones=7)])
+
+
+def test_batch_is_stored_once_and_redelivery_is_a_duplicate(store: Store) -> None:
+    gw = entry("gw-a", venue_name="Chợ A")
+    b = _batch(3)
+    assert store.add_batch(gw, Header("gw-a", 1, T0), b, digest=b"d1") == "stored"
+    assert store.add_batch(gw, Header("gw-a", 1, T0), b, digest=b"d1") == "duplicate"
+    counts = store.row_counts()
+    assert (counts["batches"], counts["sightings"], counts["checkins"],
+            counts["adoption_counts"]) == (1, 3, 1, 1)
+    [g] = store.gateways()
+    assert (g.gateway_id, g.last_seq, g.batches, g.venue.name) == ("gw-a", 1, 1, "Chợ A")
+
+
+def test_sequence_reused_with_other_content_is_a_replay(store: Store) -> None:
+    gw = entry("gw-a")
+    assert store.add_batch(gw, Header("gw-a", 7, T0), _batch(2), digest=b"one") == "stored"
+    assert store.add_batch(gw, Header("gw-a", 7, T0), _batch(2), digest=b"two") == "replay"
+    assert store.row_counts()["sightings"] == 2
+
+
+def test_header_of_another_gateway_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="gw-b"):
+        store.add_batch(entry("gw-a"), Header("gw-b", 1, T0), _batch(1))
+
+
+def test_lost_race_on_unique_key_reports_duplicate(store: Store, monkeypatch:
+                                                   pytest.MonkeyPatch) -> None:
+    gw = entry("gw-a")
+    assert store.add_batch(gw, Header("gw-a", 3, T0), _batch(1), digest=b"x") == "stored"
+    # A second matcher that checked before the first committed: only the unique key saves it.
+    monkeypatch.setattr(store, "_seq_verdict", lambda *a: None)
+    assert store.add_batch(gw, Header("gw-a", 3, T0), _batch(4), digest=b"x") == "duplicate"
+    assert store.row_counts()["sightings"] == 1
+    monkeypatch.undo()
+    assert store.add_batch(gw, Header("gw-a", 4, T0), _batch(2)) == "stored"
+    assert store.row_counts()["sightings"] == 3
+
+
+def test_clock_epoch_is_kept_per_record(store: Store) -> None:
+    free = ClockEpoch(boot_id="b-free", offset=123.5, synced=False, source=ClockSource.NONE,
+                      uncertainty=math.inf)
+    ident = os.urandom(12)
+    b = Batch(sightings=[sighting(ident, T0, clock=free)])
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), b)
+    [(idx, row)] = store.sightings_for_idents([os.urandom(12), ident])
+    assert idx == 1
+    assert row.clock.boot_id == "b-free"
+    assert row.clock.offset == 123.5
+    assert row.clock.synced is False
+    assert row.clock.source == "none"
+    assert math.isinf(row.clock.uncertainty)
+    assert (row.first_seen, row.last_seen, row.gateway_id) == (T0, T0 + 60, "gw-a")
+
+
+def test_ident_lookup_mixes_widths(store: Store) -> None:
+    bz, en = os.urandom(12), os.urandom(16)
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0),
+                    Batch(sightings=[sighting(bz, T0), sighting(en, T0 + 10)]))
+    got = store.sightings_for_idents([en, os.urandom(16), bz])
+    assert sorted((i, r.kind) for i, r in got) == [(0, "gaen"), (2, "bluezone")]
+    assert store.sightings_for_idents([]) == []
+
+
+def test_identity_lookup_by_subject_and_by_phone(store: Store) -> None:
+    b = Batch(checkins=[checkin("001099012345", T0), checkin("P-77", T0 + 100,
+                                                             fields={"phone": "+84 912 345 678"}),
+                        checkin("0987654321", T0 + 200)])
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), b)
+    assert [c.ts for c in store.checkins_for_identity(["001099012345"])] == [T0]
+    assert [c.subject for c in store.checkins_for_identity([], ["0912345678"])] == ["P-77"]
+    assert [c.subject for c in store.checkins_for_identity([], ["0987654321"])] == [
+        "0987654321"]
+    assert store.checkins_for_identity(["001099012345"], since=T0 + 1) == []
+
+
+def test_co_presence_queries_respect_venue_and_overlap(store: Store) -> None:
+    a, b = entry("gw-a", venue="cho-a"), entry("gw-b", venue="ben-xe-b")
+    inside, before, other_venue = os.urandom(12), os.urandom(12), os.urandom(12)
+    store.add_batch(a, Header("gw-a", 1, T0), Batch(
+        sightings=[sighting(inside, T0 + 500, dwell=300), sighting(before, T0 - 2000)],
+        checkins=[checkin("001099000001", T0 + 600), checkin("001099000002", T0 + 5000)]))
+    store.add_batch(b, Header("gw-b", 1, T0), Batch(sightings=[sighting(other_venue, T0 + 600)]))
+    vid = store.ensure_gateway(a)[1]
+    assert store.sightings_at(vid, T0 + 700, T0 + 1000) == [("bluezone", inside)]
+    assert [c.subject for c in store.checkins_at(vid, T0, T0 + 1000)] == ["001099000001"]
+    adoption = store.adoption_at(vid, T0, T0 + 1000)
+    assert adoption.windows == 0
+
+
+def test_adoption_windows_overlapping_a_range(store: Store) -> None:
+    gw = entry("gw-a")
+    store.add_batch(gw, Header("gw-a", 1, T0), Batch(counts=[
+        AdoptionCount(window_start=int(T0), window_len=900, bluezone=3, other_phones=10),
+        AdoptionCount(window_start=int(T0 + 900), window_len=900, bluezone=5, other_phones=4),
+        AdoptionCount(window_start=int(T0 + 5000), window_len=900, bluezone=50)]))
+    got = store.adoption_at(store.ensure_gateway(gw)[1], T0 + 800, T0 + 1000)
+    assert (got.windows, got.max_bluezone, got.max_other_phones) == (2, 5, 10)
+    assert got.by_gateway == {"gw-a": 10}
+
+
+def test_purge_deletes_past_the_window_and_remembers_purged_sequence(store: Store) -> None:
+    gw = entry("gw-a")
+    old, new = T0 - 30 * DAY, T0 - DAY
+    store.add_batch(gw, Header("gw-a", 1, old), _batch(2, old), received_at=old, digest=b"1")
+    store.add_batch(gw, Header("gw-a", 2, new), Batch(
+        sightings=[sighting(os.urandom(12), new)],
+        corrections=[ClockCorrection("b", 1.0, 2.0, 0.1, "ntp")]), received_at=new)
+    deleted = store.purge(T0, 21)
+    assert deleted["sightings"] == 2 and deleted["checkins"] == 1
+    assert deleted["adoption_counts"] == 1 and deleted["batches"] == 1
+    left = store.row_counts()
+    assert (left["sightings"], left["checkins"], left["batches"],
+            left["clock_corrections"]) == (1, 0, 1, 1)
+    # The purged batch delivered again must not come back.
+    assert store.add_batch(gw, Header("gw-a", 1, old), _batch(2, old), digest=b"1") == "replay"
+    assert store.purge(T0 + 30 * DAY, 21)["clock_corrections"] == 1
+    with pytest.raises(StoreError):
+        store.purge(T0, 0)
+
+
+def test_counters_status_and_health(store: Store) -> None:
+    gw = entry("gw-a")
+    store.count("stored", "gw-a")
+    store.count("stored", "gw-a", 2)
+    store.count("bad_signature", "x" * 500)
+    assert store.counter_totals() == {"bad_signature": 1, "stored": 3}
+    assert {(c.reason, c.gateway_id[:3], c.n) for c in store.counters()} == {
+        ("bad_signature", "xxx", 1), ("stored", "gw-", 3)}
+    assert max(len(c.gateway_id) for c in store.counters()) == 64
+    store.set_status(gw, "online", at=T0)
+    store.set_health(gw, {"outbox_depth": 4, "camera": "ok"}, at=T0 + 1)
+    [g] = store.gateways()
+    assert (g.status, g.status_at, g.health, g.health_at) == (
+        "online", T0, {"camera": "ok", "outbox_depth": 4}, T0 + 1)
+
+
+def test_gateway_moved_to_another_venue_follows_registry(store: Store) -> None:
+    store.add_batch(entry("gw-a", venue="cho-a"), Header("gw-a", 1, T0), _batch(1))
+    moved = entry("gw-a", venue="cho-moi", venue_name="Chợ Mới")
+    store.add_batch(moved, Header("gw-a", 2, T0), _batch(1))
+    [g] = store.gateways()
+    assert (g.venue.venue, g.venue.name) == ("cho-moi", "Chợ Mới")
+    assert {v.venue for v in store.venues()} == {"cho-a", "cho-moi"}
+
+
+def test_counters_survive_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    with open_store(url) as s:
+        s.count("oversize", "gw-a")
+        assert s.migrate() == []  # already at the current version
+    with open_store(url) as s:
+        assert s.counter_totals() == {"oversize": 1}
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    with open_store(url) as s:
+        s.db.execute("INSERT INTO schema_migrations VALUES (?, 'future', 0)",
+                      (schema.SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        open_store(url)
+
+
+def test_urls() -> None:
+    assert sqlite_path("sqlite:///var/lib/x.db") == "/var/lib/x.db"
+    assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
+    assert sqlite_path("sqlite://") == ":memory:"
+    assert sqlite_path("plain/file.db") == "plain/file.db"
+    assert split_schema("postgresql://u@h/db?schema=s1&sslmode=disable") == (
+        "postgresql://u@h/db?sslmode=disable", "s1")
+    with pytest.raises(StoreError, match="unsupported"):
+        open_store("mysql://x/y")
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    with pytest.raises(StoreError, match="cannot connect") as err:
+        open_store("postgresql://nobody:secret@127.0.0.1:1/nodb")
+    assert "secret" not in str(err.value)
