@@ -1,0 +1,279 @@
+"""Column primitives of the batch codec: integer, categorical, time and byte columns.
+
+Each column is a short CBOR list that zstd compresses well: integers as fixed-width
+little-endian offsets from the column minimum (byte planes transposed so the mostly-constant
+high bytes sit together), optionally as successive differences; nulls as a packed bitmap;
+times on the 0.1 s grid as integer deciseconds, anything else as exact float64. The ``de_*``
+readers check type and length of every part and raise :class:`CodecError`, never anything
+else, on hostile input.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from array import array
+from collections.abc import Callable, Sequence
+from itertools import accumulate, pairwise
+from typing import Any, NoReturn, cast
+
+from gateway.errors import SealError
+
+TIME_SCALE = 10  # deciseconds: finer than any BLE or QR timing the matcher can use
+_WIDTH_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_LITTLE = sys.byteorder == "little"
+
+
+class CodecError(SealError):
+    """Plaintext that is not a well-formed batch document."""
+
+
+class DecompressionBombError(CodecError):
+    """Plaintext that decompresses (or claims to) beyond the configured limit.
+
+    Attributes:
+        limit: the maximum plaintext size in bytes.
+    """
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+def _transpose(raw: bytes, width: int) -> bytes:
+    # byte planes: all low bytes, then all next bytes... (high bytes are mostly 0 → zstd)
+    if width == 1:
+        return raw
+    return b"".join(raw[i::width] for i in range(width))
+
+
+def _untranspose(planes: bytes, width: int) -> bytes:
+    if width == 1:
+        return planes
+    n = len(planes) // width
+    out = bytearray(len(planes))
+    for i in range(width):
+        out[i::width] = planes[i * n:(i + 1) * n]
+    return bytes(out)
+
+
+def ints(values: Sequence[int | None], *, delta: bool = False) -> list[Any]:
+    """``[base, width, data, nulls, first]``: values as ``base + unsigned(width bytes)``.
+
+    ``width`` 0 means every present value equals ``base``; ``-1`` means ``data`` is a plain
+    list (ranges beyond 64 bits). ``nulls`` is a packed bitmap or ``None``. With ``delta``
+    (no nulls), successive differences are stored instead when their range is smaller (times
+    arrive roughly in order) and ``first`` holds the first value.
+    """
+    if delta and len(values) > 1 and None not in values:
+        v = cast("Sequence[int]", values)
+        d = [0, *(b - a for a, b in pairwise(v))]
+        if max(d) - min(d) < max(v) - min(v):
+            return [*ints(d)[:4], v[0]]
+    nulls: bytes | None = None
+    present = [v for v in values if v is not None]
+    if len(present) != len(values):
+        bits = bytearray((len(values) + 7) // 8)
+        for i, x in enumerate(values):
+            if x is None:
+                bits[i >> 3] |= 1 << (i & 7)
+        nulls = bytes(bits)
+    base, span = (min(present), max(present) - min(present)) if present else (0, 0)
+    if span == 0:
+        return [base, 0, b"", nulls, None]
+    if span >= 1 << 64:
+        return [0, -1, list(values), None, None]
+    width = 1 if span < 1 << 8 else 2 if span < 1 << 16 else 4 if span < 1 << 32 else 8
+    arr = array(_WIDTH_CODES[width], [0 if x is None else x - base for x in values])
+    if not _LITTLE:
+        arr.byteswap()
+    return [base, width, _transpose(arr.tobytes(), width), nulls, None]
+
+
+def cats(values: Sequence[str]) -> list[Any]:
+    """``[table, ints]``: categorical strings as indices into a first-use table."""
+    table: dict[str, int] = {}
+    idx = [table.setdefault(v, len(table)) for v in values]
+    return [list(table), ints(idx)]
+
+
+def on_grid(x: float) -> bool:
+    """Whether ``x`` survives the decisecond round trip exactly."""
+    return math.isfinite(x) and abs(x) < 1e14 and round(x * TIME_SCALE) / TIME_SCALE == x
+
+
+def times(values: Sequence[float], ref: Sequence[float] | None = None) -> list[Any]:
+    """``["q", ints]`` in deciseconds (relative to ``ref`` when given) or ``["f", float64]``."""
+    if all(on_grid(v) for v in values) and (ref is None or all(on_grid(r) for r in ref)):
+        q = [round(v * TIME_SCALE) for v in values]
+        if ref is not None:
+            q = [a - round(r * TIME_SCALE) for a, r in zip(q, ref, strict=True)]
+        return ["q", ints(q, delta=ref is None)]
+    arr = array("d", values)
+    if not _LITTLE:
+        arr.byteswap()
+    return ["f", arr.tobytes()]
+
+
+def blobs(values: Sequence[bytes | None]) -> list[Any]:
+    """``[concatenated, lengths]`` (a ``None`` has a null length)."""
+    return [b"".join(v for v in values if v is not None),
+            ints([None if v is None else len(v) for v in values])]
+
+
+def fail(msg: str) -> NoReturn:
+    """Raise :class:`CodecError`."""
+    raise CodecError(msg)
+
+
+def as_int(x: object, what: str) -> int:
+    """``x`` if it is an integer (not a bool), else :class:`CodecError` naming ``what``."""
+    if type(x) is not int:
+        fail(f"{what}: expected an integer")
+    return x
+
+
+def as_float(x: object, what: str) -> float:
+    """``x`` as a float if it is a number (not a bool)."""
+    if type(x) is float:
+        return x
+    if type(x) is int:
+        return float(x)
+    fail(f"{what}: expected a number")
+
+
+def as_str(x: object, what: str) -> str:
+    """``x`` if it is text."""
+    if type(x) is not str:
+        fail(f"{what}: expected text")
+    return x
+
+
+def as_list(x: object, what: str, n: int | None = None) -> list[Any]:
+    """``x`` if it is a list (of exactly ``n`` items when given)."""
+    if type(x) is not list or (n is not None and len(x) != n):
+        fail(f"{what}: expected a list" + (f" of {n}" if n is not None else ""))
+    return x
+
+
+def as_bytes(x: object, what: str) -> bytes:
+    """``x`` if it is a byte string."""
+    if type(x) is not bytes:
+        fail(f"{what}: expected bytes")
+    return x
+
+
+def as_str_map(x: object, what: str, value: Callable[[object, str], Any]) -> dict[str, Any]:
+    """``x`` if it is a map of text keys, each value checked by ``value``."""
+    if type(x) is not dict:
+        fail(f"{what}: expected a map")
+    return {as_str(k, what): value(v, what) for k, v in x.items()}
+
+
+def de_ints(col: object, n: int, what: str) -> list[Any]:
+    """Read an :func:`ints` column of ``n`` values (``None`` where null)."""
+    base, width, data, nulls, first = as_list(col, what, 5)
+    base, width = as_int(base, what), as_int(width, what)
+    if nulls is not None and (first is not None or len(as_bytes(nulls, what)) != (n + 7) // 8):
+        fail(f"{what}: null bitmap")
+    vals: list[Any]
+    if width == -1:
+        vals = as_list(data, what, n)
+        if any(v is not None and type(v) is not int for v in vals):
+            fail(f"{what}: expected integers")
+        nulls = None
+    elif width == 0:
+        if as_bytes(data, what):
+            fail(f"{what}: constant column with data")
+        vals = [base] * n
+    else:
+        code = _WIDTH_CODES.get(width) or fail(f"{what}: width {width}")
+        raw = as_bytes(data, what)
+        if len(raw) != n * width:
+            fail(f"{what}: {len(raw)} bytes for {n} values of width {width}")
+        arr = array(code)
+        arr.frombytes(_untranspose(raw, width))
+        if not _LITTLE:
+            arr.byteswap()
+        vals = [base + v for v in arr]
+    if first is not None:
+        if None in vals:
+            fail(f"{what}: null in a difference column")
+        return list(accumulate(vals, initial=as_int(first, what)))[1:]
+    if nulls is not None:
+        for i in range(n):
+            if nulls[i >> 3] >> (i & 7) & 1:
+                vals[i] = None
+    return vals
+
+
+def de_required(col: object, n: int, what: str) -> list[int]:
+    """Read an :func:`ints` column that may not hold nulls."""
+    vals = de_ints(col, n, what)
+    if any(v is None for v in vals):
+        fail(f"{what}: unexpected null")
+    return vals
+
+
+def de_cats(col: object, n: int, what: str, enum: Callable[[str], Any]) -> list[Any]:
+    """Read a :func:`cats` column, each table entry converted by ``enum``."""
+    table, idx = as_list(col, what, 2)
+    try:
+        values = [enum(as_str(t, what)) for t in as_list(table, what)]
+    except ValueError as err:
+        raise CodecError(f"{what}: {err}") from err
+    out = []
+    for i in de_required(idx, n, what):
+        if not 0 <= i < len(values):
+            fail(f"{what}: index {i} out of range")
+        out.append(values[i])
+    return out
+
+
+def de_times(col: object, n: int, what: str, ref: list[float] | None = None) -> list[float]:
+    """Read a :func:`times` column (``ref`` as given to the encoder)."""
+    kind, data = as_list(col, what, 2)
+    if kind == "f":
+        raw = as_bytes(data, what)
+        if len(raw) != 8 * n:
+            fail(f"{what}: {len(raw)} bytes for {n} floats")
+        arr = array("d")
+        arr.frombytes(raw)
+        if not _LITTLE:
+            arr.byteswap()
+        return list(arr)
+    if kind != "q":
+        fail(f"{what}: unknown time encoding")
+    q = de_required(data, n, what)
+    if ref is not None:
+        q = [a + round(r * TIME_SCALE) for a, r in zip(q, ref, strict=True)]
+    return [v / TIME_SCALE for v in q]
+
+
+def de_blobs(col: object, n: int, what: str, nullable: bool) -> list[bytes | None]:
+    """Read a :func:`blobs` column."""
+    data, lengths = as_list(col, what, 2)
+    data = as_bytes(data, what)
+    lens = de_ints(lengths, n, what)
+    out: list[bytes | None] = []
+    pos = 0
+    for ln in lens:
+        if ln is None:
+            if not nullable:
+                fail(f"{what}: unexpected null")
+            out.append(None)
+            continue
+        if ln < 0 or pos + ln > len(data):
+            fail(f"{what}: lengths exceed the data")
+        out.append(data[pos:pos + ln])
+        pos += ln
+    if pos != len(data):
+        fail(f"{what}: {len(data) - pos} trailing bytes")
+    return out
+
+
+def quantize_time(x: float) -> float:
+    """``x`` on the 0.1 s grid the compact time columns use (idempotent)."""
+    if not math.isfinite(x) or abs(x) >= 1e14:
+        return x
+    return round(x * TIME_SCALE) / TIME_SCALE
