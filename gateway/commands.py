@@ -123,11 +123,43 @@ def outbox_group() -> None:
 @outbox_group.command("status")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None)
 @click.option("--db", type=click.Path(path_type=Path), default=None, help="Outbox file.")
-def outbox_status(config: Path | None, db: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def outbox_status(config: Path | None, db: Path | None, as_json: bool = False) -> None:
     """Depth, oldest batch, bytes and dropped counts.
+
+    Reads the outbox without changing it, also while the gateway runs.
 
     Example:
 
         bzgw outbox status --config /etc/bzgw/gateway.yaml
+        bzgw outbox status --db /var/lib/bzgw/outbox.db --json
     """
-    raise BzgwError("bzgw outbox status is not available yet")
+    import datetime as dt
+    import json
+    import time
+
+    from gateway.outbox import read_status
+
+    if (config is None) == (db is None):
+        raise BzgwError("give exactly one of --config FILE or --db PATH")
+    if db is None:
+        from gateway.config import load
+
+        assert config is not None
+        db = load(config).outbox.path
+    st = read_status(db)
+    if as_json:
+        click.echo(json.dumps({"path": str(db), **st.to_dict()}, indent=2))
+        return
+    oldest = "-"
+    if st.oldest_created_at is not None:
+        age = max(0.0, time.time() - st.oldest_created_at)
+        when = dt.datetime.fromtimestamp(st.oldest_created_at, dt.UTC)
+        oldest = f"{when:%Y-%m-%d %H:%M:%S}Z ({age / 3600:.1f} h ago)"
+    rows = [("outbox", str(db)), ("depth", f"{st.depth} batches"),
+            ("bytes", f"{st.bytes:,}"), ("oldest", oldest),
+            ("dropped", f"{st.dropped_batches} batches ({st.dropped_bytes:,} bytes)"),
+            ("rejected", str(st.rejected)), ("acked", str(st.acked)),
+            ("next seq", str(st.next_seq))]
+    for k, v in rows:
+        click.echo(f"{k:<10}{v}")
