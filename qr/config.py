@@ -24,3 +24,15 @@ class QrConfig(BaseModel):
     frame_budget_ms: float = Field(default=30, gt=0, description="decode retries stop here")
     trust_list: Path | None = Field(default=None, description="EU DCC signer certificates")
     checkin_key: Path | None = Field(default=None, description="public key for bzgw QR codes")
+    token_key: Path | None = Field(
+        default=None,
+        description="key file for hashing opaque tokens (the matcher needs the same key); "
+                    "a fixed public key is used when unset")
+    zbar: bool = Field(default=True, description="use pyzbar as the second opinion if installed")
+    camera_fault_s: float = Field(default=5, gt=0, le=600,
+                                  description="no frame for this long = camera fault")
+    camera_retry_s: float = Field(default=2, gt=0, le=600,
+                                  description="wait between attempts to reopen the camera")
+    feedback: bool = Field(default=True, description="drive the staff LED and buzzer")
+    led_pin: str | None = Field(default="GPIO17", description="LED pin (gpiozero name)")
+    buzzer_pin: str | None = Field(default="GPIO27", description="buzzer pin (gpiozero name)")

@@ -28,12 +28,15 @@ class DecodedCode:
         text: the payload as text (UTF-8, or per its ECI), for recognizers.
         format: symbology (``QRCode``, ``MicroQRCode``...).
         decoder: which decoder produced it (``zxing``, ``zbar``).
+        content: what the payload is: ``text``, ``binary`` or ``mixed`` (text with binary
+            parts), from the decoder's own content analysis and ECI.
     """
 
     raw: bytes
     text: str
     format: str
     decoder: str
+    content: str = "text"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,275 @@
+"""Find and read QR codes in a frame: zxing-cpp first, then ZBar and cheap retries.
+
+zxing-cpp is the fastest and strongest reader here (restricted to QR and Micro QR, which
+cuts its time several-fold); ZBar, the second opinion, reads a few codes zxing misses; the retries
+(another binarizer, a quiet-zone border, a rescale, a blur, an adaptive threshold, an inverted
+image for ZBar) each rescue a few more. Second opinion and retries run cheapest first, only
+while the frame's time budget lasts, and only when the first pass found nothing or located a
+symbol it could not read, so the common frame costs one zxing call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from qr.records import DecodedCode
+from qr.zbar import ZBarReader, guess_text
+
+log = logging.getLogger(__name__)
+
+Gray = np.ndarray  # 2-D uint8
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    """What one frame yielded.
+
+    Attributes:
+        codes: distinct codes found (by payload and format), in the order found.
+        undecodable: symbols located but not read even after the retries (a staff hint:
+            "hold the code still / closer").
+        steps: names of the passes that ran, in order.
+        elapsed_ms: wall time spent on the frame.
+    """
+
+    codes: list[DecodedCode] = field(default_factory=list)
+    undecodable: int = 0
+    steps: list[str] = field(default_factory=list)
+    elapsed_ms: float = 0.0
+
+
+def as_gray(image: Any) -> Gray:
+    """A 2-D uint8 array from a grayscale/BGR/RGB(A) array or a PIL image."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        # Channel order does not matter much for black-on-white codes; equal weights keep
+        # this cheap and symmetric for BGR and RGB input.
+        arr = (arr[:, :, :3].astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
+    if arr.ndim != 2 or arr.shape[0] < 8 or arr.shape[1] < 8:
+        raise ValueError(f"expected a 2-D image of at least 8×8 pixels, got shape {arr.shape}")
+    return arr
+
+
+def load_image(path: Any) -> Gray:
+    """Read an image file as grayscale.
+
+    Raises:
+        OSError: unreadable or not an image (PIL's ``UnidentifiedImageError`` is one).
+    """
+    with Image.open(path) as im:
+        im.load()
+        return as_gray(im)
+
+
+def fit_within(gray: Gray, width: int, height: int) -> Gray:
+    """Downscale (never upscale) to fit ``width``×``height``, keeping the aspect ratio."""
+    h, w = gray.shape
+    if w <= width and h <= height:
+        return gray
+    im = Image.fromarray(gray)
+    im.thumbnail((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(im)
+
+
+# --- image variants for the retries -------------------------------------------------------
+
+def _rescale(gray: Gray) -> Gray:
+    # Small crops get bigger modules, big frames lose sensor noise; both move the binarizer
+    # off a bad decision.
+    h, w = gray.shape
+    f = 2.0 if max(h, w) <= 400 else 0.5
+    size = (max(8, round(w * f)), max(8, round(h * f)))
+    resample = Image.Resampling.BILINEAR if f > 1 else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(gray).resize(size, resample))
+
+
+def _blur(gray: Gray) -> Gray:
+    return np.asarray(Image.fromarray(gray).filter(ImageFilter.GaussianBlur(1.0)))
+
+
+def _adaptive(gray: Gray) -> Gray:
+    # Mean-C threshold against a box blur (done in C by Pillow): survives glare gradients
+    # that defeat a global threshold.
+    radius = max(4, min(gray.shape) // 24)
+    mean = np.asarray(Image.fromarray(gray).filter(ImageFilter.BoxBlur(radius)), np.int16)
+    return np.where(gray.astype(np.int16) < mean - 6, 0, 255).astype(np.uint8)
+
+
+def _invert(gray: Gray) -> Gray:
+    return 255 - gray
+
+
+def _pad(gray: Gray) -> Gray:
+    # Codes cropped to the image edge have no quiet zone; give them one.
+    border = max(8, min(gray.shape) // 16)
+    return np.pad(gray, border, mode="constant", constant_values=255)
+
+
+# --- readers -----------------------------------------------------------------------------
+
+class ZxingReader:
+    """zxing-cpp restricted to QR and Micro QR, reporting located-but-unread symbols.
+
+    Text comes in zxing's ``Plain`` mode: per the code's ECI, or zxing's charset guess
+    without one, with control characters kept (its default ``HRI`` mode rewrites them).
+    """
+
+    def __init__(self) -> None:
+        import zxingcpp
+
+        self._z = zxingcpp
+        self.formats = (zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode)
+        self._content = {
+            zxingcpp.ContentType.Binary: "binary",
+            zxingcpp.ContentType.Mixed: "mixed",
+        }
+
+    def read(self, gray: Gray, *, histogram: bool = False) -> tuple[list[DecodedCode], int]:
+        """``(codes, symbols located but not readable)``; ``histogram`` picks zxing's
+        global-histogram binarizer instead of its local-average one."""
+        z = self._z
+        binarizer = z.Binarizer.GlobalHistogram if histogram else z.Binarizer.LocalAverage
+        found = z.read_barcodes(gray, formats=self.formats, text_mode=z.TextMode.Plain,
+                                binarizer=binarizer, return_errors=True)
+        codes, failed = [], 0
+        for r in found:
+            if not r.valid:
+                failed += 1
+                continue
+            codes.append(DecodedCode(raw=bytes(r.bytes), text=r.text, format=r.format.name,
+                                     decoder="zxing",
+                                     content=self._content.get(r.content_type, "text")))
+        return codes, failed
+
+
+class ZbarQrReader:
+    """ZBar in binary mode; text decoded by :func:`qr.zbar.guess_text`.
+
+    Raises:
+        ImportError: when pyzbar or libzbar is missing.
+    """
+
+    def __init__(self) -> None:
+        self._reader = ZBarReader()
+
+    def read(self, gray: Gray) -> list[DecodedCode]:
+        """Every QR code ZBar reads in the image."""
+        out = []
+        for raw in self._reader.read(gray):
+            text, content = guess_text(raw)
+            out.append(DecodedCode(raw=raw, text=text, format="QRCode", decoder="zbar",
+                                   content=content))
+        return out
+
+
+Step = tuple[str, Callable[[Gray], tuple[list[DecodedCode], int]]]
+
+
+class Decoder:
+    """The gateway's QR reader. Not thread-safe: one per capture thread.
+
+    Args:
+        budget_ms: retries stop once a frame has taken this long (the first pass always runs).
+        zbar: use ZBar as the second opinion when it is installed.
+        retries: run the image-variant retries at all.
+
+    Attributes:
+        zbar_available: whether ZBar is in use.
+    """
+
+    def __init__(self, *, budget_ms: float = 30.0, zbar: bool = True,
+                 retries: bool = True) -> None:
+        self.budget_ms = budget_ms
+        self._zx = ZxingReader()
+        self._zb: ZbarQrReader | None = None
+        if zbar:
+            try:
+                self._zb = ZbarQrReader()
+            except (ImportError, OSError) as err:  # pyzbar or libzbar0 missing
+                log.info("ZBar second opinion unavailable: %s", err)
+        self.zbar_available = self._zb is not None
+        self._steps = self._ladder(retries)
+
+    def _ladder(self, retries: bool) -> list[Step]:
+        zx, zb = self._zx, self._zb
+
+        def zxing_on(variant: Callable[[Gray], Gray] | None, *, hist: bool = False,
+                     ) -> Callable[[Gray], tuple[list[DecodedCode], int]]:
+            return lambda g: zx.read(variant(g) if variant else g, histogram=hist)
+
+        def zbar_on(variant: Callable[[Gray], Gray] | None,
+                    ) -> Callable[[Gray], tuple[list[DecodedCode], int]]:
+            assert zb is not None
+            return lambda g: (zb.read(variant(g) if variant else g), 0)
+
+        # Ordered by cost on an empty 640×480 frame (the common case), cheapest first;
+        # bench/bench_qr.py reports what each pass rescues.
+        steps: list[Step] = [("zxing", zxing_on(None))]
+        if retries:
+            steps += [("zxing-histogram", zxing_on(None, hist=True)),
+                      ("zxing-pad", zxing_on(_pad, hist=True)),
+                      ("zxing-rescale", zxing_on(_rescale))]
+        if zb is not None:
+            steps.append(("zbar", zbar_on(None)))
+        if retries:
+            steps += [("zxing-blur", zxing_on(_blur, hist=True)),
+                      ("zxing-adaptive", zxing_on(_adaptive))]
+            if zb is not None:
+                steps += [("zbar-invert", zbar_on(_invert)), ("zbar-rescale", zbar_on(_rescale))]
+        return steps
+
+    @property
+    def step_names(self) -> list[str]:
+        """The passes in the order they are tried."""
+        return [name for name, _ in self._steps]
+
+    def decode(self, image: Any) -> DecodeResult:
+        """Every QR code in one image.
+
+        Args:
+            image: a 2-D uint8 array (or anything :func:`as_gray` accepts).
+
+        Raises:
+            ValueError: the image is not an image (wrong shape, too small).
+        """
+        t0 = time.perf_counter()
+        gray = as_gray(image)
+        res = DecodeResult()
+        seen: set[tuple[bytes, str]] = set()
+        unread = 0  # symbols the first pass located but could not read, not yet rescued
+        for i, (name, step) in enumerate(self._steps):
+            if i and ((res.codes and not unread)
+                      or (time.perf_counter() - t0) * 1000 >= self.budget_ms):
+                break
+            codes, failed = step(gray)
+            res.steps.append(name)
+            new = _merge(res.codes, codes, seen)
+            unread = failed if i == 0 else max(0, unread - new)
+        res.undecodable = unread
+        res.elapsed_ms = (time.perf_counter() - t0) * 1000
+        return res
+
+
+def _merge(into: list[DecodedCode], codes: Iterable[DecodedCode],
+           seen: set[tuple[bytes, str]]) -> int:
+    n = 0
+    for c in codes:
+        key = (c.raw, c.format)
+        if key not in seen:
+            seen.add(key)
+            into.append(c)
+            n += 1
+    return n
