@@ -17,6 +17,22 @@ class ProximityThresholds(BaseModel):
     calibrated: bool = Field(default=False, description="true once measured on this unit")
 
 
+class SimulatorSettings(BaseModel):
+    """The crowd ``source: simulator`` generates (tests, demos, load tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(default=7, description="every random choice derives from it")
+    venue: str = Field(default="sim-venue", description="venue code the crowd visits")
+    start: float | None = Field(default=None, description="epoch seconds; default: now")
+    duration_s: float = Field(default=3600, gt=0, description="simulated period")
+    bluezone_phones: int = Field(default=30, ge=0)
+    en_phones: int = Field(default=10, ge=0)
+    iphones: int = Field(default=5, ge=0)
+    background: int = Field(default=20, ge=0, description="devices that are not phones")
+    rate_hz: float = Field(default=1.0, gt=0, le=50, description="adverts/s per device")
+    realtime: bool = Field(default=True, description="pace adverts at their own timestamps")
+
+
 class BleConfig(BaseModel):
     """BLE capture."""
 
@@ -27,7 +43,13 @@ class BleConfig(BaseModel):
     adapter: str | None = Field(default=None, description="e.g. hci0; default adapter if unset")
     scanning_mode: Literal["passive", "active"] = "passive"
     watchdog_s: float = Field(default=90, gt=0, description="restart scanning after this quiet")
+    watchdog_restarts_before_reset: int = Field(
+        default=2, ge=0, le=100,
+        description="fruitless scanner restarts before the adapter is power-cycled")
     replay_file: Path | None = Field(default=None, description="capture for source=replay")
+    replay_speed: float | None = Field(
+        default=None, gt=0, description="replay at N× capture speed; unset: as fast as possible")
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     ios_gatt_read: bool = Field(default=False, description="read iOS Bluezone IDs over GATT")
     gatt_reads_per_minute: int = Field(default=6, ge=0, le=120)
     max_ids_per_window: int = Field(default=20000, ge=10, description="cap, overflow counted")

@@ -1,0 +1,391 @@
+"""Adverts → one sighting per (tracing ID, ID slot) and adoption counts per window.
+
+A phone sends about ten adverts a second and repeats one payload for its whole ID slot, so the
+gateway keeps one :class:`~ble.records.Sighting` per (ID, slot): the slot is the ID's own
+(15 min from UTC midnight for Bluezone, 10 min for EN), so a sighting can never straddle an ID
+change. RSSI statistics use a fixed 128-bin histogram per sighting: bounded memory, exact
+median to the dBm.
+
+Adoption (:class:`~ble.records.AdoptionCount`) counts distinct phones per window by kind:
+Bluezone IDs, EN RPIs, other phones and other devices by address. MAC addresses are never
+kept as data: each is reduced to a keyed BLAKE2b digest under a random key that lives in
+memory for one window only; the small per-address cache that makes repeated adverts cheap is
+emptied at every window close. Memory is bounded by ``max_ids``; IDs and devices beyond it are
+not tracked, and their number is estimated (linear counting) into ``overflow``.
+
+Counting biases, documented rather than hidden:
+
+* EN phones change address and RPI together every 10–20 min, not on window boundaries, so
+  one EN phone is usually counted as 1–3 RPIs in a 15-minute window: ``gaen`` over-counts.
+* Bluezone IDs change on the same 15-minute UTC grid as the default window: one per phone.
+* Devices other than tracing phones are counted by address, which they rotate (~15 min):
+  a phone can appear twice in a window; Apple adverts include watches and earbuds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+
+from ble.config import ProximityThresholds
+from ble.decoders import BLUEZONE_BEACON, Decoded, decode
+from ble.proximity import proximity_of
+from ble.records import AdoptionCount, Advert, IdKind, Sighting
+from gateway.clock import ClockEpoch
+
+BLUEZONE_SLOT_S = 900
+EN_SLOT_S = 600
+_BINS = 256  # RSSI histogram over every signed-byte value
+_STRONGEST_FIRST = range(127, -129, -1)
+_RECENT_MAX = 8192  # per-address cache entries (MACs, memory only, emptied every window)
+_OVERFLOW_BITS = 1 << 16
+
+# Ranks: what an address is counted as in a window is the highest rank it showed.
+_R_OTHER, _R_IBEACON, _R_BZ_BEACON, _R_APPLE, _R_PHONE, _R_IOS, _R_ID = range(7)
+_RANK = {IdKind.OTHER: _R_OTHER, IdKind.IBEACON: _R_IBEACON, IdKind.APPLE: _R_APPLE,
+         IdKind.PHONE: _R_PHONE, IdKind.BLUEZONE_IOS: _R_IOS, IdKind.GAEN: _R_ID,
+         IdKind.BLUEZONE: _R_ID}
+_RANK_NAMES = {_R_OTHER: "other", _R_IBEACON: "ibeacon", _R_BZ_BEACON: "bluezone_beacon",
+               _R_APPLE: "apple", _R_PHONE: "phone", _R_IOS: "bluezone_ios"}
+
+
+class _Track:
+    """A sighting being built. The histogram has a bin for every signed-byte RSSI, indexed
+    by ``rssi & 0xFF``, so the hot path is one subscript (2 KiB per open sighting)."""
+
+    __slots__ = ("aem", "clock", "first", "hist", "ident", "kind", "last", "no_rssi",
+                 "slot_end", "slot_start", "tx_power")
+
+    def __init__(self, kind: IdKind, ident: bytes, slot_start: int, slot_len: int,
+                 clock: ClockEpoch) -> None:
+        self.kind = kind
+        self.ident = ident
+        self.slot_start = slot_start
+        self.slot_end = float(slot_start + slot_len)
+        self.first = math.inf
+        self.last = -math.inf
+        self.no_rssi = 0
+        self.hist = [0] * _BINS  # a list: CPython specialises list[int] subscripts
+        self.tx_power: int | None = None
+        self.aem: bytes | None = None
+        self.clock = clock
+
+    def stats(self) -> tuple[int, int | None, int | None]:
+        """``(count, rssi_max, rssi_median)``."""
+        h = self.hist
+        n = sum(h)
+        if not n:
+            return self.no_rssi, None, None
+        half = (n + 1) // 2
+        acc = 0
+        top: int | None = None
+        for rssi in _STRONGEST_FIRST:
+            c = h[rssi & 0xFF]
+            if c:
+                if top is None:
+                    top = rssi
+                acc += c
+                if acc >= half:
+                    return n + self.no_rssi, top, rssi
+        raise AssertionError("histogram bins do not add up")  # pragma: no cover
+
+
+class _Addr:
+    """Per-address state for one window (memory only)."""
+
+    __slots__ = ("data", "decoded", "digest", "rank", "track")
+
+    def __init__(self, digest: bytes) -> None:
+        self.digest = digest
+        self.rank = -1
+        self.track: _Track | None = None
+        self.data: bytes | None = None
+        self.decoded: Decoded | None = None
+
+
+class _Window:
+    __slots__ = ("devices", "end", "ids", "key", "refused", "start")
+
+    def __init__(self, start: int, length: int) -> None:
+        self.start = start
+        self.end = float(start + length)
+        self.key = os.urandom(16)  # per-window digest key, never stored
+        self.devices: dict[bytes, int] = {}  # address digest → rank
+        self.ids: dict[bytes, IdKind] = {}  # tracing ID → kind
+        self.refused = bytearray(_OVERFLOW_BITS // 8)
+
+
+class WindowAggregator:
+    """Builds sightings and adoption counts from a time-ordered advert stream.
+
+    Args:
+        thresholds: calibrated proximity thresholds (``BleConfig.proximity``).
+        max_ids: cap on IDs (and on devices) tracked at once; beyond it, counted overflow.
+        count_window_s: adoption window length, aligned to the UTC epoch.
+        clock: clock epoch used when :meth:`add` is called without one.
+        bluezone_slot_s: Bluezone ID lifetime (86400 / ``max``; 900 by default).
+    """
+
+    def __init__(self, thresholds: ProximityThresholds | None = None, *, max_ids: int = 20000,
+                 count_window_s: int = 900, clock: ClockEpoch | None = None,
+                 bluezone_slot_s: int = BLUEZONE_SLOT_S) -> None:
+        if max_ids < 1:
+            raise ValueError("max_ids must be positive")
+        if count_window_s <= 0 or 86400 % bluezone_slot_s:
+            raise ValueError("count_window_s must be positive and the Bluezone slot must "
+                             "divide a day")
+        self.thresholds = thresholds or ProximityThresholds()
+        self.max_ids = max_ids
+        self.count_window_s = count_window_s
+        self.clock = clock
+        self._slot_len = {IdKind.BLUEZONE: bluezone_slot_s, IdKind.BLUEZONE_IOS: bluezone_slot_s,
+                          IdKind.GAEN: EN_SLOT_S}
+        self._tracks: dict[tuple[bytes, int], _Track] = {}
+        self._ready: list[Sighting] = []
+        self._counts: list[AdoptionCount] = []
+        self._recent: dict[str, _Addr] = {}
+        # address → (last payload, valid from, valid until, its open sighting): fast path.
+        self._fast: dict[str, tuple[bytes, float, float, _Track | None]] = {}
+        self._fast_clock: ClockEpoch | None = None
+        self._win: _Window | None = None
+        self._flushed: dict[tuple[bytes, int], None] = {}  # recent (ID, slot) keys sent
+        self.adverts = 0
+        self.late = 0  # adverts for an (ID, slot) already flushed: a supplementary sighting
+
+    # -- input ----------------------------------------------------------------------------
+
+    def add(self, advert: Advert, clock: ClockEpoch | None = None) -> None:
+        """Account one decoded advert.
+
+        Args:
+            advert: the advert (its ``ts`` is in ``clock``'s epoch).
+            clock: the clock epoch the advert was timestamped in (default: the
+                constructor's).
+        """
+        self._observe(advert.ts, advert.address, advert.rssi, advert.kind, advert.ident,
+                      advert.aem, advert.tx_power, clock or self._need_clock())
+
+    def add_report(self, ts: float, address: str, rssi: int | None, data: bytes,
+                   clock: ClockEpoch | None = None) -> None:
+        """Decode and account one raw report, skipping the decode when ``data`` repeats."""
+        self.feed(((ts, address, rssi, data),), clock)
+
+    def feed(self, reports: Sequence[tuple[float, str, int | None, bytes]],
+             clock: ClockEpoch | None = None) -> int:
+        """Decode and account a batch of raw ``(ts, address, rssi, data)`` reports.
+
+        The hot path: an address repeating its previous payload within the same window and
+        ID slot skips decoding and every lookup but one; only its sighting's statistics
+        move (habluetooth's trick of skipping repeated raw payloads per address).
+
+        Returns:
+            The number of reports consumed.
+        """
+        ck = clock or self._need_clock()
+        if ck is not self._fast_clock:
+            self._fast.clear()
+            self._fast_clock = ck
+        get = self._fast.get
+        observe = self._observe
+        slow = 0
+        for ts, address, rssi, data in reports:
+            st = get(address)
+            if st is not None:
+                last_data, lo, hi, tr = st
+                if last_data == data and lo <= ts < hi:
+                    if tr is not None:
+                        if rssi is None:
+                            tr.no_rssi += 1
+                        else:
+                            tr.hist[rssi & 0xFF] += 1
+                        if ts > tr.last:
+                            tr.last = ts
+                        elif ts < tr.first:
+                            tr.first = ts
+                    continue
+            slow += 1
+            d = decode(data)
+            observe(ts, address, rssi, d.kind, d.ident, d.aem, d.tx_power, ck, data)
+        self.adverts += len(reports) - slow  # the slow path counts its own
+        return len(reports)
+
+    def _need_clock(self) -> ClockEpoch:
+        if self.clock is None:
+            raise ValueError("pass the advert's ClockEpoch (or give the aggregator a clock)")
+        return self.clock
+
+    def _observe(self, ts: float, address: str, rssi: int | None, kind: IdKind,
+                 ident: bytes | None, aem: bytes | None, tx: int | None,
+                 clock: ClockEpoch, data: bytes | None = None) -> None:
+        self.adverts += 1
+        win = self._win
+        if win is None or ts >= win.end:
+            win = self._roll(ts)
+        st = self._recent.get(address)
+        if st is None:
+            st = self._new_addr(address, win)
+        rank = _RANK[kind]
+        if kind is IdKind.IBEACON and ident == BLUEZONE_BEACON:
+            rank = _R_BZ_BEACON
+        elif kind is IdKind.BLUEZONE_IOS and ident is not None:
+            rank = _R_ID  # resolved by GATT: counted through its ID
+        if rank > st.rank:
+            st.rank = rank
+            cur = win.devices.get(st.digest)
+            if cur is None:
+                if len(win.devices) >= self.max_ids:
+                    self._refuse(win, st.digest)
+                else:
+                    win.devices[st.digest] = rank
+            elif rank > cur:
+                win.devices[st.digest] = rank
+        tr: _Track | None = None
+        if ident is not None and rank == _R_ID:
+            tr = st.track
+            if tr is None or tr.ident != ident or not tr.slot_start <= ts < tr.slot_end \
+                    or tr.clock != clock:
+                tr = st.track = self._track_for(win, kind, ident, ts, clock)
+            if tr is not None:
+                if rssi is None:
+                    tr.no_rssi += 1
+                else:
+                    tr.hist[rssi & 0xFF] += 1
+                if ts > tr.last:
+                    tr.last = ts
+                if ts < tr.first:
+                    tr.first = ts
+                if tx is not None:
+                    tr.tx_power = tx
+                if aem is not None:
+                    tr.aem = aem
+        if data is not None and clock is self._fast_clock:
+            # Let repeats of this payload take the fast path until the window or slot ends.
+            if tr is None:
+                lo, hi = float(win.start), win.end
+            else:
+                lo, hi = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
+            self._fast[address] = (data, lo, hi, tr)
+
+    def _new_addr(self, address: str, win: _Window) -> _Addr:
+        recent = self._recent
+        if len(recent) >= _RECENT_MAX:
+            old = next(iter(recent))  # oldest first; the window's digests keep the counts
+            del recent[old]
+            self._fast.pop(old, None)
+        digest = hashlib.blake2b(address.encode(), key=win.key, digest_size=8).digest()
+        st = recent[address] = _Addr(digest)
+        return st
+
+    def _track_for(self, win: _Window, kind: IdKind, ident: bytes, ts: float,
+                   clock: ClockEpoch) -> _Track | None:
+        slot_len = self._slot_len[kind]
+        slot = int(ts // slot_len) * slot_len
+        key = (ident, slot)
+        tr = self._tracks.get(key)
+        if tr is not None and tr.clock != clock:
+            # The clock epoch changed mid-slot: close this part so each sighting has one epoch.
+            self._ready.append(self._sighting(self._tracks.pop(key)))
+            self._fast.clear()
+            tr = None
+        if tr is None:
+            if len(self._tracks) >= self.max_ids:
+                self._refuse(win, ident)
+                return None
+            if key in self._flushed:
+                self.late += 1
+            tr = self._tracks[key] = _Track(
+                IdKind.GAEN if kind is IdKind.GAEN else IdKind.BLUEZONE, ident, slot, slot_len,
+                clock)
+        if ident not in win.ids:
+            if len(win.ids) >= self.max_ids:
+                self._refuse(win, ident)
+            else:
+                win.ids[ident] = kind
+        return tr
+
+    def _refuse(self, win: _Window, key: bytes) -> None:
+        h = int.from_bytes(hashlib.blake2b(key, key=win.key, digest_size=4).digest(), "big")
+        h &= _OVERFLOW_BITS - 1
+        win.refused[h >> 3] |= 1 << (h & 7)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _roll(self, ts: float) -> _Window:
+        if self._win is not None:
+            self._close_window(self._win)
+        start = int(ts // self.count_window_s) * self.count_window_s
+        self._win = _Window(start, self.count_window_s)
+        return self._win
+
+    def _close_window(self, win: _Window) -> None:
+        self._recent.clear()
+        self._fast.clear()
+        by: dict[str, int] = {}
+        for rank in win.devices.values():
+            if rank != _R_ID:
+                name = _RANK_NAMES[rank]
+                by[name] = by.get(name, 0) + 1
+        bz_android = sum(1 for k in win.ids.values() if k is IdKind.BLUEZONE)
+        bz_ios = sum(1 for k in win.ids.values() if k is IdKind.BLUEZONE_IOS)
+        gaen = sum(1 for k in win.ids.values() if k is IdKind.GAEN)
+        if bz_android:
+            by["bluezone"] = bz_android
+        if bz_ios:
+            by["bluezone_ios"] = by.get("bluezone_ios", 0) + bz_ios
+        if gaen:
+            by["gaen"] = gaen
+        zeros = _OVERFLOW_BITS - int.from_bytes(win.refused, "big").bit_count()
+        overflow = round(_OVERFLOW_BITS * math.log(_OVERFLOW_BITS / max(zeros, 1))) \
+            if zeros < _OVERFLOW_BITS else 0
+        self._counts.append(AdoptionCount(
+            window_start=win.start, window_len=self.count_window_s,
+            bluezone=bz_android + by.get("bluezone_ios", 0), gaen=gaen,
+            other_phones=by.get("apple", 0) + by.get("phone", 0),
+            other_devices=by.get("other", 0) + by.get("ibeacon", 0),
+            overflow=overflow, by_kind=dict(sorted(by.items()))))
+
+    def _sighting(self, tr: _Track) -> Sighting:
+        tr.slot_end = -math.inf  # any later advert must find a new track, never this one
+        count, top, median = tr.stats()
+        return Sighting(kind=tr.kind, ident=tr.ident, slot_start=tr.slot_start,
+                        first_seen=tr.first, last_seen=tr.last, count=count,
+                        rssi_max=top, rssi_median=median,
+                        clock=tr.clock, tx_power=tr.tx_power,
+                        proximity=proximity_of(median, self.thresholds), aem=tr.aem)
+
+    def flush(self, now: float, *, final: bool = False
+              ) -> tuple[list[Sighting], list[AdoptionCount]]:
+        """Sightings whose slot has ended and adoption windows that have closed.
+
+        Args:
+            now: current time in the adverts' clock (capture time in a replay).
+            final: return everything still open (shutdown, end of a replay).
+
+        Returns:
+            ``(sightings, counts)``, each in the order the slots/windows ended.
+        """
+        out = self._ready
+        self._ready = []
+        self._fast.clear()  # cached entries may point at sightings about to be handed out
+        done = [k for k, tr in self._tracks.items() if final or tr.slot_end <= now]
+        done.sort(key=lambda k: (self._tracks[k].slot_end, k[1]))
+        for k in done:
+            out.append(self._sighting(self._tracks.pop(k)))
+            self._flushed[k] = None
+        if len(self._flushed) > 4 * self.max_ids:  # only recent keys can see late adverts
+            for k in list(self._flushed)[: len(self._flushed) // 2]:
+                del self._flushed[k]
+        if self._win is not None and (final or self._win.end <= now):
+            self._close_window(self._win)
+            self._win = None
+        counts = self._counts
+        self._counts = []
+        return out, counts
+
+    def diagnostics(self) -> dict[str, int]:
+        """Sizes and counters, for the health topic."""
+        return {"adverts": self.adverts, "open_sightings": len(self._tracks),
+                "cached_addresses": len(self._recent), "late_adverts": self.late,
+                "window_devices": len(self._win.devices) if self._win else 0}

@@ -1,0 +1,166 @@
+"""Advert payload → what it is and its tracing ID: Bluezone (Android, iOS), EN, iBeacon, other.
+
+Exact rules (facts in the Bluezone protocol reference and the EN specification):
+
+* Bluezone Android: manufacturer data of company ``0x22B5`` holding exactly 12 bytes, the ID.
+  The app also lists 16-bit service ``0x4E56``; the manufacturer data alone decides, because
+  Bluezone's own iOS scanner accepts the ID without looking at the service list.
+* Bluezone iOS: no ID on the air. Foreground adverts list the 128-bit service
+  ``00004E56-73F5-4BC4-A12F-17D1AD07A667``; background adverts use Apple's overflow area
+  (company ``0x004C``, type ``0x01``, 16-byte bitmap) with bit ``0x08`` of bitmap byte 0.
+  The ID is read over GATT (``ble.ios``).
+* Exposure Notification: service data for ``0xFD6F`` of exactly 20 bytes, RPI (16) ‖ AEM (4).
+* iBeacon: Apple ``02 15`` with proximity UUID, major, minor, measured power (23 bytes).
+* Everything else is only classified for counting: other Apple, phone-like, other.
+
+Repeated payloads dominate real traffic, so :func:`decode` caches on the raw bytes (bounded);
+results are shared and must be treated as read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import NamedTuple
+
+from ble.parser import AdFields, parse_ad, uuid128_wire
+from ble.records import IdKind
+
+BLUEZONE_COMPANY = 0x22B5
+BLUEZONE_ID_LEN = 12
+BLUEZONE_SERVICE16 = 0x4E56
+BLUEZONE_IOS_SERVICE = "00004e56-73f5-4bc4-a12f-17d1ad07a667"
+BLUEZONE_IOS_CHARACTERISTIC = "00004e56-73f5-4bc4-a12f-17d1ad07a689"
+BLUEZONE_IOS_SERVICE_WIRE = uuid128_wire(BLUEZONE_IOS_SERVICE)
+APPLE_COMPANY = 0x004C
+APPLE_OVERFLOW_TYPE = 0x01
+APPLE_OVERFLOW_LEN = 17  # type byte + 16-byte hashed service bitmap
+BLUEZONE_OVERFLOW_BIT = 0x08  # bitmap byte 0
+EN_SERVICE16 = 0xFD6F
+EN_PAYLOAD_LEN = 20
+IBEACON_PREFIX = b"\x02\x15"
+IBEACON_LEN = 23
+# Android Bluezone (3.0.7+) also transmits this iBeacon to wake sleeping iOS apps.
+BLUEZONE_BEACON = bytes.fromhex("c7afef7b17884f4aa87d691d53bf21c4") + b"\x00\x14\x00\x14"
+
+# Heuristic: adverts from these senders are almost always phones or their companions.
+PHONE_COMPANIES = frozenset({0x0006, 0x0075, 0x00E0})  # Microsoft, Samsung, Google
+PHONE_SERVICES16 = frozenset({0xFE9F})  # Google
+
+_BASE_SUFFIX = "-0000-1000-8000-00805f9b34fb"
+
+
+class Decoded(NamedTuple):
+    """Decoder output for one payload (shared via the cache: read-only).
+
+    Attributes:
+        kind: what the payload is.
+        ident: tracing ID (Bluezone 12 bytes, EN RPI 16 bytes); for iBeacon the proximity
+            UUID ‖ major ‖ minor (20 bytes, a beacon, not a person); else ``None``.
+        aem: EN Associated Encrypted Metadata (4 bytes).
+        tx_power: advertised TX power level (AD type 0x0A), dBm.
+    """
+
+    kind: IdKind
+    ident: bytes | None
+    aem: bytes | None
+    tx_power: int | None
+
+
+def classify(f: AdFields) -> Decoded:
+    """Decide what parsed AD fields are. Pure; never raises."""
+    tx = f.tx_power
+    mfr = f.manufacturer
+    bz = mfr.get(BLUEZONE_COMPANY)
+    if bz is not None and len(bz) == BLUEZONE_ID_LEN:
+        return Decoded(IdKind.BLUEZONE, bz, None, tx)
+    en = f.service_data16.get(EN_SERVICE16)
+    if en is not None and len(en) == EN_PAYLOAD_LEN:
+        return Decoded(IdKind.GAEN, en[:16], en[16:], tx)
+    if BLUEZONE_IOS_SERVICE_WIRE in f.uuids128:
+        return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
+    apple = mfr.get(APPLE_COMPANY)
+    if apple is not None:
+        if (len(apple) == APPLE_OVERFLOW_LEN and apple[0] == APPLE_OVERFLOW_TYPE
+                and apple[1] & BLUEZONE_OVERFLOW_BIT):
+            return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
+        if len(apple) == IBEACON_LEN and apple[:2] == IBEACON_PREFIX:
+            return Decoded(IdKind.IBEACON, apple[2:22], None, tx)
+        return Decoded(IdKind.APPLE, None, None, tx)
+    if not PHONE_COMPANIES.isdisjoint(mfr) or not PHONE_SERVICES16.isdisjoint(f.uuids16) \
+            or not PHONE_SERVICES16.isdisjoint(f.service_data16):
+        return Decoded(IdKind.PHONE, None, None, tx)
+    return Decoded(IdKind.OTHER, None, None, tx)
+
+
+def decode_uncached(data: bytes) -> Decoded:
+    """Parse and classify a raw AD payload without the cache (benchmarks, tests)."""
+    return classify(parse_ad(data))
+
+
+@lru_cache(maxsize=4096)
+def decode(data: bytes) -> Decoded:
+    """Parse and classify a raw AD payload, cached on the bytes. Never raises."""
+    return classify(parse_ad(data))
+
+
+def fields_from_parts(manufacturer_data: Mapping[int, bytes],
+                      service_data: Mapping[str, bytes],
+                      service_uuids: Iterable[str],
+                      tx_power: int | None) -> AdFields:
+    """Rebuild :class:`AdFields` from a scanner's already-split view (bleak, BlueZ D-Bus).
+
+    Malformed UUID strings are skipped and counted, like malformed AD structures.
+    """
+    f = AdFields(tx_power=tx_power)
+    for company, value in manufacturer_data.items():
+        if isinstance(company, int) and 0 <= company <= 0xFFFF:
+            f.manufacturer[company] = bytes(value)
+        else:
+            f.malformed += 1
+    for uuid, value in service_data.items():
+        u16 = _uuid16_of(uuid)
+        if u16 is not None:
+            f.service_data16[u16] = bytes(value)
+        else:
+            wire = _uuid128_of(uuid)
+            if wire is None:
+                f.malformed += 1
+            else:
+                f.service_data128[wire] = bytes(value)
+    for uuid in service_uuids:
+        u16 = _uuid16_of(uuid)
+        if u16 is not None:
+            f.uuids16.append(u16)
+            continue
+        wire = _uuid128_of(uuid)
+        if wire is None:
+            f.malformed += 1
+        else:
+            f.uuids128.append(wire)
+    return f
+
+
+def decode_parts(manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes],
+                 service_uuids: Iterable[str], tx_power: int | None) -> Decoded:
+    """Classify a scanner's split view of an advert with the same rules as :func:`decode`."""
+    return classify(fields_from_parts(manufacturer_data, service_data, service_uuids,
+                                      tx_power))
+
+
+def _uuid16_of(uuid: str) -> int | None:
+    u = uuid.lower()
+    if len(u) == 36 and u.startswith("0000") and u.endswith(_BASE_SUFFIX):
+        try:
+            return int(u[4:8], 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _uuid128_of(uuid: str) -> bytes | None:
+    try:
+        raw = bytes.fromhex(uuid.replace("-", ""))
+    except ValueError:
+        return None
+    return raw[::-1] if len(raw) == 16 else None

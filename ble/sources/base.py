@@ -1,0 +1,120 @@
+"""The advert-source protocol, its errors, and a bounded-queue base for radio backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from ble.records import Advert
+from gateway.errors import BzgwError
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class AdvertSource(Protocol):
+    """An async iterator of decoded adverts that must be closed.
+
+    Every backend (bleak, bluepy, replay, simulator) implements it; tests and the demo drive
+    the same code path as the Pi.
+    """
+
+    def __aiter__(self) -> AsyncIterator[Advert]:
+        """The source itself."""
+        ...
+
+    async def __anext__(self) -> Advert:
+        """The next advert (starts the radio on first use)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the radio or reader and release everything; safe to call twice."""
+        ...
+
+    def diagnostics(self) -> dict[str, object]:
+        """Counters for the health topic (no addresses, no IDs)."""
+        ...
+
+
+class SourceError(BzgwError):
+    """An advert source cannot run.
+
+    Attributes:
+        fix: one line telling the operator what to do.
+    """
+
+    def __init__(self, message: str, fix: str) -> None:
+        self.fix = fix
+        super().__init__(f"{message}: {fix}")
+
+
+class ScannerStartError(SourceError):
+    """The radio did not start scanning (after bounded retries)."""
+
+
+class QueueSource:
+    """Base for radio sources: callbacks push into a bounded queue, the consumer pulls.
+
+    A full queue drops the newest advert and counts it (``dropped``): a stalled consumer must
+    not grow memory without bound.
+    """
+
+    def __init__(self, queue_size: int = 4096) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be positive")
+        self._queue: asyncio.Queue[Advert | None] = asyncio.Queue(queue_size)
+        self._started = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self.received = 0
+        self.dropped = 0
+
+    def _put(self, advert: Advert) -> None:
+        self.received += 1
+        try:
+            self._queue.put_nowait(advert)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def _fail(self, err: BaseException) -> None:
+        """End the stream with ``err`` (raised to the consumer)."""
+        self._failure = err
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except asyncio.QueueFull:  # the consumer will find the flag on its next get
+            pass
+
+    async def start(self) -> None:
+        """Start the radio; subclasses override."""
+        self._started = True
+
+    def __aiter__(self) -> QueueSource:
+        return self
+
+    async def __anext__(self) -> Advert:
+        if not self._started and not self._closed:
+            await self.start()
+        while True:
+            if self._failure is not None:
+                err, self._failure = self._failure, None
+                raise err
+            if self._closed and self._queue.empty():
+                raise StopAsyncIteration
+            item = await self._queue.get()
+            if item is not None:
+                return item
+
+    async def close(self) -> None:
+        """Mark closed and wake the consumer; subclasses stop their radio first."""
+        self._closed = True
+        self._wake()
+
+    def diagnostics(self) -> dict[str, object]:
+        """Queue counters."""
+        return {"received": self.received, "dropped": self.dropped,
+                "queued": self._queue.qsize()}

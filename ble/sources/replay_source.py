@@ -1,0 +1,83 @@
+"""Replay of a capture file as an advert source; the capture's timestamps are the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ble.ios import IosResolver
+from ble.records import Advert
+from ble.replay import ReplayStats, read_adverts
+from gateway.clock import Clock
+
+_YIELD_EVERY = 256  # let other tasks run while replaying as fast as possible
+
+
+class ReplaySource:
+    """Adverts of a btsnoop / btmon / pcapng / pcap capture, in capture order.
+
+    Args:
+        path: the capture.
+        clock: advanced to each advert's timestamp when it has ``advance`` (a
+            :class:`~gateway.clock.ReplayClock`), so every stage runs on capture time.
+        speed: ``None`` replays as fast as possible; ``N`` paces at N× capture speed.
+        resolver: optional iOS ID resolver (only useful with a simulated GATT reader).
+    """
+
+    def __init__(self, path: Path | str, clock: Clock, *, speed: float | None = None,
+                 resolver: IosResolver | None = None) -> None:
+        self.path = Path(path)
+        self.stats = ReplayStats()
+        self._clock = clock
+        self._speed = speed
+        self._resolver = resolver
+        self._iter: Iterator[Advert] | None = None
+        self._n = 0
+        self._t0: tuple[float, float] | None = None  # (capture time, monotonic) of first
+        self._closed = False
+
+    def __aiter__(self) -> ReplaySource:
+        return self
+
+    async def __anext__(self) -> Advert:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._iter is None:
+            self._iter = read_adverts(self.path, self.stats)
+        try:
+            adv = next(self._iter)
+        except StopIteration:
+            raise StopAsyncIteration from None
+        advance = getattr(self._clock, "advance", None)
+        if advance is not None:
+            advance(adv.ts)
+        self._n += 1
+        if self._speed is not None:
+            if self._t0 is None:
+                self._t0 = (adv.ts, time.monotonic())
+            due = self._t0[1] + (adv.ts - self._t0[0]) / self._speed
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif self._n % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        if self._resolver is not None:
+            adv = self._resolver.resolve(adv)
+        return adv
+
+    async def close(self) -> None:
+        """Close the capture file."""
+        self._closed = True
+        if self._iter is not None:
+            close = getattr(self._iter, "close", None)
+            if close is not None:
+                close()
+        if self._resolver is not None:
+            await self._resolver.close()
+
+    def diagnostics(self) -> dict[str, object]:
+        """Records, events, reports and truncation of the capture so far."""
+        return {"backend": "replay", "adverts": self._n, "records": self.stats.records,
+                "truncated": self.stats.truncated, "malformed": self.stats.hci.malformed}

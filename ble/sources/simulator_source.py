@@ -1,0 +1,91 @@
+"""The seeded crowd simulator as an advert source."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+from ble.config import SimulatorSettings
+from ble.ios import IosResolver
+from ble.records import Advert
+from ble.simulator import Crowd
+from gateway.clock import Clock
+
+_YIELD_EVERY = 256
+
+
+def crowd_from_settings(s: SimulatorSettings, *, now: float) -> Crowd:
+    """Build the crowd a ``ble.simulator`` config section describes."""
+    crowd = Crowd(seed=s.seed, start=s.start if s.start is not None else now,
+                  duration_s=s.duration_s)
+    venues = [s.venue]
+    crowd.add_bluezone_phones(s.bluezone_phones, venues=venues)
+    crowd.add_en_phones(s.en_phones, venues=venues)
+    crowd.add_iphones(s.iphones, venues=venues)
+    crowd.add_background(s.background, venues=venues)
+    return crowd
+
+
+class SimulatorSource:
+    """Adverts a simulated crowd sends at one venue, in time order.
+
+    Args:
+        crowd: the crowd.
+        venue: where the gateway is.
+        clock: advanced to each advert's timestamp when it has ``advance``.
+        start: first instant (default: the crowd's start).
+        end: last instant, exclusive (default: the crowd's end).
+        rate_hz: adverts per second per device.
+        realtime: sleep so adverts come out at their own pace (else as fast as possible).
+        resolver: reads iOS IDs, typically through ``crowd.gatt_reader(clock)``.
+    """
+
+    def __init__(self, crowd: Crowd, venue: str, clock: Clock, *, start: float | None = None,
+                 end: float | None = None, rate_hz: float = 1.0, realtime: bool = False,
+                 resolver: IosResolver | None = None) -> None:
+        self.crowd = crowd
+        self.venue = venue
+        self._clock = clock
+        self._iter: Iterator[Advert] = crowd.adverts(venue, start, end, rate_hz)
+        self._realtime = realtime
+        self._resolver = resolver
+        self._t0: tuple[float, float] | None = None
+        self._n = 0
+        self._closed = False
+
+    def __aiter__(self) -> SimulatorSource:
+        return self
+
+    async def __anext__(self) -> Advert:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            adv = next(self._iter)
+        except StopIteration:
+            raise StopAsyncIteration from None
+        advance = getattr(self._clock, "advance", None)
+        if advance is not None:
+            advance(adv.ts)
+        self._n += 1
+        if self._realtime:
+            if self._t0 is None:
+                self._t0 = (adv.ts, time.monotonic())
+            delay = self._t0[1] + (adv.ts - self._t0[0]) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif self._n % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        if self._resolver is not None:
+            adv = self._resolver.resolve(adv)
+        return adv
+
+    async def close(self) -> None:
+        """Stop generating; cancel a simulated GATT read in flight."""
+        self._closed = True
+        if self._resolver is not None:
+            await self._resolver.close()
+
+    def diagnostics(self) -> dict[str, object]:
+        """Adverts generated so far."""
+        return {"backend": "simulator", "adverts": self._n, "devices": len(self.crowd.devices)}
