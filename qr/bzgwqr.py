@@ -40,6 +40,7 @@ VERSION = 1
 _DOMAIN = b"BZ1\0"
 _KINDS = {1: "venue", 2: "person"}
 _K = CheckInKind.BZGW
+_NAME = "bzgw QR"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 _PHONE = re.compile(r"\+?[0-9]{8,15}")
 
@@ -47,7 +48,7 @@ Keys = Mapping[bytes, Ed25519PublicKey]
 
 
 def _bad(reason: str) -> PayloadRejected:
-    return PayloadRejected(_K, f"bzgw QR: {reason}")
+    return PayloadRejected(_K, f"{_NAME}: {reason}")
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
@@ -149,7 +150,7 @@ def parse_bzgw(text: str, *, ts: float, keys: Keys | None) -> Recognition | None
         packed = b45decode(text[len(PREFIX):].rstrip("\r\n"))
     except Base45Error as err:
         raise _bad("malformed base45") from err
-    outer = strict_cbor(packed, _K, "code")
+    outer = strict_cbor(packed, _K, "code", prefix=_NAME)
     if not (isinstance(outer, list | tuple) and len(outer) == 3
             and all(isinstance(x, bytes) for x in outer)):
         raise _bad("malformed code")
@@ -163,7 +164,7 @@ def parse_bzgw(text: str, *, ts: float, keys: Keys | None) -> Recognition | None
         public.verify(sig, _DOMAIN + kid + payload)
     except InvalidSignature as err:
         raise _bad("bad signature") from err
-    body = strict_cbor(payload, _K, "payload")
+    body = strict_cbor(payload, _K, "payload", prefix=_NAME)
     if not isinstance(body, Mapping) or body.get(1) != VERSION:
         raise _bad("unsupported version")
     kind, ident = _KINDS.get(_int(body.get(2)) or 0), body.get(3)

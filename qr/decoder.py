@@ -144,15 +144,21 @@ class ZxingReader:
         binarizer = z.Binarizer.GlobalHistogram if histogram else z.Binarizer.LocalAverage
         found = z.read_barcodes(gray, formats=self.formats, text_mode=z.TextMode.Plain,
                                 binarizer=binarizer, return_errors=True)
-        codes, failed = [], 0
+        codes: list[DecodedCode] = []
+        failed: set[tuple[int, int]] = set()
         for r in found:
             if not r.valid:
-                failed += 1
+                # One damaged symbol is reported several times (and its finder patterns as
+                # Micro QR candidates): count distinct full-QR positions only.
+                if r.format == self._z.BarcodeFormat.QRCode:
+                    p = r.position
+                    failed.add(((p.top_left.x + p.bottom_right.x) // 64,
+                                (p.top_left.y + p.bottom_right.y) // 64))
                 continue
             codes.append(DecodedCode(raw=bytes(r.bytes), text=r.text, format=r.format.name,
                                      decoder="zxing",
                                      content=self._content.get(r.content_type, "text")))
-        return codes, failed
+        return codes, len(failed)
 
 
 class ZbarQrReader:

@@ -71,18 +71,20 @@ def _refuse(*_args: Any) -> Any:
     raise cbor2.CBORDecodeError("semantic tag not allowed")
 
 
-def strict_cbor(data: bytes, kind: CheckInKind, what: str) -> object:
+def strict_cbor(data: bytes, kind: CheckInKind, what: str, *, prefix: str = "") -> object:
     """Decode untrusted CBOR: bounded size and depth, definite lengths, no semantic tags.
 
     Raises:
-        PayloadRejected: ``{kind}: malformed {what}`` on anything wrong.
+        PayloadRejected: ``{prefix}: malformed {what}`` on anything wrong (prefix defaults to
+            the kind in capitals).
     """
     import cbor2
 
+    prefix = prefix or kind.value.upper()
     if len(data) > MAX_CBOR:
-        raise PayloadRejected(kind, f"{kind.value.upper()}: {what} too large")
+        raise PayloadRejected(kind, f"{prefix}: {what} too large")
     try:
         return cbor2.loads(data, semantic_decoders=dict.fromkeys(_SEMANTIC_TAGS, _refuse),
                            max_depth=16, allow_indefinite=False)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as err:
-        raise PayloadRejected(kind, f"{kind.value.upper()}: malformed {what}") from err
+        raise PayloadRejected(kind, f"{prefix}: malformed {what}") from err

@@ -33,17 +33,18 @@ def guess_text(raw: bytes) -> tuple[str, str]:
     Returns:
         ``(text, content)`` where content is ``text`` or ``binary``.
     """
+    text = None
     try:
-        return raw.decode("utf-8").removeprefix("\ufeff"), "text"
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
-        pass
-    if any(0x81 <= b <= 0x9F or 0xE0 <= b <= 0xEF for b in raw):
-        try:
-            return raw.decode("shift_jis"), "text"
-        except UnicodeDecodeError:
-            pass
-    text = raw.decode("latin-1")
-    binary = any((b < 0x20 and b not in (0x09, 0x0A, 0x0D)) or 0x7F <= b < 0xA0 for b in raw)
+        if any(0x81 <= b <= 0x9F or 0xE0 <= b <= 0xEF for b in raw):
+            try:
+                text = raw.decode("shift_jis")
+            except UnicodeDecodeError:
+                pass
+    if text is None:
+        text = raw.decode("latin-1")
+    binary = any((ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in text)
     return text, "binary" if binary else "text"
 
 
