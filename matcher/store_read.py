@@ -146,13 +146,15 @@ class StoreReads:
         return [self._checkin(r) for r in rows]
 
     # -- co-presence -------------------------------------------------------------------------
-    def sightings_at(self, venue_id: int, start: float, end: float) -> list[tuple[str, bytes]]:
-        """``(kind, ident)`` of sightings at a venue overlapping ``[start, end]``."""
+    def sightings_at(self, venue_id: int, start: float,
+                     end: float) -> list[tuple[str, bytes, int]]:
+        """``(kind, ident, slot_start)`` of sightings at a venue overlapping ``[start, end]``."""
         span = self.stat("max_span")
         rows = self.db.execute(
-            "SELECT kind, ident FROM sightings WHERE venue_id = ? AND first_seen >= ? AND "
-            "first_seen <= ? AND last_seen >= ?", (venue_id, start - span, end, start))
-        return [(k, bytes(i)) for k, i in rows]
+            "SELECT kind, ident, slot_start FROM sightings WHERE venue_id = ? AND "
+            "first_seen >= ? AND first_seen <= ? AND last_seen >= ?",
+            (venue_id, start - span, end, start))
+        return [(k, bytes(i), int(s)) for k, i, s in rows]
 
     def checkins_at(self, venue_id: int, start: float, end: float) -> list[CheckinRow]:
         """Check-ins at a venue within ``[start, end]``, oldest first."""

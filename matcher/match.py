@@ -1,0 +1,254 @@
+"""F0 IDs ⋈ stored sightings and check-ins → exposure windows with their co-presence.
+
+For each case of an F0 input:
+
+1. **Visits.** Every stored sighting of one of the case's IDs whose time overlaps the ID's
+   validity window, widened by the case's tolerance (one Bluezone slot for phone clock error,
+   ±2 h for EN) and by the record's own clock uncertainty (unbounded when the gateway's clock
+   was never synchronised: such visits are kept and flagged). Hits outside the widened window
+   are counted, not used: they are a replayed ID or a clock far off. Identity cases use the
+   person's check-ins (subject or phone).
+2. **Windows.** Visits at one venue closer than ``merge_gap_s`` merge into one exposure
+   window; dwell is the time covered by its visits, proximity the nearest class seen.
+3. **Co-presence.** For each window ± ``margin_s``: the check-ins of other people at that
+   venue (close-contact candidates), distinct other tracing IDs by kind with the peak per ID
+   slot (≈ phones), and the gateways' own adoption counts (phones not running tracing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matcher.f0 import F0, F0Case
+from matcher.rows import AdoptionSummary, CheckinRow, SightingRow, VenueInfo
+from matcher.store_read import StoreReads
+
+PROXIMITY_ORDER = {"near": 0, "medium": 1, "far": 2, "unknown": 3}
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """How windows are built and what counts as co-present."""
+
+    margin_s: float = 1800.0
+    merge_gap_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One piece of evidence that a case was at a venue."""
+
+    kind: str  # bluezone | gaen | checkin
+    venue_id: int
+    gateway_id: str
+    start: float
+    end: float
+    proximity: str
+    rssi_max: int | None
+    adverts: int
+    uncertainty: float
+    synced: bool
+    record_id: int
+    ident: bytes = b""
+
+
+@dataclass(frozen=True)
+class CoPresent:
+    """A check-in of someone else at the venue during a window (personal data)."""
+
+    ts: float
+    kind: str
+    subject: str
+    masked: str
+    fields: dict[str, str]
+    gateway_id: str
+
+
+@dataclass
+class ExposureWindow:
+    """A case at one venue for one stretch of time, with who else was there."""
+
+    case: str
+    venue: VenueInfo
+    start: float
+    end: float
+    dwell_s: float
+    via: list[str]
+    proximity: str
+    rssi_max: int | None
+    sightings: int
+    checkins: int
+    gateways: list[str]
+    clock_uncertainty_s: float
+    clock_synced: bool
+    co_present: list[CoPresent] = field(default_factory=list)
+    other_ids: dict[str, int] = field(default_factory=dict)
+    peak_phones: dict[str, int] = field(default_factory=dict)
+    adoption: AdoptionSummary = field(default_factory=AdoptionSummary)
+
+
+@dataclass
+class CaseResult:
+    """Everything found for one case."""
+
+    label: str
+    kind: str
+    n_ids: int
+    hits: int = 0
+    out_of_window: int = 0
+    windows: list[ExposureWindow] = field(default_factory=list)
+
+
+@dataclass
+class MatchResult:
+    """The answer to one F0 input."""
+
+    source: str
+    format: str
+    signer: str
+    generated_at: float
+    params: MatchParams
+    skipped: int = 0
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def windows(self) -> list[ExposureWindow]:
+        """Every window of every case, by start time."""
+        return sorted((w for c in self.cases for w in c.windows), key=lambda w: w.start)
+
+
+def _sighting_visit(r: SightingRow) -> Visit:
+    return Visit(kind="gaen" if r.kind == "gaen" else "bluezone", venue_id=r.venue_id,
+                 gateway_id=r.gateway_id, start=r.first_seen, end=r.last_seen,
+                 proximity=r.proximity, rssi_max=r.rssi_max, adverts=r.count,
+                 uncertainty=r.clock.uncertainty, synced=r.clock.synced, record_id=r.id,
+                 ident=r.ident)
+
+
+def _checkin_visit(c: CheckinRow) -> Visit:
+    return Visit(kind="checkin", venue_id=c.venue_id, gateway_id=c.gateway_id, start=c.ts,
+                 end=c.ts, proximity="unknown", rssi_max=None, adverts=1,
+                 uncertainty=c.clock.uncertainty, synced=c.clock.synced, record_id=c.id)
+
+
+def id_visits(store: StoreReads, cases: list[F0Case],
+              results: list[CaseResult]) -> dict[int, list[Visit]]:
+    """Visits per case index for every ID case, one join for all of them."""
+    id_cases = [(i, c) for i, c in enumerate(cases) if c.block is not None and c.n_ids]
+    if not id_cases:
+        return {}
+    idents: list[bytes] = []
+    offsets, starts, ends, tols = [], [], [], []
+    for _i, c in id_cases:
+        assert c.block is not None
+        offsets.append(len(idents))
+        idents.extend(c.block.idents())
+        starts.append(c.block.starts)
+        ends.append(c.block.ends)
+        tols.append(np.full(c.n_ids, c.tolerance_s))
+    lo = np.concatenate(starts) - np.concatenate(tols)
+    hi = np.concatenate(ends) + np.concatenate(tols)
+    owner = np.asarray(offsets)
+    out: dict[int, list[Visit]] = defaultdict(list)
+    for gidx, row in store.sightings_for_idents(idents):
+        case_i = id_cases[int(np.searchsorted(owner, gidx, side="right")) - 1][0]
+        unc = row.clock.uncertainty  # inf when the clock was never synchronised
+        res = results[case_i]
+        res.hits += 1
+        if row.last_seen < lo[gidx] - unc or row.first_seen > hi[gidx] + unc:
+            res.out_of_window += 1
+            continue
+        out[case_i].append(_sighting_visit(row))
+    return out
+
+
+def _merge(case: str, venue: VenueInfo, visits: list[Visit], gap: float) -> list[
+        ExposureWindow]:
+    visits = sorted(visits, key=lambda v: v.start)
+    groups: list[list[Visit]] = []
+    for v in visits:
+        if groups and v.start <= max(x.end for x in groups[-1]) + gap:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    out = []
+    for g in groups:
+        start, end = g[0].start, max(v.end for v in g)
+        covered, cur_s, cur_e = 0.0, g[0].start, g[0].end
+        for v in g[1:]:  # union of the visit intervals
+            if v.start > cur_e:
+                covered += cur_e - cur_s
+                cur_s, cur_e = v.start, v.end
+            else:
+                cur_e = max(cur_e, v.end)
+        covered += cur_e - cur_s
+        rssi = [v.rssi_max for v in g if v.rssi_max is not None]
+        out.append(ExposureWindow(
+            case=case, venue=venue, start=start, end=end, dwell_s=covered,
+            via=sorted({v.kind for v in g}),
+            proximity=min((v.proximity for v in g), key=lambda p: PROXIMITY_ORDER.get(p, 3)),
+            rssi_max=max(rssi) if rssi else None,
+            sightings=sum(1 for v in g if v.kind != "checkin"),
+            checkins=sum(1 for v in g if v.kind == "checkin"),
+            gateways=sorted({v.gateway_id for v in g}),
+            clock_uncertainty_s=max(v.uncertainty for v in g),
+            clock_synced=all(v.synced for v in g)))
+    return out
+
+
+def _co_presence(store: StoreReads, w: ExposureWindow, own_checkins: set[int],
+                 own_subjects: set[str], own_idents: set[bytes], margin: float) -> None:
+    a, b = w.start - margin, w.end + margin
+    for c in store.checkins_at(w.venue.id, a, b):
+        if c.id in own_checkins or c.subject in own_subjects:
+            continue
+        w.co_present.append(CoPresent(ts=c.ts, kind=c.kind, subject=c.subject,
+                                      masked=c.masked, fields=c.fields,
+                                      gateway_id=c.gateway_id))
+    ids: dict[str, set[bytes]] = defaultdict(set)
+    per_slot: dict[tuple[str, int], set[bytes]] = defaultdict(set)
+    for kind, ident, slot in store.sightings_at(w.venue.id, a, b):
+        if ident in own_idents:
+            continue
+        k = "gaen" if kind == "gaen" else "bluezone"
+        ids[k].add(ident)
+        per_slot[(k, slot)].add(ident)
+    w.other_ids = {k: len(v) for k, v in sorted(ids.items())}
+    peaks: dict[str, int] = {}
+    for (k, _slot), v in per_slot.items():
+        peaks[k] = max(peaks.get(k, 0), len(v))
+    w.peak_phones = dict(sorted(peaks.items()))
+    w.adoption = store.adoption_at(w.venue.id, a, b)
+
+
+def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None) -> MatchResult:
+    """Match one verified F0 input against the store."""
+    p = params or MatchParams()
+    result = MatchResult(source=f0.source, format=f0.format, signer=f0.signer,
+                         generated_at=time.time(), params=p, skipped=f0.skipped)
+    result.cases = [CaseResult(label=c.label, kind=c.kind, n_ids=c.n_ids) for c in f0.cases]
+    visits = id_visits(store, f0.cases, result.cases)
+    for i, c in enumerate(f0.cases):
+        if c.kind != "identity":
+            continue
+        rows = store.checkins_for_identity(c.subjects, c.phones, c.since, c.until)
+        result.cases[i].hits = len(rows)
+        visits[i] = [_checkin_visit(r) for r in rows]
+    for i, c in enumerate(f0.cases):
+        vs = visits.get(i, [])
+        by_venue: dict[int, list[Visit]] = defaultdict(list)
+        for v in vs:
+            by_venue[v.venue_id].append(v)
+        own_checkins = {v.record_id for v in vs if v.kind == "checkin"}
+        own_idents = {v.ident for v in vs if v.ident}
+        windows: list[ExposureWindow] = []
+        for vid, group in by_venue.items():
+            windows += _merge(c.label, store.venue(vid), group, p.merge_gap_s)
+        for w in windows:
+            _co_presence(store, w, own_checkins, set(c.subjects), own_idents, p.margin_s)
+        result.cases[i].windows = sorted(windows, key=lambda w: (w.start, w.venue.key))
+    return result
