@@ -104,6 +104,7 @@ class Feedback:
         background: run blink patterns in gpiozero's background threads (off in tests that
             want to assert finished pin sequences).
         clock: wall time for events without an explicit ``ts``.
+        time_scale: multiplies every on/off time (tests play patterns faster).
 
     Attributes:
         available: whether at least one pin is being driven.
@@ -113,10 +114,12 @@ class Feedback:
     def __init__(self, *, led_pin: str | int | None = "GPIO17",
                  buzzer_pin: str | int | None = "GPIO27", enabled: bool = True,
                  pin_factory: Any = None, events: FeedbackEvents | None = None,
-                 background: bool = True, clock: Callable[[], float] = time.time) -> None:
+                 background: bool = True, clock: Callable[[], float] = time.time,
+                 time_scale: float = 1.0) -> None:
         self.events = events if events is not None else FeedbackEvents()
         self.background = background
         self._clock = clock
+        self.time_scale = time_scale
         self._led: Any = None
         self._buzzer: Any = None
         self.problem = "" if enabled else "disabled in config"
@@ -182,8 +185,9 @@ class Feedback:
                 dev.off()
                 continue
             on, off, n = spec
+            k = self.time_scale
             # A repeating pattern must never block the caller.
-            getattr(dev, method)(on_time=on, off_time=off, n=n,
+            getattr(dev, method)(on_time=on * k, off_time=off * k, n=n,
                                  background=self.background or n is None)
 
     def close(self) -> None:
