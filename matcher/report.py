@@ -163,6 +163,11 @@ _CONFIDENTIAL = _t("MẬT: có dữ liệu cá nhân, chỉ dùng cho truy vết
                    "CONFIDENTIAL: contains personal data, for contact tracing only.")
 
 
+def _span(a: float, b: float) -> str:
+    la, lb = local(a), local(b)
+    return f"{la} – {lb[11:] if la[:10] == lb[:10] else lb}"
+
+
 def _dur(s: float) -> str:
     m = round(s / 60)
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
@@ -181,7 +186,7 @@ def _window_rows(w: ExposureWindow) -> str:
               f"{w.peak_phones.get('gaen', 0)}); {_t('điện thoại khác', 'other phones')} ≤ "
               f"{w.adoption.max_other_phones}")
     return (f"<tr><td>{escape(w.venue.label)}<br><span class=muted>{escape(w.venue.key)}"
-            f"</span></td><td>{escape(local(w.start))} – {escape(local(w.end)[11:])}</td>"
+            f"</span></td><td>{escape(_span(w.start, w.end))}</td>"
             f"<td>{escape(_dur(w.dwell_s))}</td><td>{via}</td><td>{prox}"
             f"{'' if w.rssi_max is None else f' ({w.rssi_max} dBm)'}</td><td>{clock}</td>"
             f"<td>{len(w.co_present)}</td><td>{others}</td></tr>")
