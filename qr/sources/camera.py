@@ -110,7 +110,7 @@ class CameraSource(FrameSource):
             now = monotonic()
             if image is None or image.size == 0:
                 if now - last_good >= self.fault_after_s:
-                    self._set_state(SourceState.FAULT, f"no frame for {now - last_good:.0f} s: "
+                    self._set_state(SourceState.FAULT, f"no frame for {now - last_good:.1f} s: "
                                     "check the camera cable and power")
                     return
                 await asyncio.sleep(min(period, 0.05))
