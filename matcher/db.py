@@ -40,6 +40,7 @@ class Database(ABC):
 
     dialect: str
     integrity_errors: tuple[type[BaseException], ...]
+    errors: tuple[type[BaseException], ...]  # the driver's root error (locked, gone, full)
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -80,6 +81,7 @@ class SqliteDatabase(Database):
 
     dialect = "sqlite"
     integrity_errors = (sqlite3.IntegrityError,)
+    errors = (sqlite3.Error,)
 
     def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
@@ -154,6 +156,7 @@ class PostgresDatabase(Database):
         from psycopg import sql
 
         self.integrity_errors = (psycopg.errors.IntegrityError,)
+        self.errors = (psycopg.Error,)
         self.schema = schema
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)

@@ -10,9 +10,20 @@ from typing import Any, Protocol
 class HeaderLike(Protocol):
     """What the store needs of a batch header (``gateway.sealer.BatchHeader`` fits)."""
 
-    gateway_id: str
-    seq: int
-    created_at: float
+    @property
+    def gateway_id(self) -> str:
+        """The sealing gateway."""
+        ...
+
+    @property
+    def seq(self) -> int:
+        """Its sequence number."""
+        ...
+
+    @property
+    def created_at(self) -> float:
+        """When it was sealed (gateway wall clock)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

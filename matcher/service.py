@@ -1,0 +1,189 @@
+"""``bzgw matcher serve``: one matcher process on the shared batch subscription.
+
+Several processes (or hosts) subscribe to ``$share/matchers/bz/v1/+/+/+/batch``; the broker
+hands each batch to one of them, so ingest scales by adding processes. Each process also
+reads gateway ``status`` and ``health`` (stored for the dashboard by
+:func:`matcher.dashboard_queries.consume_message`) and runs retention every
+``purge_interval_s``.
+
+Store work runs on one worker thread per service, so the event loop (and paho's callbacks)
+never wait for the database and the store's connection is used by one thread at a time.
+A lost MQTT session is retried with exponential backoff and jitter; a batch that was being
+processed when the session dropped is sent again by its gateway (no ack reached it), and the
+store's ``(gateway, seq)`` key makes that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gateway import codec
+from gateway.errors import BzgwError
+from gateway.registry import Registry
+from gateway.sealer import DEFAULT_MAX_WIRE, MatcherPrivateKey
+from matcher.ingest import Ingestor, Outcome
+from matcher.store import Store
+from mqtt import topics
+from mqtt.client import Message, MqttClient, MqttError
+from mqtt.config import MqttConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def default_client_id(prefix: str = "matcher") -> str:
+    """A client id unique per process: members of a share group need distinct ids."""
+    return f"{prefix}-{socket.gethostname()[:32]}-{os.getpid()}"
+
+
+@dataclass
+class ServiceStats:
+    """What this process has done since it started (totals live in the store)."""
+
+    batches: dict[str, int] = field(default_factory=dict)
+    reports: int = 0
+    acks: int = 0
+    ack_failures: int = 0
+    sessions: int = 0
+    purges: int = 0
+    purged_rows: int = 0
+
+
+class MatcherService:
+    """Subscribe, ingest, ack, keep status/health, purge; until ``stop`` is set."""
+
+    def __init__(self, *, store: Store, registry: Registry,
+                 private_key: MatcherPrivateKey | Mapping[str, MatcherPrivateKey],
+                 mqtt: MqttConfig, client_id: str | None = None,
+                 retention_days: float = 21, purge_interval_s: float = 3600,
+                 max_wire: int = DEFAULT_MAX_WIRE,
+                 max_plaintext: int = codec.DEFAULT_MAX_PLAINTEXT,
+                 gateway_reports: bool = True) -> None:
+        self.store = store
+        self.registry = registry
+        self.mqtt = mqtt
+        self.client_id = client_id or default_client_id()
+        self.retention_days = retention_days
+        self.purge_interval_s = purge_interval_s
+        self.gateway_reports = gateway_reports
+        self.ingestor = Ingestor(store, registry, private_key, max_wire=max_wire,
+                                 max_plaintext=max_plaintext)
+        self.stats = ServiceStats()
+        self.subscribed = asyncio.Event()
+        self._store_errors: tuple[type[BaseException], ...] = (BzgwError, *store.db.errors)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-store")
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kw))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; reconnect with backoff when the session drops."""
+        purger = asyncio.create_task(self._purge_loop(stop), name="matcher-purge")
+        delay = self.mqtt.backoff_min_s
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self._session(stop)
+                except MqttError as err:
+                    log.warning("matcher %s: MQTT session ended: %s", self.client_id, err)
+                if stop.is_set():
+                    break
+                if time.monotonic() - started > 30:  # it had been up: start backoff over
+                    delay = self.mqtt.backoff_min_s
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.mqtt.backoff_max_s)
+        finally:
+            purger.cancel()
+            await asyncio.gather(purger, return_exceptions=True)
+            self._pool.shutdown(wait=True)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        client = MqttClient(self.mqtt, self.client_id)
+        await client.connect()
+        self.stats.sessions += 1
+        try:
+            await client.subscribe(topics.SHARED_BATCHES, qos=1)
+            if self.gateway_reports:
+                await client.subscribe(topics.ALL_STATUS, qos=1)
+                await client.subscribe(topics.ALL_HEALTH, qos=1)
+            self.subscribed.set()
+            log.info("matcher %s subscribed to %s", self.client_id, topics.SHARED_BATCHES)
+            reader = asyncio.create_task(self._read(client))
+            waiter = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (reader, waiter):
+                    t.cancel()
+                await asyncio.gather(reader, waiter, return_exceptions=True)
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            self.subscribed.clear()
+            await client.close()
+
+    async def _read(self, client: MqttClient) -> None:
+        msg: Message
+        async for msg in client.messages():
+            leaf = msg.topic.rsplit("/", 1)[-1]
+            if leaf == "batch":
+                await self._batch(client, msg)
+            elif leaf in ("status", "health"):
+                await self._report(msg)
+
+    async def _batch(self, client: MqttClient, msg: Message) -> None:
+        try:
+            out: Outcome = await self._db(self.ingestor.handle_batch, msg.topic, msg.payload)
+        except self._store_errors as err:
+            # The store failed (disk full, server gone): no ack, so the gateway sends again.
+            log.error("cannot store a batch from %s: %s", msg.topic, err)
+            self.stats.batches["error"] = self.stats.batches.get("error", 0) + 1
+            return
+        key = out.reason if out.status == "rejected" and out.reason else out.status
+        self.stats.batches[key] = self.stats.batches.get(key, 0) + 1
+        if out.ack_topic is None:
+            return
+        try:
+            await client.publish(out.ack_topic, out.ack(), qos=1)
+            self.stats.acks += 1
+        except MqttError as err:
+            self.stats.ack_failures += 1
+            log.warning("ack for %s/%s not delivered: %s", out.gateway_id, out.seq, err)
+            raise
+
+    async def _report(self, msg: Message) -> None:
+        from matcher.dashboard_queries import consume_message
+
+        try:
+            await self._db(consume_message, self.store, self.registry, msg.topic,
+                           msg.payload, retained=msg.retain)
+        except self._store_errors as err:
+            log.error("cannot store a report from %s: %s", msg.topic, err)
+            return
+        self.stats.reports += 1
+
+    async def _purge_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                deleted = await self._db(self.store.purge, time.time(), self.retention_days)
+                self.stats.purges += 1
+                self.stats.purged_rows += sum(deleted.values())
+                if any(deleted.values()):
+                    log.info("retention: deleted %s", deleted)
+            except self._store_errors as err:
+                log.error("retention run failed: %s", err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.purge_interval_s)
