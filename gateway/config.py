@@ -63,6 +63,7 @@ class StatusConfig(Section):
     listen: str = Field(default="0.0.0.0", description="address for the status page")
     port: int = Field(default=8080, ge=0, le=65535)
     health_interval_s: float = Field(default=60, gt=0, description="health topic period")
+    refresh_s: float = Field(default=5, gt=0, le=300, description="status page refresh period")
 
 
 class Config(Section):

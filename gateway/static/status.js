@@ -1,0 +1,74 @@
+// Refreshes the status page from /health and /checkins; mirrors gateway/status.py `view`.
+(function () {
+  "use strict";
+  var VENUE_OFFSET_S = 7 * 3600; // Asia/Ho_Chi_Minh, fixed UTC+7
+  var DISK_WARN = 0.8, DISK_FULL = 0.95;
+  var MARKS = {"accepted": ["Đã ghi nhận", "Accepted", "ok"],
+               "already checked in": ["Đã quét rồi", "Already checked in", "again"],
+               "unreadable": ["Không đọc được", "Unreadable", "no"]};
+  var refreshMs = Math.max(Number(document.body.dataset.refresh) || 5, 0.1) * 1000;
+
+  function clock(ts, seconds) {
+    var iso = new Date((ts + VENUE_OFFSET_S) * 1000).toISOString();
+    return iso.slice(11, seconds ? 19 : 16);
+  }
+  function pct(x) { return x === null || x === undefined ? "–" : Math.round(x * 100) + " %"; }
+  function el(id) { return document.getElementById(id); }
+  function text(id, value) { var e = el(id); if (e) { e.textContent = value; } }
+  function meter(id, x) { var e = el(id); if (e) { e.value = x === null || x === undefined ? 0 : Math.min(x, 1); } }
+
+  function render(h, checkins) {
+    var st = h.state;
+    el("state").className = "state state-" + st.code;
+    text("state-vi", st.vi);
+    text("state-en", st.en);
+    var also = el("also");
+    also.replaceChildren.apply(also, st.also.map(function (a) {
+      var li = document.createElement("li");
+      li.textContent = a.vi + " / " + a.en;
+      return li;
+    }));
+    var p = h.phones;
+    text("phones", p ? String(p.phones) : "–");
+    text("share", p ? pct(p.bluezone_share) : "–");
+    var disk = el("disk");
+    disk.textContent = pct(h.disk.fill);
+    disk.className = "v" + (h.disk.fill >= DISK_FULL ? " bad" : h.disk.fill >= DISK_WARN ? " warn" : "");
+    meter("disk-bar", h.disk.fill);
+    text("outbox", h.outbox.depth + " lô / batches · " + pct(h.outbox.fill));
+    meter("outbox-bar", h.outbox.fill);
+    text("last-sync", h.link.last_sync ? clock(h.link.last_sync) : "chưa / never");
+    var list = el("checkins");
+    list.replaceChildren.apply(list, checkins.map(function (c) {
+      var mark = MARKS[c.state] || [c.state, c.state, ""];
+      var li = document.createElement("li");
+      var t = document.createElement("span");
+      t.className = "t";
+      t.textContent = clock(c.ts);
+      var m = document.createElement("span");
+      m.className = mark[2];
+      m.textContent = mark[0] + " / " + mark[1];
+      li.append(t, m, c.masked ? " " + c.masked : "");
+      return li;
+    }));
+    text("updated", clock(h.ts, true));
+  }
+
+  function get(path) {
+    return fetch(path, {cache: "no-store"}).then(function (r) {
+      if (!r.ok) { throw new Error(path + ": HTTP " + r.status); }
+      return r.json();
+    });
+  }
+
+  function tick() {
+    Promise.all([get("health"), get("checkins")]).then(function (got) {
+      render(got[0], got[1]);
+      document.body.classList.remove("stale");
+    }).catch(function () {
+      document.body.classList.add("stale");
+      text("updated", "không cập nhật được / cannot refresh");
+    }).then(function () { setTimeout(tick, refreshMs); });
+  }
+  setTimeout(tick, refreshMs);
+})();
