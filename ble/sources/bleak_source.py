@@ -82,7 +82,8 @@ class BleakSource(QueueSource):
         self._reset_pause = reset_pause_s
         self._scanner: BleakScanner | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._last_rx = 0.0
+        self._last_rx = 0.0  # loop time of the last advert
+        self._started_at = 0.0  # loop time of the last (re)start
         self._last: dict[str, tuple[Any, Any, Any, Any, Decoded]] = {}
         self.restarts = 0
         self.resets = 0
@@ -117,10 +118,11 @@ class BleakSource(QueueSource):
                 self.errors += 1
                 log.warning("starting the BLE scanner failed (attempt %d/%d): %s", attempt,
                             self._attempts, err or type(err).__name__)
-                await asyncio.sleep(min(0.5 * attempt, 5.0))
+                if attempt < self._attempts:
+                    await asyncio.sleep(min(0.5 * attempt, 5.0))
                 continue
             self._scanner = scanner
-            self._last_rx = asyncio.get_running_loop().time()
+            self._started_at = asyncio.get_running_loop().time()
             return
         raise ScannerStartError(
             f"the BLE scanner did not start on {self._cfg.adapter or 'the default adapter'} "
@@ -159,17 +161,18 @@ class BleakSource(QueueSource):
         fruitless = 0
         while not self._closed:
             await asyncio.sleep(tick)
-            if loop.time() - self._last_rx < quiet_s:
-                fruitless = 0
+            if self._last_rx > self._started_at:
+                fruitless = 0  # adverts arrived since the last (re)start
+            if loop.time() - max(self._last_rx, self._started_at) < quiet_s:
                 continue
             if fruitless >= self._cfg.watchdog_restarts_before_reset:
-                log.warning("no advert for %.0f s after %d scanner restarts: power-cycling "
+                log.warning("no advert for %.1f s after %d scanner restarts: power-cycling "
                             "the adapter", quiet_s, fruitless)
                 await self._stop_scanner()
                 await self.reset_adapter()
                 fruitless = 0
             else:
-                log.warning("no advert for %.0f s: restarting the scanner", quiet_s)
+                log.warning("no advert for %.1f s: restarting the scanner", quiet_s)
                 await self._stop_scanner()
                 fruitless += 1
             self.restarts += 1
@@ -177,7 +180,7 @@ class BleakSource(QueueSource):
                 await self._start_scanner()
             except ScannerStartError as err:
                 log.warning("%s", err)  # keep trying: the next quiet period escalates
-            self._last_rx = loop.time()
+            self._started_at = loop.time()
 
     async def adapter_path(self) -> str:
         """D-Bus path of the adapter in use."""

@@ -114,7 +114,7 @@ class BluepySource(QueueSource):
         finally:
             try:
                 scanner.stop()
-            except BTLEException as err:  # helper already gone: nothing left to stop
+            except (BTLEException, OSError) as err:  # helper already gone: nothing to stop
                 log.debug("bluepy stop: %s", err)
 
     def _on_entry(self, loop: asyncio.AbstractEventLoop, dev: Any) -> None:
