@@ -1,0 +1,307 @@
+"""Gateway sync through a real Mosquitto (TLS, client certificates, generated ACLs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ackmatcher import AckMatcher
+from crowd import crowd
+
+from ble.records import IdKind
+from gateway.clock import ClockEpoch, ClockSource
+from gateway.config import IdentityConfig
+from gateway.outbox import Outbox
+from gateway.sealer import Sealer, generate_matcher_keypair
+from mqtt import topics
+from mqtt.client import MqttClient
+from mqtt.lab import Lab
+from mqtt.sync import GatewaySync, ack_payload
+
+EPOCH = ClockEpoch("boot", 0.0, True, ClockSource.NTP)
+
+
+class Site:
+    """One gateway of the lab with its outbox, sealer and sync, and a matcher."""
+
+    def __init__(self, lab: Lab, tmp: Path, gw: str = "gw-a", **sync_kw: Any) -> None:
+        self.lab = lab
+        self.gw = lab.gateways[gw]
+        self.priv, pub = generate_matcher_keypair()
+        self.sealer = Sealer(gateway_id=gw, matcher_public_key=pub,
+                             signing_key=self.gw.signing_key)
+        self.outbox = Outbox(tmp / f"{gw}.db", max_bytes=50_000_000, max_age_s=86400)
+        e = self.gw.entry
+        self.identity = IdentityConfig(id=e.id, province=e.province, venue=e.venue)
+        cfg = self.gw.mqtt.model_copy(update={"inflight": sync_kw.pop("inflight", 8)})
+        self.sync = GatewaySync(self.outbox, cfg, self.identity, poll_s=0.05, **sync_kw)
+        self.n = 0
+
+    def add(self, count: int, size: int = 50) -> list[int]:
+        out = []
+        for _ in range(count):
+            self.n += 1
+            batch = crowd(IdKind.BLUEZONE, size, seed=self.n)
+            out.append(self.outbox.append(lambda s, b=batch: self.sealer.seal(
+                b, seq=s, created_at=1.0, clock=EPOCH)))
+        return out
+
+    def matcher(self, name: str = "matcher", **kw: Any) -> AckMatcher:
+        return AckMatcher(self.lab.matcher_mqtt[name], name, self.lab.registry, self.priv,
+                          **kw)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait for ``cond`` (polling the loop), failing the test on timeout."""
+    async def poll() -> None:
+        while not cond():  # noqa: ASYNC110 - the conditions are plain attributes
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def running(*runs: Callable[[asyncio.Event], Awaitable[None]],
+                  body: Callable[[], Awaitable[None]], matcher: AckMatcher | None = None) -> None:
+    """Run the ``run(stop)`` coroutines around ``body``, then stop them cleanly.
+
+    A ``matcher`` is started first and subscribed before anything else runs (batches
+    published to a topic nobody reads are gone until the ack timeout resends them).
+    """
+    stop = asyncio.Event()
+    tasks = []
+    if matcher is not None:
+        tasks.append(asyncio.create_task(matcher.run(stop)))
+        await asyncio.wait_for(matcher.ready.wait(), 10)
+    tasks += [asyncio.create_task(r(stop)) for r in runs]
+    try:
+        await body()
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+
+class Watcher:
+    """A matcher-identity client recording status and health messages."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.client = MqttClient(lab.matcher_mqtt["matcher-2"], "watcher")
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watcher:
+        await self.client.connect()
+        await self.client.subscribe(topics.ALL_STATUS)
+        await self.client.subscribe(topics.ALL_HEALTH)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for m in self.client.messages():
+                self.got.append((m.topic.rsplit("/", 1)[1], json.loads(m.payload)))
+
+    def states(self) -> list[str]:
+        return [d["state"] for leaf, d in self.got if leaf == "status"]
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await self.client.close()
+
+
+def test_backlog_is_delivered_once_and_deleted_on_ack(lab: Lab, tmp_path: Path) -> None:
+    times: list[tuple[float, float, float]] = []
+    site = Site(lab, tmp_path, on_ack_time=lambda m, s, r: times.append((m, s, r)))
+    seqs = site.add(40)
+    m = site.matcher()
+
+    async def body() -> None:
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(site.sync.run, body=body, matcher=m))
+    assert m.seqs("gw-a") == seqs and not m.conflicts
+    assert m.sightings == 40 * 50
+    st = site.outbox.status()
+    assert (st.depth, st.acked, st.rejected) == (0, 40, 0)
+    c = site.sync.counters
+    assert c.stored == 40 and c.published >= 40 and c.connects == 1
+    assert site.sync.last_sync is not None
+    assert len(times) == 40 and all(s <= r for _, s, r in times)
+
+
+def test_window_bounds_inflight_and_unanswered_batches_are_resent(lab: Lab,
+                                                                   tmp_path: Path) -> None:
+    site = Site(lab, tmp_path, inflight=3, ack_timeout_s=0.5)
+    site.add(10)
+    answering = False
+    m = site.matcher(policy=lambda g, s: "stored" if answering else None)
+
+    async def body() -> None:
+        nonlocal answering
+        await until(lambda: len(m.arrivals) >= 6)
+        # without answers the gateway never had more than its window out, and what it
+        # sends again is the oldest first
+        assert {s for _, s in m.arrivals} == {1, 2, 3} and len(m.arrivals) >= 6
+        assert site.sync.inflight <= 3 and site.outbox.status().depth == 10
+        answering = True
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(site.sync.run, body=body, matcher=m))
+    assert sorted(m.seqs("gw-a")) == list(range(1, 11)) and not m.conflicts
+
+
+def test_duplicate_and_rejected_answers(lab: Lab, tmp_path: Path) -> None:
+    site = Site(lab, tmp_path)
+    site.add(6)
+    m = site.matcher(policy=lambda g, s: {2: "duplicate", 4: "rejected"}.get(s, "stored"))
+
+    async def body() -> None:
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(site.sync.run, body=body, matcher=m))
+    st = site.outbox.status()
+    assert (st.acked, st.rejected) == (5, 1)
+    c = site.sync.counters
+    assert (c.stored, c.duplicate, c.rejected) == (4, 1, 1)
+
+
+def test_malformed_and_foreign_acks_are_ignored(lab: Lab, tmp_path: Path) -> None:
+    site = Site(lab, tmp_path)
+    seqs = site.add(3)
+
+    async def body() -> None:
+        await until(lambda: site.sync.connected)
+        async with MqttClient(lab.matcher_mqtt["matcher"], "m-acker") as c:
+            ack = topics.ack("hn", "cho-a", "gw-a")
+            for bad in (b"not json", b"[]", b'{"seq": "1", "status": "stored"}',
+                        b'{"seq": 1, "status": "maybe"}'):
+                await c.publish(ack, bad)
+            await until(lambda: site.sync.counters.bad_acks == 4)
+            assert site.outbox.status().depth == 3
+            await c.publish(ack, ack_payload(seqs[1], "stored", matcher_time=5.0))
+            await until(lambda: site.outbox.status().depth == 2)
+
+    asyncio.run(running(site.sync.run, body=body))
+    assert [i.seq for i in site.outbox.pending(5)] == [seqs[0], seqs[2]]
+
+
+def test_status_online_offline_will_and_health(lab: Lab, tmp_path: Path) -> None:
+    calls = 0
+
+    def health() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"uptime_s": calls, "outbox": {"depth": site.outbox.status().depth}}
+
+    site = Site(lab, tmp_path, health=health, health_interval_s=0.1)
+
+    async def body() -> None:
+        async with Watcher(lab) as w:
+            await until(lambda: w.states()[-1:] == ["online"])
+            await until(lambda: sum(leaf == "health" for leaf, _ in w.got) >= 3)
+            h = [d for leaf, d in w.got if leaf == "health"][-1]
+            assert h["outbox"] == {"depth": 0} and h["sync"]["connected"] is True
+            # cut the TCP connection under the client: the broker publishes the will
+            client = site.sync._client
+            assert client is not None
+            sock = client._paho.socket()
+            assert sock is not None
+            sock.shutdown(socket.SHUT_RDWR)
+            await until(lambda: "offline" in w.states())
+            will = next(d for leaf, d in w.got if leaf == "status" and d["state"] == "offline")
+            assert will["reason"] == "connection lost" and will["gateway"] == "gw-a"
+            await until(lambda: w.states()[-1] == "online" and site.sync.connected)
+            assert site.sync.counters.disconnects == 1 and site.sync.counters.connects == 2
+
+    asyncio.run(running(site.sync.run, body=body))
+
+    async def retained() -> list[str]:
+        async with Watcher(lab) as w:
+            await until(lambda: bool(w.states()))
+            return w.states()
+
+    # the clean stop left a retained offline status with its reason
+    assert asyncio.run(retained()) == ["offline"]
+
+
+def test_reconnects_with_backoff_when_the_broker_is_away(lab: Lab, tmp_path: Path) -> None:
+    lab.broker.kill()
+    site = Site(lab, tmp_path, ack_timeout_s=1)  # the matcher may subscribe after the first sends
+    site.add(5)
+    m = site.matcher()
+
+    async def body() -> None:
+        await until(lambda: site.sync.counters.connect_failures >= 3)
+        assert not site.sync.connected and "MqttConnectError" in (site.sync.last_error or "")
+        await asyncio.to_thread(lab.restart_broker)
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(m.run, site.sync.run, body=body))
+    assert m.seqs("gw-a") == [1, 2, 3, 4, 5]
+
+
+def test_backoff_grows_with_jitter_and_is_capped(lab: Lab, tmp_path: Path) -> None:
+    site = Site(lab, tmp_path)
+    cfg = site.sync.cfg
+    for attempt in range(12):
+        cap = min(cfg.backoff_max_s, cfg.backoff_min_s * 2 ** attempt)
+        delays = {site.sync._backoff(attempt) for _ in range(50)}
+        assert all(cap / 2 <= d <= cap for d in delays)
+        assert len(delays) > 40  # jittered, not one value for every gateway
+
+
+def test_drain_yields_to_capture_on_the_same_loop(lab: Lab, tmp_path: Path) -> None:
+    site = Site(lab, tmp_path, inflight=50)
+    site.add(120, size=10)
+    m = site.matcher()
+    ticks: list[int] = []
+
+    async def capture(stop: asyncio.Event) -> None:
+        # stands in for the BLE loop: it must get a turn between any two batch publishes
+        while not stop.is_set():
+            ticks.append(site.sync.counters.sent)
+            await asyncio.sleep(0)
+
+    async def body() -> None:
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(site.sync.run, capture, body=body, matcher=m))
+    assert ticks[-1] == site.sync.counters.sent >= 120
+    steps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(steps) == 1  # never two publishes without the loop running capture between
+
+
+def test_live_batches_appended_during_sync_are_delivered(lab: Lab, tmp_path: Path) -> None:
+    site = Site(lab, tmp_path)
+    site.add(20)
+    m = site.matcher()
+
+    async def body() -> None:
+        for _ in range(10):
+            site.add(1)
+            site.sync.wake()
+            await asyncio.sleep(0.01)
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(site.sync.run, body=body, matcher=m))
+    assert m.seqs("gw-a") == list(range(1, 31)) and not m.conflicts
+
+
+@pytest.mark.parametrize("bad", ["cert", "ca"])
+def test_bad_tls_files_are_retried_not_fatal(lab: Lab, tmp_path: Path, bad: str) -> None:
+    site = Site(lab, tmp_path)
+    missing = tmp_path / "nope.pem"
+    field = {"cert": "cert_file", "ca": "ca_file"}[bad]
+    site.sync.cfg = site.sync.cfg.model_copy(update={field: missing})
+
+    async def body() -> None:
+        await until(lambda: site.sync.counters.connect_failures >= 2)
+
+    asyncio.run(running(site.sync.run, body=body))
+    assert not site.sync.connected and site.sync.last_error
