@@ -101,6 +101,8 @@ class MqttClient:
         self._lock = threading.RLock()
         self._pending: dict[int, asyncio.Future[ReasonCode | None]] = {}
         self._early: dict[int, ReasonCode | None] = {}
+        self._qos0: set[int] = set()
+        self._early_subs: dict[int, list[ReasonCode]] = {}
         self._subs: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._connected_fut: asyncio.Future[None] | None = None
         self._incoming: asyncio.Queue[Message] = asyncio.Queue(max_queued_incoming)
@@ -109,6 +111,7 @@ class MqttClient:
         self.disconnected = asyncio.Event()
         self.disconnect_reason: str | None = None
         self._paho.on_connect = self._on_connect
+        self._paho.on_connect_fail = self._on_connect_fail
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_publish = self._on_publish
         self._paho.on_subscribe = self._on_subscribe
@@ -136,6 +139,16 @@ class MqttClient:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho's thread would retry the first connection forever; fail the attempt instead
+        self._call(self._connect_failed)
+
+    def _connect_failed(self) -> None:
+        fut = self._connected_fut
+        if fut is not None and not fut.done():
+            fut.set_exception(MqttConnectError(
+                f"cannot reach {self.cfg.host}:{self.cfg.port} (refused or unreachable)"))
+
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode,
                        props: Properties | None) -> None:
         self._call(self._disconnected, str(rc))
@@ -157,6 +170,9 @@ class MqttClient:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode,
                     props: Properties | None) -> None:
         with self._lock:
+            if mid in self._qos0:
+                self._qos0.discard(mid)
+                return
             fut = self._pending.get(mid)
             if fut is None:  # PUBACK raced ahead of publish() registering its future
                 self._early[mid] = rc
@@ -172,8 +188,10 @@ class MqttClient:
                       rcs: list[ReasonCode], props: Properties | None) -> None:
         with self._lock:
             fut = self._subs.get(mid)
-        if fut is not None:
-            self._call(self._resolve, fut, list(rcs))
+            if fut is None:  # SUBACK raced ahead of subscribe() registering its future
+                self._early_subs[mid] = list(rcs)
+                return
+        self._call(self._resolve, fut, list(rcs))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._call(self._enqueue, Message(msg.topic, bytes(msg.payload), msg.qos,
@@ -231,14 +249,18 @@ class MqttClient:
             done.set_exception(MqttError("not connected"))
             return done
         ack: asyncio.Future[ReasonCode | None] = loop.create_future()
+        # Not under self._lock: paho calls on_publish holding its own message mutex, and
+        # on_publish takes self._lock; holding ours while paho takes its mutex deadlocks.
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            done.set_exception(MqttError(f"publish failed: {paho.error_string(info.rc)}"))
+            return done
+        mid = info.mid
         with self._lock:
-            info = self._paho.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                done.set_exception(MqttError(f"publish failed: {paho.error_string(info.rc)}"))
-                return done
-            mid = info.mid
             if mid in self._early:
                 ack.set_result(self._early.pop(mid))
+            elif qos == 0:
+                self._qos0.add(mid)  # its on_publish is still to come: ignore it then
             else:
                 self._pending[mid] = ack
 
@@ -271,11 +293,14 @@ class MqttClient:
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[ReasonCode]] = loop.create_future()
+        rc, mid = self._paho.subscribe(topic, qos=qos)  # not under self._lock (see publish)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
         with self._lock:
-            rc, mid = self._paho.subscribe(topic, qos=qos)
-            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
-                raise MqttError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
-            self._subs[mid] = fut
+            if mid in self._early_subs:
+                fut.set_result(self._early_subs.pop(mid))
+            else:
+                self._subs[mid] = fut
         try:
             rcs = await asyncio.wait_for(fut, timeout)
         finally:
