@@ -99,3 +99,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `python -m gateway.cli`, used by tests to run the real process
+    main()

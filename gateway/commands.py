@@ -44,7 +44,10 @@ def run(config: Path) -> None:
 
         bzgw run --config /etc/bzgw/gateway.yaml
     """
-    raise BzgwError("bzgw run is not available yet")
+    from gateway.config import load
+    from gateway.daemon import run_daemon
+
+    run_daemon(load(config))
 
 
 @click.command("bench")

@@ -107,3 +107,52 @@ def make_lab(root: Path, gateways: list[dict[str, str]], matchers: tuple[str, ..
     if start:
         broker.start()
     return lab
+
+
+def matcher_keys(lab: Lab) -> tuple[Path, Path]:
+    """The lab's matcher HPKE key files (made on first use): ``(private, public)``."""
+    from gateway.sealer import generate_matcher_keypair, save_matcher_keypair
+
+    priv, pub = lab.root / "matcher" / "matcher.key", lab.root / "matcher" / "matcher.pub"
+    if not priv.exists():
+        save_matcher_keypair(*generate_matcher_keypair(), priv, pub)
+    return priv, pub
+
+
+def write_gateway_config(lab: Lab, gid: str, folder: Path, **sections: dict[str, object]
+                         ) -> Path:
+    """A complete ``bzgw run`` config for lab gateway ``gid`` in ``folder``.
+
+    ``sections`` override or add top-level sections (``ble={...}``, ``status={...}``).
+    """
+    import yaml
+
+    from gateway.sealer import save_signing_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lg = lab.gateways[gid]
+    key = folder / "device.key"
+    save_signing_key(key, lg.signing_key)
+    _, pub = matcher_keys(lab)
+    m = lg.mqtt
+    cfg: dict[str, object] = {
+        "gateway": {"id": gid, "province": lg.entry.province, "venue": lg.entry.venue,
+                    "district": lg.entry.district, "venue_name": lg.entry.venue_name},
+        "sealing": {"matcher_public_key": str(pub), "device_key": str(key)},
+        "outbox": {"path": str(folder / "outbox.db"), "flush_interval_s": 1},
+        "mqtt": {"host": m.host, "port": m.port, "ca_file": str(m.ca_file),
+                 "cert_file": str(m.cert_file), "key_file": str(m.key_file),
+                 "keepalive_s": 10, "backoff_min_s": 0.05, "backoff_max_s": 1},
+        "status": {"enabled": False, "health_interval_s": 5},
+        "ble": {"source": "simulator",
+                "simulator": {"venue": lg.entry.venue, "realtime": False, "duration_s": 600,
+                              "bluezone_phones": 10, "en_phones": 3, "iphones": 0,
+                              "background": 5}},
+        "qr": {"source": "none"},
+    }
+    for name, value in sections.items():
+        base = cfg.get(name)
+        cfg[name] = {**base, **value} if isinstance(base, dict) else value
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,267 @@
+"""``bzgw run``: the gateway daemon.
+
+Wires the stages in one asyncio loop: BLE source → decoder → aggregator and QR source →
+recognizer → check-in filter feed the :class:`CapturePipeline` (seal → outbox); the sync task
+drains the outbox to the broker; a ticker flushes, enforces retention and pings the systemd
+watchdog only while the pipeline makes progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ble.aggregator import WindowAggregator
+from ble.records import Advert
+from gateway.clock import Clock, ReplayClock, SystemClock
+from gateway.config import Config
+from gateway.errors import BzgwError, ConfigError
+from gateway.feedback import Feedback, FeedbackEvents
+from gateway.health import Component, LinkWatch, PhonesNow, build_health
+from gateway.notify import Notifier
+from gateway.outbox import Outbox
+from gateway.pipeline import CapturePipeline
+from gateway.sealer import Sealer, load_matcher_public_key, load_signing_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RadioState:
+    """What the BLE side is doing, for health and the status page."""
+
+    state: str = "starting"  # starting | scanning | restarting | fault | off
+    detail: str = ""
+    restarts: int = 0
+
+
+@dataclass
+class DaemonState:
+    """Live state shared with health, metrics and the status page."""
+
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    radio: RadioState = field(default_factory=RadioState)
+    camera: str = "off"
+    last_progress_mono: float = field(default_factory=time.monotonic)
+
+
+def require(cfg: Config) -> None:
+    """Refuse a config that lacks what the daemon needs, naming the missing sections."""
+    missing = [name for name in ("gateway", "sealing", "mqtt") if getattr(cfg, name) is None]
+    if missing:
+        raise ConfigError([("", f"`bzgw run` needs the section(s): {', '.join(missing)}")])
+
+
+class Gateway:
+    """The running gateway. ``await Gateway(cfg).run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, cfg: Config, *, clock: Clock | None = None,
+                 notifier: Notifier | None = None) -> None:
+        require(cfg)
+        assert cfg.gateway is not None and cfg.sealing is not None and cfg.mqtt is not None
+        self.cfg = cfg
+        self.clock: Clock = clock or default_clock(cfg)
+        self.notifier = notifier or Notifier.from_env()
+        self.state = DaemonState()
+        self.outbox = Outbox(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                             max_age_s=cfg.outbox.max_age_days * 86400, clock=self.clock)
+        sealer = Sealer(gateway_id=cfg.gateway.id,
+                        matcher_public_key=load_matcher_public_key(cfg.sealing.matcher_public_key),
+                        signing_key=load_signing_key(cfg.sealing.device_key),
+                        suite=cfg.sealing.suite)
+        aggregator = WindowAggregator(cfg.ble.proximity, max_ids=cfg.ble.max_ids_per_window,
+                                      count_window_s=cfg.ble.count_window_s)
+        self.pipeline = CapturePipeline(aggregator=aggregator, sealer=sealer, outbox=self.outbox,
+                                        clock=self.clock,
+                                        flush_interval_s=cfg.outbox.flush_interval_s)
+        self.sync: Any = None
+        self.link = LinkWatch(self.state.started_at)
+        self.phones = PhonesNow()
+        self.feedback_events = FeedbackEvents()  # staff feedback shown on the status page
+        self.feedback = Feedback.from_config(cfg.qr, clock=self.clock.now,
+                                             events=self.feedback_events)
+
+    def health(self) -> dict[str, Any]:
+        """The health document (also published on the health topic); see gateway.health."""
+        assert self.cfg.gateway is not None
+        radio = self.state.radio
+        return build_health(
+            gateway_id=self.cfg.gateway.id, now=self.clock.now(),
+            uptime_s=time.monotonic() - self.state.started_mono, outbox=self.outbox.status(),
+            outbox_max_bytes=self.cfg.outbox.max_bytes, outbox_dir=self.cfg.outbox.path.parent,
+            stats=self.pipeline.stats,
+            radio=Component(radio.state, radio.detail, radio.restarts),
+            camera=Component(self.state.camera), clock=self.clock.epoch(),
+            connected=bool(getattr(self.sync, "connected", False)),
+            last_sync=getattr(self.sync, "last_sync", None), link=self.link,
+            phones=self.phones, feedback_dropped=self.feedback_events.dropped)
+
+    async def _ble_loop(self) -> None:
+        from ble.sources import open_source
+
+        assert self.cfg.gateway is not None
+        source = open_source(self.cfg.ble, self.clock, venue=self.cfg.gateway.venue)
+        self.state.radio.state = "scanning"
+        try:
+            async for adv in source:
+                self._on_advert(adv)
+        finally:
+            await source.close()
+            self.state.radio.state = "off"
+
+    async def _qr_loop(self) -> None:
+        from qr.checkin import CheckInPipeline
+        from qr.sources import open_source
+
+        frames = open_source(self.cfg.qr, clock=self.clock)
+        checkins = CheckInPipeline.from_config(self.cfg.qr, sink=self._on_checkin,
+                                               feedback=self.feedback)
+        unregister = frames.on_status(self._camera_status)
+        try:
+            await checkins.run(frames, self.clock)
+        finally:
+            unregister()
+            self.state.camera = "off"
+
+    def _camera_status(self, status: Any) -> None:
+        self.state.camera = str(status.state.value)
+
+    def _on_checkin(self, checkin: Any) -> None:
+        self.pipeline.on_checkin(checkin)
+        self.state.last_progress_mono = time.monotonic()
+
+    def _on_advert(self, adv: Advert) -> None:
+        self.pipeline.on_advert(adv)
+        self.phones.add(adv)
+        self.state.last_progress_mono = time.monotonic()
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        watchdog = self.notifier.watchdog_interval()
+        period = min(1.0, watchdog / 2) if watchdog else 1.0
+        last_retention = 0.0
+        while not stop.is_set():
+            now = self.clock.now()
+            self.pipeline.tick(now)
+            if now - last_retention > 3600:
+                self.outbox.enforce_retention(now)
+                last_retention = now
+            # Ping only while the pipeline moves: a stalled loop makes systemd restart us.
+            stalled = time.monotonic() - self.state.last_progress_mono > max(
+                self.cfg.ble.watchdog_s * 3, 300)
+            if not stalled:
+                self.notifier.watchdog()
+                self.state.last_progress_mono = max(self.state.last_progress_mono,
+                                                    time.monotonic() - 0)
+            st = self.outbox.status()
+            link = "online" if getattr(self.sync, "connected", False) else "offline"
+            self.notifier.status(f"radio {self.state.radio.state}, outbox {st.depth} batches, "
+                                 f"{link}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then flush everything captured and exit."""
+        from mqtt.sync import GatewaySync
+
+        assert self.cfg.mqtt is not None and self.cfg.gateway is not None
+        self.sync = GatewaySync(self.outbox, self.cfg.mqtt, self.cfg.gateway,
+                                health=self.health,
+                                health_interval_s=self.cfg.status.health_interval_s)
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._ticker(stop), name="ticker"),
+            asyncio.create_task(self.sync.run(stop), name="sync"),
+        ]
+        if self.cfg.ble.enabled:
+            finite = isinstance(self.clock, ReplayClock)
+            tasks.append(asyncio.create_task(
+                self._supervise("ble", self._ble_loop, stop, finite=finite), name="ble"))
+        if self.cfg.status.enabled:
+            tasks.append(asyncio.create_task(self._status_page(stop), name="status"))
+        from qr.sources import source_kind
+
+        if source_kind(self.cfg.qr) is not None:
+            finite = self.cfg.qr.source == "video"
+            tasks.append(asyncio.create_task(
+                self._supervise("qr", self._qr_loop, stop, finite=finite), name="qr"))
+        self.notifier.ready()
+        log.info("gateway %s running", self.cfg.gateway.id)
+        try:
+            await stop.wait()
+        finally:
+            self.notifier.stopping()
+            for t in tasks:
+                if t.get_name() != "sync":
+                    t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.pipeline.flush(final=True)
+            self.feedback.close()
+
+    async def _status_page(self, stop: asyncio.Event) -> None:
+        from gateway.metrics import GatewayMetrics
+        from gateway.status import StatusPage, serve_status
+
+        assert self.cfg.gateway is not None
+        page = StatusPage(self.health, recent=self.feedback_events.recent,
+                          metrics=GatewayMetrics(self.health, sync=self.sync.stats),
+                          title=self.cfg.gateway.venue_name or self.cfg.gateway.venue,
+                          refresh_s=self.cfg.status.refresh_s)
+        try:
+            await serve_status(page, host=self.cfg.status.listen, port=self.cfg.status.port,
+                               stop=stop)
+        except BzgwError as err:  # a busy port must not stop capture
+            log.error("%s", err)
+
+    async def _supervise(self, name: str, fn: Callable[[], Awaitable[None]],
+                         stop: asyncio.Event, *, finite: bool = False) -> None:
+        """Restart a source that fails, with backoff; never let it kill the daemon.
+
+        A ``finite`` source (a capture file, a simulation not paced in real time) that ends
+        normally is done; a live radio or camera that ends is restarted.
+        """
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await fn()
+                if finite:
+                    log.info("%s source finished", name)
+                    return
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a source failure must not stop capture
+                if name == "ble":
+                    self.state.radio.state = "fault"
+                    self.state.radio.detail = str(err)
+                    self.state.radio.restarts += 1
+                log.error("%s source failed (%s); restarting in %.0f s", name, err, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 60.0)
+
+
+def default_clock(cfg: Config) -> Clock:
+    """Capture time in replay (and a simulator not paced in real time), else the system's."""
+    if cfg.ble.source == "replay" or (cfg.ble.source == "simulator"
+                                      and not cfg.ble.simulator.realtime):
+        return ReplayClock()
+    return SystemClock()
+
+
+def run_daemon(cfg: Config) -> None:
+    """Run until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(cfg).run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,83 @@
+"""`bzgw run` as a real process: simulator → seal → outbox → Mosquitto (mTLS) → matcher."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gateway.cli import cli
+from gateway.outbox import Outbox
+from matcher.service import MatcherService
+from matcher.store import open_store
+from mqtt.lab import Lab, matcher_keys, write_gateway_config
+
+BZGW = [sys.executable, "-m", "gateway.cli"]
+
+
+def _serve_until(lab: Lab, store_url: str, done: Callable[[], bool], timeout: float) -> None:
+    from gateway.sealer import load_matcher_private_key
+
+    priv, _ = matcher_keys(lab)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        svc = MatcherService(store=open_store(store_url), registry=lab.registry,
+                             private_key=load_matcher_private_key(priv),
+                             mqtt=lab.matcher_mqtt["matcher"], client_id="matcher")
+        task = asyncio.create_task(svc.run(stop))
+        deadline = time.monotonic() + timeout
+        try:
+            while not done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(main())
+
+
+def test_daemon_captures_seals_and_delivers(lab: Lab, tmp_path: Path) -> None:
+    cfg = write_gateway_config(lab, "gw-a", tmp_path / "gw")
+    check = CliRunner().invoke(cli, ["config", "check", str(cfg)])
+    assert check.exit_code == 0, check.output
+    proc = subprocess.Popen([*BZGW, "run", "--config", str(cfg)], stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    db = tmp_path / "matcher.db"
+    store = open_store(f"sqlite:///{db}")
+    try:
+        def delivered() -> bool:
+            return store.db.scalar("SELECT COUNT(*) FROM sightings") > 0 and not Outbox(
+                tmp_path / "gw/outbox.db", max_bytes=1 << 30, max_age_s=1e9).status().depth
+
+        _serve_until(lab, f"sqlite:///{db}", delivered, timeout=60)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    kinds = {r[0] for r in store.db.execute("SELECT DISTINCT kind FROM sightings")}
+    assert kinds == {"bluezone", "gaen"}
+    # The simulated period is replayed once: no slot of any ID is stored twice.
+    dup = store.db.scalar("SELECT COUNT(*) FROM (SELECT ident, slot_start FROM sightings "
+                          "GROUP BY ident, slot_start HAVING COUNT(*) > 1) d")
+    assert dup == 0
+    # Nothing readable on the gateway's disk: the outbox holds only sealed bytes.
+    raw = (tmp_path / "gw/outbox.db").read_bytes()
+    for (ident,) in store.db.execute("SELECT ident FROM sightings LIMIT 20"):
+        assert bytes(ident) not in raw
+
+
+def test_run_refuses_config_without_gateway_sections(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text("ble:\n  source: simulator\n")
+    res = CliRunner().invoke(cli, ["run", "--config", str(f)])
+    assert res.exit_code == 1
+    assert "needs the section(s): gateway, sealing, mqtt" in res.output
