@@ -35,7 +35,8 @@ def _serve_until(lab: Lab, store_url: str, done: Callable[[], bool], timeout: fl
         task = asyncio.create_task(svc.run(stop))
         deadline = time.monotonic() + timeout
         try:
-            while not done() and time.monotonic() < deadline:
+            # Polling on purpose: the condition is a database query, not an event.
+            while not done() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         finally:
             stop.set()
