@@ -5,8 +5,10 @@ An aiohttp application served by the matcher (``bzgw matcher serve`` calls
 on the server, the adoption chart included (inline SVG, no chart library, no script at all),
 and filtered by province, district and venue through ordinary GET forms, so the page works in
 any browser of a health office and can be bookmarked. ``/api/dashboard.json`` returns the same
-data. Queries run on the event loop's thread, the thread ingest uses, so the store's one
-connection is never used by two threads; they are single grouped queries (see ``bench/``).
+data. The store's connection belongs to one thread: the matcher service passes its own
+``run_db`` (its store worker), so dashboard reads queue with ingest instead of racing it;
+without one, reads run on the loop's thread. Each view is a handful of grouped queries
+(timed in ``bench/bench_dashboard.py``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import base64
 import hashlib
 import html
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from string import Template
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -40,6 +42,8 @@ from matcher.rows import VenueInfo
 from matcher.store import Store
 
 ExposureProvider = Callable[[], Sequence[ExposureVenue]]
+T = TypeVar("T")
+DbRunner = Callable[..., Awaitable[Any]]
 DAYS = (1, 3, 7, 14, 21)
 MAX_SERIES = 8  # more lines than this are unreadable: the busiest venues are drawn
 LINK_LABELS = {"online": "Trực tuyến / Online", "offline": "Mất kết nối / Offline",
@@ -91,13 +95,17 @@ class Dashboard:
         stale_after_s: an online gateway without health for this long is shown "silent".
         bucket_s: adoption chart resolution.
         refresh_s: page self-refresh period.
+        run_db: ``await run_db(fn, *args)`` runs a store call on the thread that owns the
+            store's connection (``MatcherService._db``); default: inline.
         clock: wall time (tests pin it).
     """
 
     def __init__(self, store: Store, *, exposures: ExposureProvider | None = None,
                  stale_after_s: float = 900.0, bucket_s: int = 3600, refresh_s: int = 60,
+                 run_db: DbRunner | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.run_db = run_db or _inline
         self.exposures = exposures
         self.stale_after_s = stale_after_s
         self.bucket_s = bucket_s
@@ -146,14 +154,15 @@ class Dashboard:
 
     # -- handlers ---------------------------------------------------------------------------
     async def _index(self, request: web.Request) -> web.Response:
-        p = self.page(request.query)
+        p: Page = await self.run_db(self.page, dict(request.query))
         return web.Response(text=self.render(p), content_type="text/html", charset="utf-8",
                             headers={"Content-Security-Policy": self._csp,
                                      "Cache-Control": "no-store",
                                      "X-Content-Type-Options": "nosniff"})
 
     async def _json(self, request: web.Request) -> web.Response:
-        return web.json_response(page_json(self.page(request.query)))
+        p: Page = await self.run_db(self.page, dict(request.query))
+        return web.json_response(page_json(p))
 
     # -- rendering --------------------------------------------------------------------------
     def render(self, p: Page) -> str:
@@ -193,8 +202,8 @@ class Dashboard:
             adoption_table=_adoption_table(p.series, by_id),
             exposure_rows="".join(
                 f"<tr><td>{html.escape(e.name)}</td><td>{html.escape(e.province)}</td>"
-                f"<td>{_when(e.start)}</td><td>{_when(e.end)}</td>"
-                f'<td class="num">{e.cases}</td></tr>' for e in p.exposures)
+                f"<td>{html.escape(e.district)}</td><td>{_when(e.start)}</td>"
+                f"<td>{_when(e.end)}</td></tr>" for e in p.exposures)
             or '<tr><td colspan="5" class="muted">Không có / None</td></tr>')
 
 
@@ -216,7 +225,11 @@ def _gateway_row(g: GatewayView, now: float) -> str:
         code = g.state["code"]
         cls = ("st-working" if code == "working" else
                "st-warn" if code in ("clock_not_synced", "connecting") else "st-bad")
+        if g.link in ("offline", "silent"):  # what it said last, not what it is now
+            cls = "muted"
         state = f'<span class="{cls}">{esc(g.state["vi"])} / {esc(g.state["en"])}</span>'
+        if cls == "muted":
+            state += ' <span class="muted">(lần cuối / last known)</span>'
     outbox = ("–" if g.outbox_depth is None else
               f"{g.outbox_depth} <span class=\"muted\">{_age(g.outbox_oldest_age_s)}</span>")
     clock = {True: "✓", False: "Chưa đồng bộ / not synced", None: "–"}[g.clock_synced]
@@ -326,22 +339,35 @@ def page_json(p: Page) -> dict[str, Any]:
             "health_at": g.health_at} for g in p.gateways],
         "adoption": {by_id[vid].key: [[pt.t, pt.bluezone, pt.gaen, pt.other_phones]
                                       for pt in pts] for vid, pts in p.series.items() if pts},
-        "exposures": [{"province": e.province, "venue": e.venue, "name": e.name,
-                       "start": e.start, "end": e.end, "cases": e.cases}
+        "exposures": [{"province": e.province, "district": e.district, "venue": e.venue,
+                       "name": e.name, "start": e.start, "end": e.end}
                       for e in p.exposures],
     }
 
 
+async def _inline(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
 async def start_dashboard(store: Store, cfg: MatcherConfig, *,
-                          exposures: ExposureProvider | None = None) -> web.AppRunner:
+                          exposures: ExposureProvider | None = None,
+                          run_db: DbRunner | None = None) -> web.AppRunner:
     """Serve the dashboard on ``cfg.dashboard_listen:cfg.dashboard_port``.
+
+    Args:
+        store: the matcher's store.
+        cfg: the ``matcher`` section (listen address and port).
+        exposures: returns the exposure venues to list (e.g. ``lambda:
+            load_exposure_venues(reports_dir)``).
+        run_db: runs store calls on the thread owning the store (``MatcherService._db``).
 
     Returns the started runner; stop it with ``await runner.cleanup()``.
 
     Raises:
         BzgwError: the address cannot be bound.
     """
-    runner = web.AppRunner(Dashboard(store, exposures=exposures).app(), access_log=None)
+    dash = Dashboard(store, exposures=exposures, run_db=run_db)
+    runner = web.AppRunner(dash.app(), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, cfg.dashboard_listen, cfg.dashboard_port).start()

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -280,36 +281,57 @@ class ExposureVenue:
     """A venue and time window where a confirmed case was (the public list)."""
 
     province: str
+    district: str
     venue: str
     name: str
     start: float
     end: float
-    cases: int = 1
 
 
-def load_exposure_venues(path: Path) -> list[ExposureVenue]:
-    """The published exposure-venues list (a JSON array), newest first; missing file: empty.
+def _when(v: object) -> float | None:
+    """Epoch seconds from a number or an ISO 8601 time with its offset."""
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            t = datetime.fromisoformat(v)
+        except ValueError:
+            return None
+        return t.timestamp() if t.tzinfo is not None else None
+    return None
 
-    Items that do not have ``province``, ``venue``, ``start`` and ``end`` are skipped.
+
+def exposure_venues(items: object) -> list[ExposureVenue]:
+    """Items of a public list (``matcher.report.public_venues``), newest first.
+
+    Items without a province, venue code and a zoned ``from``/``to`` are skipped.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as err:
-        log.warning("exposure venues %s unreadable: %s", path, err)
-        return []
-    items = data.get("venues", []) if isinstance(data, dict) else data
-    out = []
+    out = set()
     for it in items if isinstance(items, list) else []:
         if not isinstance(it, dict):
             continue
-        start, end = _num(it.get("start")), _num(it.get("end"))
+        start, end = _when(it.get("from")), _when(it.get("to"))
         p, v = it.get("province"), it.get("venue")
         if start is None or end is None or not isinstance(p, str) or not isinstance(v, str):
             continue
-        cases = it.get("cases", 1)
-        out.append(ExposureVenue(province=p, venue=v, name=str(it.get("name") or v),
-                                 start=start, end=end,
-                                 cases=cases if isinstance(cases, int) else 1))
-    return sorted(out, key=lambda e: e.start, reverse=True)
+        out.add(ExposureVenue(province=p, district=str(it.get("district") or ""), venue=v,
+                              name=str(it.get("name") or v), start=start, end=end))
+    return sorted(out, key=lambda e: (-e.start, e.province, e.venue))
+
+
+def load_exposure_venues(path: Path) -> list[ExposureVenue]:
+    """The public exposure-venues lists under ``path`` (a file, or a folder searched for
+    ``exposure_venues.json``), merged; unreadable files are logged and skipped.
+    """
+    files = [path] if path.is_file() else sorted(path.glob("**/exposure_venues.json"))
+    items: list[Any] = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("exposure venues %s unreadable: %s", f, err)
+            continue
+        got = data.get("venues") if isinstance(data, dict) else data
+        if isinstance(got, list):
+            items.extend(got)
+    return exposure_venues(items)

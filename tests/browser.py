@@ -1,4 +1,5 @@
-"""Browser tests' helpers: Debian's Chromium driven by Playwright, and loops in threads.
+"""Helpers for the page tests: Debian's Chromium driven by Playwright, loops in threads, and
+live sites (real sealed batches, real ingest) for the dashboard.
 
 Playwright's sync API must not share a thread with a running asyncio loop, so every server
 under test runs its own loop in a background thread (:class:`LoopThread`).
@@ -8,15 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ble.aggregator import WindowAggregator
+from ble.records import AdoptionCount
+from ble.simulator import Crowd
+from gateway import sealer as sealing
+from gateway.clock import ClockEpoch, ClockSource, ReplayClock
+from gateway.health import Component, build_health
+from gateway.outbox import Outbox, OutboxStatus
+from gateway.pipeline import CapturePipeline, PipelineStats
+from gateway.registry import GatewayEntry, Registry
+from gateway.sealer import open_batch
+from matcher.dashboard_queries import consume_message
+from matcher.f0 import F0, F0Case
+from matcher.ingest import Ingestor
+from matcher.match import match_f0
+from matcher.report import write_reports
+from matcher.store import Store
+from mqtt import topics
+from qr.recognizers import Recognizer
+from qr.records import CheckIn
 
 T = TypeVar("T")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -109,3 +133,114 @@ class ServedApp:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- live sites the pages are tested against --------------------------------------------------
+
+CCCD = ("001090012345|123456789|Nguyễn Văn An|01011990|Nam|"
+        "Số 1 Hàng Ngang, Hoàn Kiếm, Hà Nội|01012021")
+SITE_GATEWAYS = (
+    # id, province, district, venue, name, (bluezone, en, iphones, background)
+    ("gw-a", "hn", "hoan-kiem", "cho-dong-xuan", "Chợ Đồng Xuân", (30, 4, 4, 12)),
+    ("gw-b", "hn", "dong-da", "ben-xe-kim-ma", "Bến xe Kim Mã", (5, 10, 1, 25)),
+    ("gw-c", "hcm", "quan-1", "cho-ben-thanh", "Chợ Bến Thành", (14, 12, 3, 10)),
+)
+
+
+@dataclass
+class Site:
+    """A matcher store filled through the real path: simulated crowds → aggregator → sealer →
+    outbox → ingest (verify, open, store); status and health through the topic consumer."""
+
+    store: Store
+    registry: Registry
+    now: float
+    counts: dict[str, list[AdoptionCount]]  # by venue code, as the gateways sealed them
+    reports: Path
+    subject: str
+
+
+def build_site(tmp: Path, store: Store, *, now: float, hours: float = 6.0) -> Site:
+    """Fill ``store`` with three gateways' sealed batches, status, health and a match report."""
+    priv, pub = sealing.generate_matcher_keypair()
+    keys = {g[0]: Ed25519PrivateKey.generate() for g in SITE_GATEWAYS}
+    registry = Registry(gateways={
+        gid: GatewayEntry(id=gid, province=p, district=d, venue=v, venue_name=name,
+                          signing_key=sealing.signing_public_hex(keys[gid]))
+        for gid, p, d, v, name, _ in SITE_GATEWAYS})
+    ingest = Ingestor(store, registry, priv)
+    start = now - (hours + 2) * 3600
+    counts: dict[str, list[AdoptionCount]] = {}
+    subject = ""
+    for i, (gid, p, _d, venue, _name, (bz, en, ios, bg)) in enumerate(SITE_GATEWAYS):
+        crowd = Crowd(seed=11 + i, start=start, duration_s=hours * 3600)
+        crowd.add_bluezone_phones(bz, [venue])
+        crowd.add_en_phones(en, [venue])
+        crowd.add_iphones(ios, [venue])
+        crowd.add_background(bg, [venue])
+        clock = ReplayClock(start)
+        outbox = Outbox(tmp / gid / "outbox.db", max_bytes=64 << 20, max_age_s=86400 * 21,
+                        clock=clock)
+        pipe = CapturePipeline(
+            aggregator=WindowAggregator(count_window_s=900),
+            sealer=sealing.Sealer(gateway_id=gid, matcher_public_key=pub,
+                                  signing_key=keys[gid]),
+            outbox=outbox, clock=clock, flush_interval_s=900)
+        for adv in crowd.adverts(venue, rate_hz=0.1):
+            clock.advance(adv.ts)
+            pipe.on_advert(adv)
+            if gid == "gw-a" and not subject and adv.ts > start + 3600:
+                got = Recognizer().recognize(CCCD, ts=adv.ts, clock=clock.epoch())
+                assert isinstance(got, CheckIn), got
+                subject = got.subject
+                pipe.on_checkin(got)
+        pipe.flush(final=True)
+        counts[venue] = []
+        for item in outbox.pending(100000):
+            _, batch = open_batch(item.data, registry=registry, private_key=priv)
+            counts[venue] += batch.counts
+            out = ingest.handle_batch(topics.batch(p, venue, gid), item.data, now=now - 600)
+            assert out.status == "stored", out
+            outbox.ack(item.seq)
+        outbox.close()
+    _reports(store, registry, now)
+    reports = tmp / "reports"
+    result = match_f0(store, F0(source="test", format="identity", signer="test", cases=[
+        F0Case(label="F0-1", kind="identity", subjects=(subject,))]))
+    write_reports(result, reports / "case-1")
+    return Site(store=store, registry=registry, now=now, counts=counts, reports=reports,
+                subject=subject)
+
+
+def site_health(gid: str, now: float, **kw: Any) -> dict[str, Any]:
+    """A health document of one site gateway, as its sync publishes it."""
+    base: dict[str, Any] = {"radio": Component("scanning"), "camera": Component("capturing"),
+                            "clock": ClockEpoch("b", 0.0, True, ClockSource.NTP, 0.0)}
+    base.update(kw)
+    doc = build_health(gateway_id=gid, now=now, uptime_s=7200,
+                       outbox=OutboxStatus(depth=3, bytes=4096, oldest_created_at=now - 1800,
+                                           dropped_batches=0, dropped_bytes=0, rejected=0,
+                                           next_seq=40, full=False, last_error=None),
+                       outbox_max_bytes=64 << 20, outbox_dir=Path("/"),
+                       stats=PipelineStats(adverts=1000, checkins=2, batches=37),
+                       connected=True, last_sync=now - 60, **base)
+    return {**doc, "sync": {"published": 37, "connected": True}}
+
+
+def _reports(store: Store, registry: Registry, now: float) -> None:
+    def send(gid: str, leaf: str, body: dict[str, Any], at: float) -> None:
+        g = registry.gateways[gid]
+        topic = f"{topics.base(g.province, g.venue, gid)}/{leaf}"
+        assert consume_message(store, registry, topic, json.dumps(body).encode(), at=at) == leaf
+
+    for gid in ("gw-a", "gw-c"):
+        send(gid, "status", {"state": "online", "ts": now - 7200, "gateway": gid}, now - 7200)
+    send("gw-b", "status", {"state": "online", "ts": now - 9000, "gateway": "gw-b"}, now - 9000)
+    send("gw-a", "health", site_health("gw-a", now - 30), now - 30)
+    send("gw-b", "health", site_health("gw-b", now - 2500), now - 2500)
+    send("gw-c", "health", site_health(
+        "gw-c", now - 20, camera=Component("fault", "no /dev/video0"),
+        clock=ClockEpoch("b", 0.0, False, ClockSource.NONE, float("inf"))), now - 20)
+    # gw-b's session died: the broker publishes its last will
+    send("gw-b", "status", {"state": "offline", "ts": now - 9000, "gateway": "gw-b",
+                            "reason": "connection lost"}, now - 2400)
