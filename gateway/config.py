@@ -126,6 +126,10 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
                 object.__setattr__(model, name, (base / value).resolve())
             elif isinstance(value, BaseModel):
                 fix(value)
+            elif isinstance(value, list) and any(isinstance(v, Path) for v in value):
+                object.__setattr__(model, name, [  # e.g. matcher.f0_signers
+                    (base / v).resolve() if isinstance(v, Path) and not v.is_absolute()
+                    else v for v in value])
 
     fix(cfg)
     return cfg

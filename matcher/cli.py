@@ -8,6 +8,7 @@ import click
 
 from gateway.errors import BzgwError
 from matcher import ids as idmod
+from matcher.config import MatcherConfig
 
 
 def _hex(value: str, n: int, what: str) -> bytes:
@@ -67,21 +68,78 @@ def ids_gaen(tek: str, start_interval: int, count: int) -> None:
     click.echo("\n".join(f"{start_interval + j} {r.hex()}" for j, r in enumerate(rpis)))
 
 
+def _matcher_config(config: Path | None) -> MatcherConfig | None:
+    if config is None:
+        return None
+    from gateway.config import load
+
+    cfg = load(config)
+    if cfg.matcher is None:
+        raise BzgwError(f"{config} has no matcher section")
+    return cfg.matcher
+
+
+def _db_url(db: str | None, cfg: MatcherConfig | None) -> str:
+    if db:
+        return db
+    if cfg is None:
+        raise click.UsageError("give --db URL or --config FILE (with a matcher section)")
+    return cfg.db
+
+
 @click.command("match")
-@click.option("--f0", "f0", required=True, type=click.Path(path_type=Path, exists=True),
-              help="F0 input (Bluezone InfoF JSON, GAEN export zip, identity JSON).")
+@click.option("--f0", "f0", required=True, type=click.Path(path_type=Path, exists=True,
+                                                           dir_okay=False),
+              help="Signed F0 input: bzgw-f0/v1 envelope (Bluezone InfoF or upload, EN TEK "
+                   "JSON, identities), a file with a detached .sig, or a signed EN export "
+                   "zip.")
 @click.option("--db", default=None, help="sqlite:///path or postgresql://... (default: config)")
-@click.option("--config", "config", type=click.Path(path_type=Path), default=None)
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
+              default=None, help="Matcher config: database and F0 signer keys.")
+@click.option("--signer", "signers", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Health-authority public key (PEM) to accept; repeatable; adds to the "
+                   "config's f0_signers.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="folder for report.json, report.csv, report.html")
-def match(f0: Path, db: str | None, config: Path | None, out: Path | None) -> None:
-    """Exposure report for an F0 input.
+              help="Folder for report.json, report.csv, report.html and exposure_venues.* "
+                   "(default: ./report-<f0 name>).")
+@click.option("--margin", "margin_min", default=30.0, show_default=True,
+              type=click.FloatRange(0, 24 * 60),
+              help="Minutes around a window in which other check-ins count as co-present.")
+def match(f0: Path, db: str | None, config: Path | None, signers: tuple[Path, ...],
+          out: Path | None, margin_min: float) -> None:
+    """Exposure report for a signed F0 input.
+
+    Derives the F0's tracing IDs (or takes its identities), finds where and when it was seen
+    or checked in, who else checked in there at that time, and how many other phones were
+    around; writes JSON, CSV, a bilingual HTML page and the public exposure-venues list.
 
     Example:
 
-        bzgw match --f0 f0.json --db sqlite:///matcher.db --out report/
+        bzgw match --f0 f0.json --config /etc/bzgw/matcher.yaml --out report/
     """
-    raise BzgwError("bzgw match is not available yet")
+    from matcher.f0 import load_f0
+    from matcher.match import MatchParams, match_f0
+    from matcher.report import write_reports
+    from matcher.store import open_store
+
+    cfg = _matcher_config(config)
+    url = _db_url(db, cfg)
+    keys = [*(cfg.f0_signers if cfg else []), *signers]
+    case = load_f0(f0, keys, window_days=cfg.retention_days if cfg else 21)
+    with open_store(url) as store:
+        result = match_f0(store, case, MatchParams(margin_s=margin_min * 60))
+    files = write_reports(result, out or Path(f"report-{f0.stem}"))
+    click.echo(f"{f0.name}: {case.format}, signed by {case.signer}, {case.n_ids:,} IDs"
+               + (f", {case.skipped} unusable entries skipped" if case.skipped else ""))
+    for c in result.cases:
+        click.echo(f"case {c.label}: {c.hits} hit(s), {len(c.windows)} window(s)"
+                   + (f", {c.out_of_window} outside their time window"
+                      if c.out_of_window else ""))
+        for w in c.windows:
+            click.echo(f"  - {w.summary()}")
+    for name, path in files.items():
+        click.echo(f"{name:>11}: {path}")
 
 
 @click.group("matcher")
@@ -90,12 +148,125 @@ def matcher_group() -> None:
 
 
 @matcher_group.command("serve")
-@click.option("--config", "config", required=True, type=click.Path(path_type=Path))
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path,
+                                                                   exists=True))
 def matcher_serve(config: Path) -> None:
-    """Subscribe to gateway batches, verify, store and ack them.
+    """Subscribe to gateway batches, verify, store and ack them; keep status and health.
+
+    Joins the shared subscription, so several processes split the load. SIGHUP reloads the
+    gateway registry; SIGTERM or Ctrl-C stops after the batch in hand.
 
     Example:
 
         bzgw matcher serve --config /etc/bzgw/matcher.yaml
     """
-    raise BzgwError("bzgw matcher serve is not available yet")
+    from matcher.serve import serve
+
+    cfg = _matcher_config(config)
+    assert cfg is not None
+    serve(cfg, config)
+
+
+@matcher_group.command("status")
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
+              default=None)
+@click.option("--db", default=None, help="sqlite:///path or postgresql://...")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def matcher_status(config: Path | None, db: str | None, as_json: bool) -> None:
+    """Ingest counters (stored, duplicates, every rejection reason) and gateway states.
+
+    Example:
+
+        bzgw matcher status --db sqlite:///var/lib/bzgw-matcher/matcher.db
+    """
+    import json
+    import time
+
+    from matcher.store import open_store
+
+    with open_store(_db_url(db, _matcher_config(config))) as store:
+        counters = store.counters()
+        gateways = store.gateways()
+        rows = store.row_counts()
+    if as_json:
+        click.echo(json.dumps({
+            "rows": rows,
+            "counters": [{"reason": c.reason, "gateway": c.gateway_id, "n": c.n}
+                         for c in counters],
+            "gateways": [{"id": g.gateway_id, "venue": g.venue.key, "last_seq": g.last_seq,
+                          "batches": g.batches, "last_batch_at": g.last_batch_at,
+                          "status": g.status, "status_at": g.status_at}
+                         for g in gateways]}, indent=1))
+        return
+    now = time.time()
+    click.echo("rows: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    click.echo("ingest:")
+    for c in counters:
+        click.echo(f"  {c.reason:<22} {c.gateway_id or '-':<24} {c.n:>10,}")
+    click.echo("gateways:")
+    for g in gateways:
+        ago = f"{(now - g.last_batch_at) / 60:.0f} min ago" if g.last_batch_at else "never"
+        click.echo(f"  {g.gateway_id:<24} {g.venue.key:<28} seq {g.last_seq:<8} last batch "
+                   f"{ago}, status {g.status or '?'}")
+
+
+@matcher_group.command("purge")
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
+              default=None)
+@click.option("--db", default=None, help="sqlite:///path or postgresql://...")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Retention window (default: the config's retention_days, else 21).")
+def matcher_purge(config: Path | None, db: str | None, days: float | None) -> None:
+    """Delete everything older than the retention window now (serve also runs this).
+
+    Example:
+
+        bzgw matcher purge --config /etc/bzgw/matcher.yaml
+    """
+    import time
+
+    from matcher.store import open_store
+
+    cfg = _matcher_config(config)
+    keep = days if days is not None else (cfg.retention_days if cfg else 21.0)
+    with open_store(_db_url(db, cfg)) as store:
+        deleted = store.purge(time.time(), keep)
+    click.echo(f"kept {keep:g} days; deleted " + ", ".join(
+        f"{k} {v:,}" for k, v in deleted.items()))
+
+
+@matcher_group.command("sign-f0")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--key", "key_file", required=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Health-authority private key (PEM, Ed25519 or ECDSA P-256).")
+@click.option("--kind", type=click.Choice(["bluezone-infof", "bluezone-upload", "gaen-export",
+                                           "gaen-json", "identity"]), default=None,
+              help="What SOURCE is (default: detected from its content).")
+@click.option("--case", default="", help="Label for reports (signed with the input).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Envelope file (default: SOURCE.signed.json; with --detached SOURCE.sig).")
+@click.option("--detached", is_flag=True, help="Write SOURCE.sig and leave SOURCE as is.")
+def matcher_sign_f0(source: Path, key_file: Path, kind: str | None, case: str,
+                    out: Path | None, detached: bool) -> None:
+    """Sign an F0 input so the matcher accepts it (health-office tooling).
+
+    Example:
+
+        bzgw matcher sign-f0 infof.json --key moh-f0.pem --case HN-0042
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from matcher.f0 import sign_f0
+
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        raise BzgwError(f"{key_file}: not an unencrypted PEM private key: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise BzgwError(f"{key_file}: F0 signing key must be Ed25519 or ECDSA P-256")
+    dest = out or source.with_name(source.name + (".sig" if detached else ".signed.json"))
+    written = sign_f0(source, key, kind=kind, case=case, detached=detached, out=dest)
+    click.echo(f"signed {source} -> {written}")

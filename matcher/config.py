@@ -23,3 +23,12 @@ class MatcherConfig(BaseModel):
     mqtt: MqttConfig | None = None
     dashboard_listen: str = "127.0.0.1"
     dashboard_port: int = Field(default=8090, ge=0, le=65535)
+    client_id: str = Field(default="", max_length=64,
+                           description="MQTT client id (default: matcher-<host>-<pid>); "
+                                       "every process of a share group needs its own")
+    purge_interval_s: float = Field(default=3600, gt=0, le=86400,
+                                    description="how often retention runs")
+    max_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024,
+                                 description="larger sealed batches are refused unread")
+    max_plaintext_bytes: int = Field(default=16 * 1024 * 1024, ge=4096,
+                                     description="decompressed batch limit (zip bombs)")

@@ -41,9 +41,10 @@ import binascii
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -157,13 +158,62 @@ def signed_message(kind: str, payload: bytes, case: str = "") -> bytes:
     return FORMAT.encode() + b"\n" + kind.encode() + b"\n" + case.encode() + b"\n" + payload
 
 
-def sign_f0(payload: bytes, kind: str, private_key: PrivateKey, *, case: str = "",
-            detached: bool = False) -> bytes:
-    """A signed envelope for ``payload`` (or, with ``detached``, its ``.sig`` file).
+def detect_kind(payload: bytes) -> str:
+    """The F0 kind of an inner file, from its content.
 
     Raises:
-        F0InputError: unknown kind or unsupported key.
+        F0InputError: not a zip and not a JSON shape this module knows.
     """
+    if payload[:4] == b"PK\x03\x04":
+        return "gaen-export"
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict):
+        if isinstance(doc.get("InfoF"), str):
+            try:
+                inner = json.loads(doc["InfoF"])
+            except ValueError:
+                inner = None
+            if isinstance(inner, dict):
+                doc = inner
+        for key, kind in (("data", "bluezone-infof"), ("base_id", "bluezone-upload"),
+                          ("temporaryExposureKeys", "gaen-json"), ("keys", "gaen-json"),
+                          ("identities", "identity")):
+            if key in doc:
+                return kind
+    raise F0InputError("cannot tell what kind of F0 input this is; name the kind "
+                       f"({', '.join(KINDS)})")
+
+
+@overload
+def sign_f0(source: bytes | Path, private_key: PrivateKey, *, kind: str | None = None,
+            case: str = "", detached: bool = False, out: None = None) -> bytes: ...
+
+
+@overload
+def sign_f0(source: bytes | Path, private_key: PrivateKey, *, kind: str | None = None,
+            case: str = "", detached: bool = False, out: Path) -> Path: ...
+
+
+def sign_f0(source: bytes | Path, private_key: PrivateKey, *, kind: str | None = None,
+            case: str = "", detached: bool = False, out: Path | None = None) -> bytes | Path:
+    """Sign an F0 input: a ``bzgw-f0/v1`` envelope, or with ``detached`` its ``.sig`` file.
+
+    Args:
+        source: the inner file's bytes, or its path.
+        private_key: the health authority's Ed25519 or ECDSA P-256 key.
+        kind: one of :data:`KINDS`; detected from the content when omitted.
+        case: the label reports use (signed too).
+        detached: produce the ``.sig`` companion instead of an envelope.
+        out: write the result there and return the path (else return the bytes).
+
+    Raises:
+        F0InputError: unknown or undetectable kind, unreadable source, unsupported key.
+    """
+    payload = _read(source) if isinstance(source, Path) else bytes(source)
+    kind = kind or detect_kind(payload)
     if kind not in KINDS:
         raise F0InputError(f"unknown F0 kind {kind!r} (one of {', '.join(KINDS)})")
     msg = signed_message(kind, payload, case)
@@ -179,7 +229,27 @@ def sign_f0(payload: bytes, kind: str, private_key: PrivateKey, *, case: str = "
     if not detached:
         env["payload"] = base64.b64encode(payload).decode()
     env["signature"] = base64.b64encode(sig).decode()
-    return json.dumps(env, indent=1).encode()
+    data = json.dumps(env, indent=1).encode()
+    if out is None:
+        return data
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_bytes(data)
+    return Path(out)
+
+
+def as_signers(items: Sequence[Signer | PublicKey | Path | str]) -> list[Signer]:
+    """Signers from :class:`Signer` objects, public keys, or PEM file paths."""
+    out: list[Signer] = []
+    for it in items:
+        if isinstance(it, Signer):
+            out.append(it)
+        elif isinstance(it, Path | str):
+            out.extend(load_signers([Path(it)]))
+        elif isinstance(it, Ed25519PublicKey | ec.EllipticCurvePublicKey):
+            out.append(Signer(key_id(it), it, "in memory"))
+        else:
+            raise F0InputError(f"not an F0 signer key: {type(it).__name__}")
+    return out
 
 
 def _verify(env: dict[str, Any], payload: bytes, signers: list[Signer]) -> str:
@@ -216,14 +286,15 @@ def _b64(v: object, what: str) -> bytes:
 # ---------------------------------------------------------------- loading
 
 
-def load_f0(path: Path, signers: list[Signer], *, now: float | None = None,
-            window_days: float = 21) -> F0:
+def load_f0(path: Path, signers: Sequence[Signer | PublicKey | Path | str], *,
+            now: float | None = None, window_days: float = 21) -> F0:
     """Read, verify and parse an F0 file.
 
     Args:
         path: a signed envelope, a file with a detached ``<path>.sig``, or a signed EN key
             export zip.
-        signers: the configured signer keys (:func:`load_signers`).
+        signers: the configured signer keys: :class:`Signer` objects (:func:`load_signers`),
+            public keys, or PEM paths.
         now: reference time for inputs without an end (a Bluezone upload); default now.
         window_days: how far back such inputs are expanded.
 
@@ -250,10 +321,11 @@ def _read(p: Path) -> bytes:
         raise F0InputError(f"{p}: cannot read: {err.strerror}") from err
 
 
-def parse_f0(data: bytes, signers: list[Signer], *, name: str = "f0",
-             detached: bytes | None = None, now: float | None = None,
+def parse_f0(data: bytes, signers: Sequence[Signer | PublicKey | Path | str], *,
+             name: str = "f0", detached: bytes | None = None, now: float | None = None,
              window_days: float = 21) -> F0:
     """Verify and parse F0 bytes (see :func:`load_f0`)."""
+    signers = as_signers(signers)
     if not signers:
         raise F0InputError("no F0 signer keys are configured (matcher.f0_signers): "
                            "unsigned F0 input is never accepted")
@@ -307,5 +379,5 @@ def _parse(kind: str, payload: bytes, case: str, sid: str, name: str, now: float
     return f0
 
 
-__all__ = ["EN_TOLERANCE_S", "F0", "F0Case", "Signer", "key_id", "load_f0", "load_signers",
-           "parse_f0", "sign_f0", "signed_message"]
+__all__ = ["EN_TOLERANCE_S", "F0", "F0Case", "Signer", "as_signers", "detect_kind", "key_id",
+           "load_f0", "load_signers", "parse_f0", "sign_f0", "signed_message"]

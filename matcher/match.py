@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from matcher.rows import AdoptionSummary, CheckinRow, SightingRow, VenueInfo
 from matcher.store_read import StoreReads
 
 PROXIMITY_ORDER = {"near": 0, "medium": 1, "far": 2, "unknown": 3}
+VN_TIME = timezone(timedelta(hours=7), "ICT")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,14 @@ class ExposureWindow:
     peak_phones: dict[str, int] = field(default_factory=dict)
     adoption: AdoptionSummary = field(default_factory=AdoptionSummary)
 
+    def summary(self) -> str:
+        """One line without personal data, Vietnam time (``case: venue 10:05-10:40 ...``)."""
+        a = datetime.fromtimestamp(self.start, VN_TIME)
+        b = datetime.fromtimestamp(self.end, VN_TIME)
+        return (f"{self.case}: {self.venue.label} {a:%Y-%m-%d %H:%M}-{b:%H:%M} (UTC+7), "
+                f"{self.dwell_s / 60:.0f} min via {'+'.join(self.via)}, {self.proximity}, "
+                f"{len(self.co_present)} co-present check-in(s)")
+
 
 @dataclass
 class CaseResult:
@@ -119,6 +129,11 @@ class MatchResult:
     def windows(self) -> list[ExposureWindow]:
         """Every window of every case, by start time."""
         return sorted((w for c in self.cases for w in c.windows), key=lambda w: w.start)
+
+    @property
+    def visits(self) -> list[ExposureWindow]:
+        """Same as :attr:`windows` (each window is one visit of a case to a venue)."""
+        return self.windows
 
 
 def _sighting_visit(r: SightingRow) -> Visit:

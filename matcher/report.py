@@ -19,14 +19,14 @@ import csv
 import io
 import json
 import math
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from matcher.match import VN_TIME as VN
 from matcher.match import CoPresent, ExposureWindow, MatchResult
 
-VN = timezone(timedelta(hours=7), "ICT")
 PUBLIC_GRID_S = 900
 CSV_COLUMNS = (
     "case", "province", "district", "venue", "venue_name", "start", "end", "dwell_min", "via",

@@ -83,6 +83,11 @@ class MatcherService:
         self._store_errors: tuple[type[BaseException], ...] = (BzgwError, *store.db.errors)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-store")
 
+    def set_registry(self, registry: Registry) -> None:
+        """Use a new gateway registry from the next message on."""
+        self.registry = registry
+        self.ingestor.registry = registry
+
     async def _db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kw))

@@ -55,7 +55,8 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def test_infof_envelope_yields_the_captured_ids(tmp_path: Path, ed_key: Ed25519PrivateKey,
                                                 signers: list[f0.Signer]) -> None:
-    env = f0.sign_f0(json.dumps(INFOF).encode(), "bluezone-infof", ed_key, case="HN-0042")
+    env = f0.sign_f0(json.dumps(INFOF).encode(), ed_key, kind="bluezone-infof",
+                     case="HN-0042")
     got = f0.load_f0(_write(tmp_path, "f0.json", env), signers)
     assert (got.format, got.signer, len(got.cases)) == ("bluezone-infof", f0.key_id(
         ed_key.public_key()), 1)
@@ -73,7 +74,7 @@ def test_ecdsa_signer_and_infof_as_push_string(tmp_path: Path, p256_key:
     push = {"InfoF": json.dumps({"data": [
         {"daily_key": DK, "time_start": str(T0), "time_end": (T0 + 3600) * 1000, "max": 96},
         {"daily_key": os.urandom(32).hex(), "time_start": T0, "time_end": T0 + 900}]})}
-    env = f0.sign_f0(json.dumps(push).encode(), "bluezone-infof", p256_key)
+    env = f0.sign_f0(json.dumps(push).encode(), p256_key, kind="bluezone-infof")
     got = f0.load_f0(_write(tmp_path, "push.json", env), signers)
     assert [c.label for c in got.cases] == ["push #1", "push #2"]
     assert [c.n_ids for c in got.cases] == [5, 2]  # ms end time understood; slots inclusive
@@ -83,7 +84,7 @@ def test_detached_signature_next_to_the_file(tmp_path: Path, ed_key: Ed25519Priv
                                              signers: list[f0.Signer]) -> None:
     payload = json.dumps({"identities": [{"cccd": "001 099 012 345"}]}).encode()
     p = _write(tmp_path, "ids.json", payload)
-    _write(tmp_path, "ids.json.sig", f0.sign_f0(payload, "identity", ed_key, detached=True))
+    _write(tmp_path, "ids.json.sig", f0.sign_f0(payload, ed_key, detached=True))
     got = f0.load_f0(p, signers)
     assert got.cases[0].subjects == ("001099012345",)
     p.write_bytes(payload.replace(b"345", b"346"))
@@ -96,10 +97,10 @@ def test_unsigned_or_foreign_input_is_refused(tmp_path: Path, ed_key: Ed25519Pri
     with pytest.raises(F0InputError, match="not signed"):
         f0.load_f0(_write(tmp_path, "plain.json", json.dumps(INFOF).encode()), signers)
     stranger = Ed25519PrivateKey.generate()
-    env = f0.sign_f0(json.dumps(INFOF).encode(), "bluezone-infof", stranger)
+    env = f0.sign_f0(json.dumps(INFOF).encode(), stranger, kind="bluezone-infof")
     with pytest.raises(F0InputError, match="not a configured F0 signer"):
         f0.load_f0(_write(tmp_path, "s.json", env), signers)
-    good = json.loads(f0.sign_f0(json.dumps(INFOF).encode(), "bluezone-infof", ed_key))
+    good = json.loads(f0.sign_f0(json.dumps(INFOF).encode(), ed_key, kind="bluezone-infof"))
     good["case"] = "renamed"  # the label is signed too
     with pytest.raises(F0InputError, match="does not verify"):
         f0.load_f0(_write(tmp_path, "t.json", json.dumps(good).encode()), signers)
@@ -117,9 +118,11 @@ def test_signer_keys_must_be_ed25519_or_p256(tmp_path: Path) -> None:
     with pytest.raises(F0InputError, match="PEM"):
         f0.load_signers([tmp_path / "junk.pem"])
     with pytest.raises(F0InputError, match="P-256"):
-        f0.sign_f0(b"{}", "identity", p384)  # type: ignore[arg-type]
+        f0.sign_f0(b"{}", p384, kind="identity")  # type: ignore[arg-type]
     with pytest.raises(F0InputError, match="unknown F0 kind"):
-        f0.sign_f0(b"{}", "csv", Ed25519PrivateKey.generate())
+        f0.sign_f0(b"{}", Ed25519PrivateKey.generate(), kind="csv")
+    with pytest.raises(F0InputError, match="cannot tell"):
+        f0.sign_f0(b"{}", Ed25519PrivateKey.generate())
 
 
 def test_published_key_export_zip_verified_by_its_own_signature(
@@ -156,7 +159,7 @@ def test_gaen_json_publish_shape(tmp_path: Path, ed_key: Ed25519PrivateKey,
         {"key": base64.b64encode(k1).decode(), "rollingStartNumber": 2_700_000,
          "rollingPeriod": 144, "transmissionRisk": 4},
         {"key_data": k2.hex(), "rolling_start_interval_number": 2_700_144}]}
-    env = f0.sign_f0(json.dumps(doc).encode(), "gaen-json", ed_key)
+    env = f0.sign_f0(json.dumps(doc).encode(), ed_key, kind="gaen-json")
     got = f0.load_f0(_write(tmp_path, "teks.json", env), signers)
     block = got.cases[0].block
     assert block is not None and len(block) == 288
@@ -173,9 +176,10 @@ def test_bluezone_upload_expands_the_window_before_now(tmp_path: Path,
 
     base = bytes.fromhex(DK)
     now = T0 + 30 * 86400 + 3600  # 30 days after install, 01:00 UTC
-    env = f0.sign_f0(json.dumps({"base_id": DK, "time": T0}).encode(), "bluezone-upload",
-                     ed_key, case="up")
-    got = f0.load_f0(_write(tmp_path, "up.json", env), signers, now=now, window_days=2)
+    src = _write(tmp_path, "up-src.json", json.dumps({"base_id": DK, "time": T0}).encode())
+    signed = f0.sign_f0(src, ed_key, case="up", out=tmp_path / "signed" / "up.json")
+    assert json.loads(signed.read_bytes())["kind"] == "bluezone-upload"  # detected
+    got = f0.load_f0(signed, [ed_key.public_key()], now=now, window_days=2)
     block = got.cases[0].block
     assert block is not None
     dk = base
@@ -216,14 +220,14 @@ def test_bluezone_upload_expands_the_window_before_now(tmp_path: Path,
 def test_malformed_inner_files_name_the_problem(tmp_path: Path, ed_key: Ed25519PrivateKey,
                                                 signers: list[f0.Signer], kind: str,
                                                 doc: object, msg: str) -> None:
-    env = f0.sign_f0(json.dumps(doc).encode(), kind, ed_key)
+    env = f0.sign_f0(json.dumps(doc).encode(), ed_key, kind=kind)
     with pytest.raises(F0InputError, match=msg):
         f0.load_f0(_write(tmp_path, "bad.json", env), signers, now=T0 + 86400)
 
 
 def test_malformed_envelopes(tmp_path: Path, ed_key: Ed25519PrivateKey,
                              signers: list[f0.Signer]) -> None:
-    good = json.loads(f0.sign_f0(b"{}", "identity", ed_key))
+    good = json.loads(f0.sign_f0(b"{}", ed_key, kind="identity"))
     cases = [({**good, "payload": "%%%"}, "base64"), ({**good, "kind": "pdf"}, "not one of"),
              ({**good, "signer": 5}, "strings"), ({**good, "signature": None}, "base64")]
     for env, msg in cases:
@@ -231,7 +235,7 @@ def test_malformed_envelopes(tmp_path: Path, ed_key: Ed25519PrivateKey,
             f0.load_f0(_write(tmp_path, "e.json", json.dumps(env).encode()), signers)
     with pytest.raises(F0InputError, match="not valid JSON"):
         f0.load_f0(_write(tmp_path, "e.json", b"{not json"), signers)
-    env = f0.sign_f0(b"[1, 2", "identity", ed_key)  # signed, but the inner file is broken
+    env = f0.sign_f0(b"[1, 2", ed_key, kind="identity")  # signed, inner file broken
     with pytest.raises(F0InputError, match="identity: not valid JSON"):
         f0.load_f0(_write(tmp_path, "e.json", env), signers)
 

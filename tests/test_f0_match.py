@@ -41,7 +41,7 @@ def key() -> Ed25519PrivateKey:
 
 def _f0(key: Ed25519PrivateKey, kind: str, doc: object, case: str = "F0-1") -> f0mod.F0:
     signers = [f0mod.Signer(f0mod.key_id(key.public_key()), key.public_key(), "test")]
-    env = f0mod.sign_f0(json.dumps(doc).encode(), kind, key, case=case)
+    env = f0mod.sign_f0(json.dumps(doc).encode(), key, kind=kind, case=case)
     return f0mod.parse_f0(env, signers, name="f0.json")
 
 

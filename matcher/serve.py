@@ -1,0 +1,75 @@
+"""Run :class:`~matcher.service.MatcherService` from a config file, with signals.
+
+SIGTERM and SIGINT stop the service after the message in hand; SIGHUP reloads the gateway
+registry (newly enrolled gateways are accepted without a restart; until then their batches
+are refused as ``unknown_gateway`` without an ack, so they wait in the gateway's outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from gateway.errors import BzgwError, ConfigError
+from gateway.registry import load_registry
+from gateway.sealer import load_matcher_private_key
+from matcher.config import MatcherConfig
+from matcher.service import MatcherService, default_client_id
+from matcher.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def build_service(cfg: MatcherConfig, config_path: Path | None = None) -> MatcherService:
+    """The service a matcher config describes (store opened and migrated).
+
+    Raises:
+        BzgwError: no MQTT section, unreadable key or registry, unreachable database.
+    """
+    if cfg.mqtt is None:
+        raise ConfigError([(str(config_path or ""), "matcher -> mqtt: the matcher needs an "
+                            "mqtt section (broker, CA, client certificate)")])
+    registry = load_registry(cfg.registry)
+    private = load_matcher_private_key(cfg.private_key)
+    store = open_store(cfg.db)
+    return MatcherService(store=store, registry=registry, private_key=private, mqtt=cfg.mqtt,
+                          client_id=cfg.client_id or default_client_id(),
+                          retention_days=cfg.retention_days,
+                          purge_interval_s=cfg.purge_interval_s,
+                          max_wire=cfg.max_batch_bytes,
+                          max_plaintext=cfg.max_plaintext_bytes)
+
+
+async def serve_async(service: MatcherService, cfg: MatcherConfig) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the registry."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            service.set_registry(load_registry(cfg.registry))
+            log.warning("registry reloaded: %d gateways", len(service.registry.gateways))
+        except BzgwError as err:
+            log.error("registry not reloaded: %s", err)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await service.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+def serve(cfg: MatcherConfig, config_path: Path | None = None) -> None:
+    """Blocking entry point of ``bzgw matcher serve``."""
+    service = build_service(cfg, config_path)
+    log.warning("matcher %s: %d gateways registered, store %s", service.client_id,
+                len(service.registry.gateways), service.store.db.dialect)
+    try:
+        asyncio.run(serve_async(service, cfg))
+    finally:
+        service.store.close()

@@ -1,0 +1,178 @@
+"""``bzgw matcher serve`` as a real process, then ``status``, ``sign-f0`` and ``bzgw match``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.batch import Batch
+from gateway.cli import cli
+from gateway.clock import ClockEpoch, ClockSource
+from gateway.sealer import Sealer, generate_matcher_keypair, save_matcher_keypair
+from matcher.ids import bluezone_day_ids
+from matcher.testing import checkin, sighting
+from mqtt import topics
+from mqtt.client import MqttClient
+from mqtt.lab import Lab
+
+T0 = int(time.time()) // 86400 * 86400 - 86400  # yesterday 00:00 UTC: inside retention
+CLOCK = ClockEpoch("boot-1", 0.0, True, ClockSource.NTP, 0.0)
+
+
+def _bzgw() -> list[str]:
+    exe = Path(sys.executable).parent / "bzgw"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c",
+                                            "from gateway.cli import main; main()"]
+
+
+def _config(lab: Lab, tmp_path: Path) -> tuple[Path, bytes, Ed25519PrivateKey]:
+    private, public = generate_matcher_keypair()
+    save_matcher_keypair(private, public, tmp_path / "matcher.key", tmp_path / "matcher.pub")
+    authority = Ed25519PrivateKey.generate()
+    (tmp_path / "moh.pem").write_bytes(authority.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "moh.key").write_bytes(authority.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    m = lab.matcher_mqtt["matcher"]
+    cfg = {"matcher": {
+        "db": f"sqlite:///{tmp_path / 'matcher.db'}", "private_key": "matcher.key",
+        "registry": str(lab.root / "registry.yaml"), "f0_signers": ["moh.pem"],
+        "client_id": "matcher-cli-test", "purge_interval_s": 3600,
+        "mqtt": {"host": m.host, "port": m.port, "ca_file": str(m.ca_file),
+                 "cert_file": str(m.cert_file), "key_file": str(m.key_file),
+                 "keepalive_s": 10, "backoff_min_s": 0.05, "backoff_max_s": 1}}}
+    path = tmp_path / "matcher.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, public, authority
+
+
+async def _send(lab: Lab, public: bytes, batches: list[Batch]) -> list[dict[str, object]]:
+    lg = lab.gateways["gw-a"]
+    sealer = Sealer(gateway_id="gw-a", matcher_public_key=public, signing_key=lg.signing_key)
+    p = (lg.entry.province, lg.entry.venue, "gw-a")
+    acks: list[dict[str, object]] = []
+    async with MqttClient(lg.mqtt, "gw-a-cli-test") as c:
+        await c.subscribe(topics.ack(*p))
+        for seq, b in enumerate(batches, 1):
+            await c.publish(topics.batch(*p), sealer.seal(b, seq=seq, created_at=T0 + seq,
+                                                           clock=CLOCK))
+        async for m in c.messages():
+            acks.append(json.loads(m.payload))
+            if len(acks) == len(batches):
+                break
+    return acks
+
+
+def test_serve_then_status_then_match(lab: Lab, tmp_path: Path) -> None:
+    cfg, public, _authority = _config(lab, tmp_path)
+    dk = os.urandom(32)
+    ids = bluezone_day_ids(dk)
+    batches = [Batch(sightings=[sighting(ids[40], T0 + 36010, 600)],
+                     checkins=[checkin("001099000222", T0 + 36100,
+                                       fields={"name": "Phạm D"})]),
+               Batch(sightings=[sighting(os.urandom(12), T0 + 36020, 300)])]
+    proc = subprocess.Popen([*_bzgw(), "-v", "matcher", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any("subscribed to" in line for line in lines):  # batches need a reader
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        acks = asyncio.run(asyncio.wait_for(_send(lab, public, batches), 30))
+        assert sorted((a["seq"], a["status"]) for a in acks) == [(1, "stored"), (2, "stored")]
+        proc.send_signal(signal.SIGHUP)  # reloads the registry, keeps serving
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    out = "".join(lines)
+    assert proc.returncode == 0, out
+    assert "registry reloaded" in out
+    assert "001099000222" not in out and "Phạm" not in out  # nothing personal in the log
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["matcher", "status", "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    status = json.loads(res.output)
+    assert status["rows"]["batches"] == 2
+    assert [(c["reason"], c["gateway"], c["n"]) for c in status["counters"]] == [
+        ("stored", "gw-a", 2)]
+
+    infof = tmp_path / "infof.json"
+    infof.write_text(json.dumps({"data": [{"daily_key": dk.hex(), "time_start": T0,
+                                           "time_end": T0 + 86399, "max": 96}]}))
+    res = runner.invoke(cli, ["matcher", "sign-f0", str(infof), "--key",
+                              str(tmp_path / "moh.key"), "--case", "HN-9"])
+    assert res.exit_code == 0, res.output
+    signed = tmp_path / "infof.json.signed.json"
+    res = runner.invoke(cli, ["match", "--f0", str(signed), "--config", str(cfg), "--out",
+                              str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "case HN-9: 1 hit(s), 1 window(s)" in res.output
+    assert "Chợ A" in res.output and "001099000222" not in res.output
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text(encoding="utf-8"))
+    [w] = doc["cases"][0]["windows"]
+    assert w["venue"]["code"] == "cho-a"
+    assert [c["subject"] for c in w["co_present_checkins"]] == ["001099000222"]
+    assert w["other_ids"] == {"bluezone": 1}
+
+
+def test_match_refuses_unsigned_input_and_needs_a_database(tmp_path: Path) -> None:
+    f = tmp_path / "infof.json"
+    f.write_text(json.dumps({"data": []}))
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["match", "--f0", str(f)])
+    assert res.exit_code == 2 and "--db" in res.output
+    res = runner.invoke(cli, ["match", "--f0", str(f), "--db",
+                              f"sqlite:///{tmp_path / 'm.db'}", "--signer", str(pem)])
+    assert res.exit_code == 1
+    assert "not signed" in res.output
+
+
+def test_serve_without_mqtt_section_is_a_config_error(tmp_path: Path) -> None:
+    private, public = generate_matcher_keypair()
+    save_matcher_keypair(private, public, tmp_path / "m.key", tmp_path / "m.pub")
+    (tmp_path / "reg.yaml").write_text("gateways: []\n")
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(yaml.safe_dump({"matcher": {"private_key": "m.key",
+                                               "registry": "reg.yaml",
+                                               "db": f"sqlite:///{tmp_path / 'x.db'}"}}))
+    res = CliRunner().invoke(cli, ["matcher", "serve", "--config", str(cfg)])
+    assert res.exit_code == 1
+    assert "needs an mqtt section" in res.output
+
+
+@pytest.mark.skipif(shutil.which("bzgw") is None and not (
+    Path(sys.executable).parent / "bzgw").exists(), reason="bzgw console script not installed")
+def test_help_has_examples() -> None:
+    for args in (["match"], ["matcher", "serve"], ["matcher", "status"], ["matcher", "purge"],
+                 ["matcher", "sign-f0"]):
+        res = CliRunner().invoke(cli, [*args, "--help"])
+        assert res.exit_code == 0 and "Example:" in res.output, args
