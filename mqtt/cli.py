@@ -33,9 +33,11 @@ def broker_group() -> None:
 @click.option("--log-file", default=None, help="Broker log file (default: stderr/journald).")
 @click.option("--acl-path", default=None,
               help="Where the ACL file will be on the broker host (default: OUT/acl).")
+@click.option("--run-as-root", is_flag=True,
+              help="Keep mosquitto running as root (containers without a mosquitto user).")
 def broker_config(registry: Path, out: Path, port: int, bind: str, ca: str, cert: str,
                   key: str, crl: str | None, persistence_dir: str, log_file: str | None,
-                  acl_path: str | None) -> None:
+                  acl_path: str | None, run_as_root: bool) -> None:
     """Write mosquitto.conf and the ACL file from the gateway registry.
 
     TLS only, client certificates required, certificate CN as user name; each gateway may
@@ -55,6 +57,6 @@ def broker_config(registry: Path, out: Path, port: int, bind: str, ca: str, cert
         tls=TlsFiles(Path(ca), Path(cert), Path(key), Path(crl) if crl else None),
         persistence_dir=Path(persistence_dir) if persistence_dir else None,
         log_file=Path(log_file) if log_file else None,
-        acl_path=Path(acl_path) if acl_path else None)
+        acl_path=Path(acl_path) if acl_path else None, run_as_root=run_as_root)
     click.echo(f"wrote {conf} and {acl}: {len(reg.gateways)} gateways, "
                f"{len(reg.matchers)} matchers, TLS listener {bind}:{port}")

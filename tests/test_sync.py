@@ -7,83 +7,16 @@ import contextlib
 import itertools
 import json
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ackmatcher import AckMatcher
-from crowd import crowd
+from ackmatcher import Site, running, until
 
-from ble.records import IdKind
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.config import IdentityConfig
-from gateway.outbox import Outbox
-from gateway.sealer import Sealer, generate_matcher_keypair
 from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.lab import Lab
-from mqtt.sync import GatewaySync, ack_payload
-
-EPOCH = ClockEpoch("boot", 0.0, True, ClockSource.NTP)
-
-
-class Site:
-    """One gateway of the lab with its outbox, sealer and sync, and a matcher."""
-
-    def __init__(self, lab: Lab, tmp: Path, gw: str = "gw-a", **sync_kw: Any) -> None:
-        self.lab = lab
-        self.gw = lab.gateways[gw]
-        self.priv, pub = generate_matcher_keypair()
-        self.sealer = Sealer(gateway_id=gw, matcher_public_key=pub,
-                             signing_key=self.gw.signing_key)
-        self.outbox = Outbox(tmp / f"{gw}.db", max_bytes=50_000_000, max_age_s=86400)
-        e = self.gw.entry
-        self.identity = IdentityConfig(id=e.id, province=e.province, venue=e.venue)
-        cfg = self.gw.mqtt.model_copy(update={"inflight": sync_kw.pop("inflight", 8)})
-        self.sync = GatewaySync(self.outbox, cfg, self.identity, poll_s=0.05, **sync_kw)
-        self.n = 0
-
-    def add(self, count: int, size: int = 50) -> list[int]:
-        out = []
-        for _ in range(count):
-            self.n += 1
-            batch = crowd(IdKind.BLUEZONE, size, seed=self.n)
-            out.append(self.outbox.append(lambda s, b=batch: self.sealer.seal(
-                b, seq=s, created_at=1.0, clock=EPOCH)))
-        return out
-
-    def matcher(self, name: str = "matcher", **kw: Any) -> AckMatcher:
-        return AckMatcher(self.lab.matcher_mqtt[name], name, self.lab.registry, self.priv,
-                          **kw)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Wait for ``cond`` (polling the loop), failing the test on timeout."""
-    async def poll() -> None:
-        while not cond():  # noqa: ASYNC110 - the conditions are plain attributes
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), timeout)
-
-
-async def running(*runs: Callable[[asyncio.Event], Awaitable[None]],
-                  body: Callable[[], Awaitable[None]], matcher: AckMatcher | None = None) -> None:
-    """Run the ``run(stop)`` coroutines around ``body``, then stop them cleanly.
-
-    A ``matcher`` is started first and subscribed before anything else runs (batches
-    published to a topic nobody reads are gone until the ack timeout resends them).
-    """
-    stop = asyncio.Event()
-    tasks = []
-    if matcher is not None:
-        tasks.append(asyncio.create_task(matcher.run(stop)))
-        await asyncio.wait_for(matcher.ready.wait(), 10)
-    tasks += [asyncio.create_task(r(stop)) for r in runs]
-    try:
-        await body()
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+from mqtt.sync import ack_payload
 
 
 class Watcher:
