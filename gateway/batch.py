@@ -5,23 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ble.records import AdoptionCount, Sighting
-from gateway.clock import ClockEpoch
+from gateway.clock import ClockCorrection, ClockEpoch
 from qr.records import CheckIn
 
-
-@dataclass(frozen=True, slots=True)
-class ClockCorrection:
-    """A later, better offset for an earlier clock epoch of the same boot.
-
-    The matcher re-times every record captured in ``boot_id`` with ``old_offset`` by
-    ``new_offset - old_offset``.
-    """
-
-    boot_id: str
-    old_offset: float
-    new_offset: float
-    uncertainty: float
-    source: str
+__all__ = ["Batch", "ClockCorrection"]
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ble.aggregator import WindowAggregator
 from ble.records import Advert
-from gateway.clock import Clock, ReplayClock, SystemClock
+from gateway.clock import Clock, ReplayClock, TrackedClock
 from gateway.config import Config
 from gateway.errors import BzgwError, ConfigError
 from gateway.feedback import Feedback, FeedbackEvents
@@ -147,24 +147,45 @@ class Gateway:
         period = min(1.0, watchdog / 2) if watchdog else 1.0
         last_retention = 0.0
         while not stop.is_set():
+            self._poll_clock()
             now = self.clock.now()
             self.pipeline.tick(now)
             if now - last_retention > 3600:
                 self.outbox.enforce_retention(now)
                 last_retention = now
             # Ping only while the pipeline moves: a stalled loop makes systemd restart us.
-            stalled = time.monotonic() - self.state.last_progress_mono > max(
-                self.cfg.ble.watchdog_s * 3, 300)
-            if not stalled:
+            if not self.stalled():
                 self.notifier.watchdog()
-                self.state.last_progress_mono = max(self.state.last_progress_mono,
-                                                    time.monotonic() - 0)
             st = self.outbox.status()
             link = "online" if getattr(self.sync, "connected", False) else "offline"
             self.notifier.status(f"radio {self.state.radio.state}, outbox {st.depth} batches, "
                                  f"{link}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), period)
+
+    def _poll_clock(self) -> None:
+        """New clock epoch: seal what was captured in the old one; queue corrections."""
+        if not isinstance(self.clock, TrackedClock):
+            return
+        if self.clock.poll():
+            self.pipeline.flush(final=True)  # no sighting may straddle two clock epochs
+        for c in self.clock.take_corrections():
+            self.pipeline.add_correction(c)
+
+    def _ack_time(self, matcher_time: float, sent_mono: float, recv_mono: float) -> None:
+        if isinstance(self.clock, TrackedClock):
+            self.clock.on_ack_time(matcher_time, sent_mono, recv_mono)
+
+    def stalled(self) -> bool:
+        """Whether capture has stopped making progress (then the watchdog stops pinging).
+
+        The BLE source restarts a quiet scanner itself after ``ble.watchdog_s``; silence far
+        beyond that means the radio stack is stuck and a service restart is the next step.
+        """
+        if not self.cfg.ble.enabled or self.state.radio.state in ("off", "finished"):
+            return False
+        quiet = time.monotonic() - self.state.last_progress_mono
+        return quiet > max(self.cfg.ble.watchdog_s * 10, 1800)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then flush everything captured and exit."""
@@ -173,7 +194,8 @@ class Gateway:
         assert self.cfg.mqtt is not None and self.cfg.gateway is not None
         self.sync = GatewaySync(self.outbox, self.cfg.mqtt, self.cfg.gateway,
                                 health=self.health,
-                                health_interval_s=self.cfg.status.health_interval_s)
+                                health_interval_s=self.cfg.status.health_interval_s,
+                                on_ack_time=self._ack_time)
         tasks: list[asyncio.Task[None]] = [
             asyncio.create_task(self._ticker(stop), name="ticker"),
             asyncio.create_task(self.sync.run(stop), name="sync"),
@@ -231,6 +253,8 @@ class Gateway:
                 await fn()
                 if finite:
                     log.info("%s source finished", name)
+                    if name == "ble":
+                        self.state.radio.state = "finished"
                     return
                 delay = 1.0
             except asyncio.CancelledError:
@@ -247,11 +271,12 @@ class Gateway:
 
 
 def default_clock(cfg: Config) -> Clock:
-    """Capture time in replay (and a simulator not paced in real time), else the system's."""
+    """Capture time in replay (and a simulator not paced in real time), else the tracked
+    system clock, whose epochs survive daemon restarts in ``clock.json`` beside the outbox."""
     if cfg.ble.source == "replay" or (cfg.ble.source == "simulator"
                                       and not cfg.ble.simulator.realtime):
         return ReplayClock()
-    return SystemClock()
+    return TrackedClock(state_path=cfg.outbox.path.parent / "clock.json")
 
 
 def run_daemon(cfg: Config) -> None:
