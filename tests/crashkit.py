@@ -1,0 +1,229 @@
+"""Kill the real gateway daemon (``bzgw run``) at random moments and check what survives.
+
+Starting Python and importing the whole stack takes longer than the moments worth killing, so
+a zygote process imports everything once and forks a fresh ``bzgw run --config X`` (the
+console script's own ``main``) for every round. The test SIGKILLs that child directly.
+
+Used by ``tests/test_crash.py`` (≥100 kills) and ``bench/bench_crash.py`` (more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ackmatcher import AckMatcher
+
+from gateway import sealer
+from gateway.outbox import read_status
+from mqtt.lab import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ZYGOTE = r"""
+import importlib, os, sys
+for m in ("gateway.cli", "gateway.daemon", "gateway.pipeline", "gateway.outbox",
+          "gateway.sealer", "mqtt.sync", "mqtt.client", "ble.aggregator", "ble.simulator",
+          "ble.sources", "ble.sources.simulator_source", "qr.sources", "gateway.health",
+          "gateway.feedback", "gateway.notify"):
+    try:
+        importlib.import_module(m)
+    except ImportError:
+        pass
+import gateway.cli
+log = sys.argv[1]
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "spawn":
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.argv = ["bzgw", "run", "--config", cmd[1]]
+            code = 0
+            try:
+                gateway.cli.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            os._exit(code)
+        print(pid, flush=True)
+    elif cmd[0] == "reap":
+        print(os.waitpid(int(cmd[1]), 0)[1], flush=True)
+"""
+
+
+class Zygote:
+    """A pre-imported process that forks ``bzgw run`` children on request."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(log)], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, line: str) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def spawn(self, config: Path) -> int:
+        """Fork a ``bzgw run --config config``; returns its pid."""
+        return self._ask(f"spawn {config}")
+
+    def reap(self, pid: int) -> int:
+        """Wait for the child; returns its wait status."""
+        return self._ask(f"reap {pid}")
+
+    def close(self) -> None:
+        """End the zygote."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def tail(self, n: int = 30) -> str:
+        """The children's last log lines."""
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def write_configs(lab: Lab, root: Path, gw: str = "gw-a") -> tuple[Path, Path, bytes]:
+    """Daemon configs (capturing, and drain-only) for a lab gateway; returns them and the
+    matcher's private key."""
+    g = lab.gateways[gw]
+    priv, pub = sealer.generate_matcher_keypair()
+    sealer.save_matcher_keypair(priv, pub, root / "matcher.key", root / "matcher.pub")
+    sealer.save_signing_key(root / "device.pem", g.signing_key)
+    mqtt = {k: str(v) if isinstance(v, Path) else v for k, v in g.mqtt.model_dump().items()}
+    cfg: dict[str, Any] = {
+        "gateway": {"id": gw, "province": g.entry.province, "venue": g.entry.venue},
+        "sealing": {"matcher_public_key": str(root / "matcher.pub"),
+                    "device_key": str(root / "device.pem")},
+        "outbox": {"path": str(root / "outbox.db"), "flush_interval_s": 5},
+        "mqtt": {**mqtt, "inflight": 8},
+        "status": {"enabled": False, "health_interval_s": 0.5},
+        "qr": {"enabled": False},
+        "ble": {"source": "simulator", "simulator": {
+            "venue": g.entry.venue, "realtime": False, "duration_s": 86400,
+            "bluezone_phones": 40, "en_phones": 15, "iphones": 3, "background": 5}},
+    }
+    capture = root / "capture.yaml"
+    capture.write_text(yaml.safe_dump(cfg))
+    drain = root / "drain.yaml"
+    drain.write_text(yaml.safe_dump({**cfg, "ble": {**cfg["ble"], "enabled": False}}))
+    return capture, drain, priv
+
+
+@dataclass
+class CrashReport:
+    """What a crash loop did and found."""
+
+    kills: int = 0
+    seed: int = 0
+    accepted: int = 0  # sequence numbers the outbox handed out (= batches it accepted)
+    stored: int = 0  # distinct batches the matcher stored
+    arrivals: int = 0  # batches that reached the matcher, repeats included
+    missing: list[int] = field(default_factory=list)
+    conflicts: list[tuple[str, int]] = field(default_factory=list)
+    seq_went_back: list[tuple[int, int]] = field(default_factory=list)
+    integrity: list[str] = field(default_factory=list)
+    early_exits: list[str] = field(default_factory=list)
+    dropped: int = 0
+    run_s: float = 0.0
+    kill_delays_ms: list[float] = field(default_factory=list)
+
+
+def _integrity(db: Path) -> str:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+    finally:
+        conn.close()
+
+
+async def crash_loop(lab: Lab, root: Path, *, kills: int, seed: int | None = None,
+                     max_delay_s: float = 0.35) -> CrashReport:
+    """Spawn ``bzgw run``, SIGKILL it after a random delay, ``kills`` times; then drain
+    with a final clean run and compare the matcher's store with what the outbox accepted."""
+    seed = int(os.environ.get("CRASH_SEED", random.randrange(2**32))) if seed is None else seed
+    rng = random.Random(seed)
+    rep = CrashReport(seed=seed)
+    capture, drain, priv = write_configs(lab, root)
+    db = root / "outbox.db"
+    matcher = AckMatcher(lab.matcher_mqtt["matcher"], "matcher", lab.registry, priv)
+    stop = asyncio.Event()
+    mtask = asyncio.create_task(matcher.run(stop))
+    await asyncio.wait_for(matcher.ready.wait(), 10)
+    zyg = Zygote(root / "daemon.log")
+    t0 = time.monotonic()
+    last_next = 1
+    try:
+        for _ in range(kills):
+            # most rounds capture and sync; some only drain, often to empty, so that numbering
+            # must continue from the counter rather than from what the table still holds
+            draining = rng.random() < 0.2
+            pid = await asyncio.to_thread(zyg.spawn, drain if draining else capture)
+            # mostly early (start-up, first appends, connect), sometimes well into a run
+            delay = rng.uniform(0, max_delay_s) if rng.random() < 0.8 else rng.uniform(
+                max_delay_s, 3 * max_delay_s)
+            if draining:
+                delay *= 2
+            rep.kill_delays_ms.append(delay * 1000)
+            await asyncio.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+            status = await asyncio.to_thread(zyg.reap, pid)
+            if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+                rep.early_exits.append(zyg.tail())
+            rep.kills += 1
+            if db.exists():
+                check = _integrity(db)
+                if check != "ok":
+                    rep.integrity.append(check)
+                nxt = read_status(db).next_seq
+                if nxt < last_next:
+                    rep.seq_went_back.append((last_next, nxt))
+                last_next = nxt
+        # a last, clean run that only drains (no capture), then a graceful stop
+        pid = await asyncio.to_thread(zyg.spawn, drain)
+        started = time.monotonic()
+        while time.monotonic() < started + 60:
+            st = read_status(db)
+            # at least a second up: SIGTERM before the handler is installed would kill it
+            if (st.depth == 0 and len(matcher.seen) >= st.next_seq - 1 - st.dropped_batches
+                    and time.monotonic() > started + 1.0):
+                break
+            await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGTERM)
+        status = await asyncio.to_thread(zyg.reap, pid)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            rep.early_exits.append(f"drain run ended with {status}: {zyg.tail()}")
+    finally:
+        zyg.close()
+        stop.set()
+        await asyncio.wait_for(mtask, 15)
+    rep.run_s = time.monotonic() - t0
+    st = read_status(db)
+    rep.accepted = st.next_seq - 1
+    rep.dropped = st.dropped_batches
+    mine = matcher.seqs("gw-a")
+    rep.stored = len(set(mine))
+    rep.arrivals = len(matcher.arrivals)
+    rep.missing = sorted(set(range(1, st.next_seq)) - set(mine))
+    rep.conflicts = list(matcher.conflicts)
+    final = _integrity(db)
+    if final != "ok":
+        rep.integrity.append(final)
+    return rep
