@@ -130,7 +130,8 @@ class Site:
         self.priv, pub = generate_matcher_keypair()
         self.sealer = Sealer(gateway_id=gw, matcher_public_key=pub,
                              signing_key=self.gw.signing_key)
-        self.outbox = Outbox(tmp / f"{gw}.db", max_bytes=50_000_000, max_age_s=86400)
+        self.outbox = Outbox(tmp / f"{gw}.db", max_bytes=50_000_000, max_age_s=86400,
+                             max_file_bytes=sync_kw.pop("max_file_bytes", None))
         e = self.gw.entry
         self.identity = IdentityConfig(id=e.id, province=e.province, venue=e.venue)
         cfg = self.gw.mqtt.model_copy(update={"inflight": sync_kw.pop("inflight", 8)})

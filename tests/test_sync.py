@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from ackmatcher import Site, running, until
 
+from gateway.errors import OutboxFullError
 from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.lab import Lab
@@ -238,3 +239,32 @@ def test_bad_tls_files_are_retried_not_fatal(lab: Lab, tmp_path: Path, bad: str)
 
     asyncio.run(running(site.sync.run, body=body))
     assert not site.sync.connected and site.sync.last_error
+
+
+def test_disk_full_degrades_capture_and_sync_frees_room(lab: Lab, tmp_path: Path) -> None:
+    site = Site(lab, tmp_path, max_file_bytes=160 * 1024, ack_timeout_s=0.5)
+    answering = False
+    m = site.matcher(policy=lambda g, s: "stored" if answering else None)
+    stored: list[int] = []
+    lost = 0
+
+    async def body() -> None:
+        nonlocal answering, lost
+        for _ in range(60):  # capture keeps flushing while the matcher is silent
+            try:
+                stored.extend(site.add(1, size=400))
+            except OutboxFullError:
+                lost += 1
+            await asyncio.sleep(0)
+        st = site.outbox.status()
+        assert lost > 0 and st.full and "full" in (st.last_error or "")
+        assert site.sync.connected  # nothing crashed
+        answering = True  # the link is back: acks free the room
+        await until(lambda: site.outbox.status().depth == 0)
+        stored.extend(site.add(3, size=400))
+        assert not site.outbox.status().full
+        await until(lambda: site.outbox.status().depth == 0)
+
+    asyncio.run(running(site.sync.run, body=body, matcher=m))
+    assert sorted(set(m.seqs("gw-a"))) == stored == list(range(1, len(stored) + 1))
+    assert site.outbox.integrity_check() == "ok"
