@@ -235,10 +235,10 @@ class WindowAggregator:
             st.rank = rank
             cur = win.devices.get(st.digest)
             if cur is None:
-                if len(win.devices) >= self.max_ids:
-                    self._refuse(win, st.digest)
-                else:
+                if len(win.devices) < self.max_ids:
                     win.devices[st.digest] = rank
+                elif rank != _R_ID:  # ID carriers are counted (or refused) by their ID
+                    self._refuse(win, st.digest)
             elif rank > cur:
                 win.devices[st.digest] = rank
         tr: _Track | None = None

@@ -113,9 +113,13 @@ class HciParser:
                 self.stats.malformed += 1
                 break
             rssi = ev[end]
-            out.append(AdvReport(ev[i], ev[i + 1], format_address(ev[i + 2:i + 8]),
-                                 None if rssi == RSSI_NOT_AVAILABLE else _s8(rssi),
-                                 ev[i + 9:end], None, False))
+            etype, atype = ev[i], ev[i + 1]
+            if etype > 4 or atype > 3:  # reserved values: a damaged report, framing intact
+                self.stats.malformed += 1
+            else:
+                out.append(AdvReport(etype, atype, format_address(ev[i + 2:i + 8]),
+                                     None if rssi == RSSI_NOT_AVAILABLE else _s8(rssi),
+                                     ev[i + 9:end], None, False))
             i = end + 1
         self.stats.reports += len(out)
         return out
@@ -151,6 +155,9 @@ class HciParser:
                 if head is not None:
                     self.stats.fragments += 1
                     data = head + data
+            if atype > 3 and atype != 0xFF:
+                self.stats.malformed += 1
+                continue
             if status == 2:
                 self.stats.truncated += 1
             elif status == 3:  # reserved value: report it, note it
