@@ -57,8 +57,11 @@ LABELS: dict[str, tuple[str, str]] = {
     "clock_not_synced": ("Chưa đồng bộ giờ", "Clock not synced"),
     "working": ("Đang hoạt động", "Working"),
 }
-RADIO_STATES = frozenset({"starting", "scanning", "restarting", "fault", "off"})
-CAMERA_STATES = frozenset({"starting", "capturing", "restarting", "fault", "off"})
+RADIO_STATES = frozenset({"starting", "scanning", "restarting", "fault", "off", "finished",
+                          "unknown"})
+CAMERA_STATES = frozenset({"starting", "capturing", "restarting", "fault", "off", "unknown"})
+# The QR stage's source states (qr.sources.base.SourceState) in the health vocabulary.
+_CAMERA_ALIASES = {"ok": "capturing", "camera fault": "fault", "ended": "off"}
 
 
 class HealthError(BzgwError):
@@ -223,6 +226,18 @@ def disk_figures(folder: Path) -> dict[str, Any]:
             "fill": round(fill, 4) if fill is not None else None, "error": ""}
 
 
+def _component(c: Component, states: frozenset[str],
+               aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A radio or camera in the document's vocabulary; anything else is "unknown" with the
+    original word kept in the detail, so a new state upstream never makes a document
+    invalid."""
+    state = (aliases or {}).get(c.state, c.state)
+    detail = c.detail
+    if state not in states:
+        state, detail = "unknown", f"state {c.state!r}" + (f": {detail}" if detail else "")
+    return {"state": state, "detail": scrub(detail), "restarts": c.restarts}
+
+
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
@@ -256,9 +271,11 @@ def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: Outbox
     if link is not None:
         link.observe(connected, now, last_sync)
         offline_since = None if connected else link.down_since
+        ever = link.last_up is not None
     else:
         offline_since = None if connected else (last_sync if last_sync is not None
                                                 else now - uptime_s)
+        ever = connected or last_sync is not None
     oldest = outbox.oldest_created_at
     doc: dict[str, Any] = {
         "v": HEALTH_VERSION,
@@ -272,13 +289,11 @@ def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: Outbox
             "oldest_age_s": round(max(now - oldest, 0.0), 1) if oldest is not None else None,
             "dropped_batches": outbox.dropped_batches, "full": bool(outbox.full)},
         "disk": dict(disk) if disk is not None else disk_figures(outbox_dir),
-        "link": {"connected": bool(connected), "last_sync": last_sync,
-                 "offline_since": offline_since},
-        "radio": {"state": radio.state, "detail": scrub(radio.detail),
-                  "restarts": radio.restarts, "adverts": stats.adverts,
+        "link": {"connected": bool(connected), "ever_connected": ever,
+                 "last_sync": last_sync, "offline_since": offline_since},
+        "radio": {**_component(radio, RADIO_STATES), "adverts": stats.adverts,
                   "last_advert_at": stats.last_advert_at},
-        "camera": {"state": camera.state, "detail": scrub(camera.detail),
-                   "restarts": camera.restarts},
+        "camera": _component(camera, CAMERA_STATES, _CAMERA_ALIASES),
         "clock": {"synced": bool(clock.synced), "source": str(clock.source),
                   "uncertainty_s": _finite(clock.uncertainty)},
         "counts": {"checkins": stats.checkins, "batches": stats.batches},
@@ -330,7 +345,7 @@ def conditions(doc: Mapping[str, Any]) -> list[Condition]:
         out.append(Condition("disk_full", fill=float(fill)))
     if _get(doc, "link", "connected") is False:
         uptime = _get(doc, "uptime_s")
-        never = _get(doc, "link", "last_sync") is None
+        never = _get(doc, "link", "ever_connected") is False
         if never and isinstance(uptime, int | float) and uptime < CONNECT_GRACE_S:
             out.append(Condition("connecting"))
         else:
@@ -387,7 +402,8 @@ SCHEMA: dict[str, Any] = {
     "outbox": {"depth": "int", "bytes": "int", "max_bytes": "int?", "fill": "num?",
                "oldest_age_s": "num?", "dropped_batches": "int", "full": "bool"},
     "disk": {"total_bytes": "int?", "free_bytes": "int?", "fill": "num?", "error": "str"},
-    "link": {"connected": "bool", "last_sync": "time?", "offline_since": "time?"},
+    "link": {"connected": "bool", "ever_connected": "bool", "last_sync": "time?",
+             "offline_since": "time?"},
     "radio": {"state": RADIO_STATES, "detail": "str", "restarts": "int", "adverts": "int",
               "last_advert_at": "time?"},
     "camera": {"state": CAMERA_STATES, "detail": "str", "restarts": "int"},

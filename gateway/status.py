@@ -19,6 +19,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from string import Template
@@ -57,7 +58,8 @@ def _clock(ts: float, seconds: bool = False) -> str:
 
 
 def _pct(x: object) -> str:
-    return f"{round(float(x) * 100)} %" if isinstance(x, int | float) else "–"
+    # half up, as the script's Math.round (Python's round() would round half to even)
+    return f"{math.floor(float(x) * 100 + 0.5)} %" if isinstance(x, int | float) else "–"
 
 
 def checkin_rows(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -94,7 +96,8 @@ def view(doc: Mapping[str, Any], checkins: Sequence[Mapping[str, Any]]) -> dict[
         "share": _pct(phones["bluezone_share"]) if phones else "–",
         "disk": _pct(fill), "disk_class": disk_class,
         "disk_value": f"{min(float(fill), 1.0):.4f}" if isinstance(fill, int | float) else "0",
-        "outbox": f"{int(outbox['depth'])} lô / batches · {_pct(outbox.get('fill'))}",
+        "outbox": str(int(outbox["depth"])),
+        "outbox_fill": f"lô / batches · {_pct(outbox.get('fill'))} đầy / full",
         "outbox_value": (f"{min(float(outbox['fill']), 1.0):.4f}"
                          if isinstance(outbox.get("fill"), int | float) else "0"),
         "last_sync": _clock(last_sync) if isinstance(last_sync, int | float) else "chưa / never",
@@ -162,7 +165,9 @@ class StatusPage:
     async def _index(self, request: web.Request) -> web.Response:
         values = view(self._doc(), self._checkin_list())
         body = self._page.substitute(values, title=html.escape(self.title),
-                                     refresh_s=f"{self.refresh_s:g}", **self._assets)
+                                     refresh_s=f"{self.refresh_s:g}",
+                                     # without the script the whole page reloads: not too often
+                                     reload_s=f"{max(self.refresh_s, 5.0):g}", **self._assets)
         return web.Response(text=body, content_type="text/html", charset="utf-8",
                             headers={"Content-Security-Policy": self._csp})
 

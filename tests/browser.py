@@ -26,7 +26,9 @@ from ble.aggregator import WindowAggregator
 from ble.records import AdoptionCount
 from ble.simulator import Crowd
 from gateway import sealer as sealing
-from gateway.clock import ClockEpoch, ClockSource, ReplayClock
+from gateway.clock import Clock, ClockEpoch, ClockSource, ReplayClock
+from gateway.config import Config
+from gateway.config import parse as parse_config
 from gateway.health import Component, build_health
 from gateway.outbox import Outbox, OutboxStatus
 from gateway.pipeline import CapturePipeline, PipelineStats
@@ -39,6 +41,7 @@ from matcher.match import match_f0
 from matcher.report import write_reports
 from matcher.store import Store
 from mqtt import topics
+from mqtt.lab import Lab
 from qr.recognizers import Recognizer
 from qr.records import CheckIn
 
@@ -244,3 +247,97 @@ def _reports(store: Store, registry: Registry, now: float) -> None:
     # gw-b's session died: the broker publishes its last will
     send("gw-b", "status", {"state": "offline", "ts": now - 9000, "gateway": "gw-b",
                             "reason": "connection lost"}, now - 2400)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_config(tmp: Path, lab: Lab, *, status_port: int, gateway: str = "gw-a",
+                   simulate_from: float | None = None, refresh_s: float = 0.3) -> Config:
+    """A full ``bzgw run`` config for a lab gateway: fresh keys (the matcher's private key is
+    left in ``tmp / "matcher.key"``), outbox under ``tmp``, status page on ``status_port``,
+    and (with ``simulate_from``) the crowd simulator as the radio."""
+    lg = lab.gateways[gateway]
+    tmp.mkdir(parents=True, exist_ok=True)
+    priv, pub = sealing.generate_matcher_keypair()
+    sealing.save_matcher_keypair(priv, pub, tmp / "matcher.key", tmp / "matcher.pub")
+    sealing.save_signing_key(tmp / "device.pem", lg.signing_key)
+    ble: dict[str, Any] = {"enabled": False}
+    if simulate_from is not None:
+        ble = {"enabled": True, "source": "simulator", "simulator": {
+            "seed": 5, "venue": lg.entry.venue, "start": simulate_from, "duration_s": 600,
+            "bluezone_phones": 30, "en_phones": 8, "iphones": 4, "background": 12,
+            "rate_hz": 1.0, "realtime": True}}
+    return parse_config({
+        "gateway": {"id": gateway, "province": lg.entry.province, "venue": lg.entry.venue,
+                    "venue_name": lg.entry.venue_name},
+        "sealing": {"matcher_public_key": str(tmp / "matcher.pub"),
+                    "device_key": str(tmp / "device.pem")},
+        "outbox": {"path": str(tmp / "outbox.db"), "flush_interval_s": 2},
+        "mqtt": lg.mqtt.model_dump(),
+        "status": {"listen": "127.0.0.1", "port": status_port, "health_interval_s": 1,
+                   "refresh_s": refresh_s},
+        "ble": ble})
+
+
+class RunningGateway:
+    """``Gateway(cfg).run(stop)`` in a :class:`LoopThread`, as ``bzgw run`` runs it."""
+
+    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+        from gateway.daemon import Gateway
+
+        self.thread = LoopThread()
+        self.gateway = self.thread.call(lambda: Gateway(cfg, clock=clock))
+        self._stop = self.thread.call(asyncio.Event)
+        self._run = asyncio.run_coroutine_threadsafe(self.gateway.run(self._stop),
+                                                     self.thread.loop)
+
+    def close(self) -> None:
+        """Stop the daemon (flushes, closes the status page) and its loop."""
+        self.thread.loop.call_soon_threadsafe(self._stop.set)
+        try:
+            self._run.result(30)
+        finally:
+            self.thread.close()
+
+    def __enter__(self) -> RunningGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RunningMatcher:
+    """``MatcherService.run`` (ingest, acks, status and health) in a :class:`LoopThread`."""
+
+    def __init__(self, lab: Lab, private_key: bytes, store: Store) -> None:
+        from matcher.service import MatcherService
+
+        self.thread = LoopThread()
+        self.store = store
+        self.service = self.thread.call(lambda: MatcherService(
+            store=store, registry=lab.registry, private_key=private_key,
+            mqtt=lab.matcher_mqtt["matcher"], client_id="matcher"))
+        self._stop = self.thread.call(asyncio.Event)
+        self._run = asyncio.run_coroutine_threadsafe(self.service.run(self._stop),
+                                                     self.thread.loop)
+
+    def close(self) -> None:
+        """Stop the service and its loop."""
+        self.thread.loop.call_soon_threadsafe(self._stop.set)
+        try:
+            self._run.result(30)
+        finally:
+            self.thread.close()
+
+    def __enter__(self) -> RunningMatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

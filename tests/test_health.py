@@ -46,6 +46,7 @@ from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.lab import Lab
 from mqtt.sync import GatewaySync
+from qr.sources.base import SourceState
 
 SYNCED = ClockEpoch("boot-1", 0.0, True, ClockSource.NTP, 0.0)
 UNSYNCED = ClockEpoch("boot-1", 0.0, False, ClockSource.NONE, float("inf"))
@@ -229,6 +230,20 @@ def test_offline_since_is_venue_local_time() -> None:
 def test_connecting_right_after_start_then_offline() -> None:
     assert doc_with(connected=False, last_sync=None, uptime_s=5)["state"]["code"] == "connecting"
     assert doc_with(connected=False, last_sync=None, uptime_s=600)["state"]["code"] == "offline"
+    # a link that was up and went down is offline even in the first minute
+    link = LinkWatch(started_at=T0)
+
+    def at(t: float, up: bool) -> dict[str, Any]:
+        return build_health(
+            gateway_id="gw-a", now=T0 + t, uptime_s=t, outbox=outbox_status(),
+            outbox_max_bytes=None, outbox_dir=Path("."), stats=PipelineStats(),
+            radio=Component("scanning"), camera=Component("off"), clock=SYNCED,
+            connected=up, last_sync=None, link=link, disk=doc_with()["disk"])
+
+    assert at(1, False)["state"]["code"] == "connecting"
+    assert at(2, True)["state"]["code"] == "working"
+    down = at(3, False)
+    assert down["state"]["code"] == "offline" and down["link"]["offline_since"] == T0 + 2
 
 
 def test_link_watch_remembers_when_the_link_went_down() -> None:
@@ -244,6 +259,21 @@ def test_link_watch_remembers_when_the_link_went_down() -> None:
     assert w.down_since == 130.0  # stays while down
     w.observe(False, 160.0, last_sync=145.0)
     assert w.down_since == 145.0  # an ack proves the link was up later than we saw
+
+
+@pytest.mark.parametrize("state", list(SourceState))
+def test_every_camera_source_state_fits_the_health_vocabulary(state: SourceState) -> None:
+    doc = doc_with(camera=str(state.value))
+    assert validate_health(doc) == [] and doc["camera"]["state"] != "unknown"
+    assert (doc["state"]["code"] == "no_camera") == (state is SourceState.FAULT)
+
+
+def test_an_unknown_component_state_keeps_the_document_valid() -> None:
+    doc = doc_with(radio="warming up")
+    assert validate_health(doc) == []
+    assert doc["radio"] == {"state": "unknown", "detail": "state 'warming up'", "restarts": 0,
+                            "adverts": 0, "last_advert_at": None}
+    assert doc_with(radio="finished")["radio"]["state"] == "finished"
 
 
 def test_conditions_tolerate_odd_stored_documents() -> None:

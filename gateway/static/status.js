@@ -7,6 +7,7 @@
                "already checked in": ["Đã quét rồi", "Already checked in", "again"],
                "unreadable": ["Không đọc được", "Unreadable", "no"]};
   var refreshMs = Math.max(Number(document.body.dataset.refresh) || 5, 0.1) * 1000;
+  var refreshed = 0;
 
   function clock(ts, seconds) {
     var iso = new Date((ts + VENUE_OFFSET_S) * 1000).toISOString();
@@ -35,7 +36,8 @@
     disk.textContent = pct(h.disk.fill);
     disk.className = "v" + (h.disk.fill >= DISK_FULL ? " bad" : h.disk.fill >= DISK_WARN ? " warn" : "");
     meter("disk-bar", h.disk.fill);
-    text("outbox", h.outbox.depth + " lô / batches · " + pct(h.outbox.fill));
+    text("outbox", String(h.outbox.depth));
+    text("outbox-fill", "lô / batches · " + pct(h.outbox.fill) + " đầy / full");
     meter("outbox-bar", h.outbox.fill);
     text("last-sync", h.link.last_sync ? clock(h.link.last_sync) : "chưa / never");
     var list = el("checkins");
@@ -65,6 +67,8 @@
     Promise.all([get("health"), get("checkins")]).then(function (got) {
       render(got[0], got[1]);
       document.body.classList.remove("stale");
+      refreshed += 1;
+      document.body.dataset.refreshed = String(refreshed);
     }).catch(function () {
       document.body.classList.add("stale");
       text("updated", "không cập nhật được / cannot refresh");
