@@ -108,31 +108,43 @@ def _epoch_row(e: ClockEpoch) -> list[Any]:
     return [e.boot_id, e.offset, e.synced, str(e.source), e.uncertainty]
 
 
-def to_document(batch: Batch) -> dict[str, Any]:
-    """The CBOR-ready document of a batch (exposed for tests and size studies)."""
+def to_document(batch: Batch, *, quantize: bool = False) -> dict[str, Any]:
+    """The CBOR-ready document of a batch (exposed for tests and size studies).
+
+    With ``quantize``, sighting and check-in times go on the 0.1 s grid (as
+    :func:`quantize` would) instead of travelling as float64 where they are off it.
+    """
     epochs: dict[ClockEpoch, int] = {}
+    by_id: dict[int, int] = {}  # records share epoch objects: skip hashing the dataclass
+
+    def ep(e: ClockEpoch) -> int:
+        i = by_id.get(id(e))
+        if i is None:
+            i = by_id[id(e)] = epochs.setdefault(e, len(epochs))
+        return i
+
     doc: dict[str, Any] = {"v": FORMAT}
     ss = batch.sightings
     if ss:
         first = [s.first_seen for s in ss]
         doc["s"] = {
             "n": len(ss),
-            "k": cats([str(s.kind) for s in ss]),
+            "k": cats([s.kind for s in ss]),
             "id": blobs([s.ident for s in ss]),
             "sl": ints([s.slot_start for s in ss], delta=True),
-            "t0": times(first),
-            "t1": times([s.last_seen for s in ss], first),
+            "t0": times(first, quantize=quantize),
+            "t1": times([s.last_seen for s in ss], first, quantize=quantize),
             "c": ints([s.count for s in ss]),
             "rx": ints([s.rssi_max for s in ss]),
             "rm": ints([s.rssi_median for s in ss]),
             "tx": ints([s.tx_power for s in ss]),
-            "px": cats([str(s.proximity) for s in ss]),
+            "px": cats([s.proximity for s in ss]),
             "ae": blobs([s.aem for s in ss]),
-            "ep": ints([epochs.setdefault(s.clock, len(epochs)) for s in ss], delta=True),
+            "ep": ints([ep(s.clock) for s in ss], delta=True),
         }
     if batch.checkins:
-        doc["c"] = [[c.ts, epochs.setdefault(c.clock, len(epochs)), str(c.kind), c.subject,
-                     c.masked, dict(c.fields)] for c in batch.checkins]
+        doc["c"] = [[quantize_time(c.ts) if quantize else c.ts, ep(c.clock), str(c.kind),
+                     c.subject, c.masked, dict(c.fields)] for c in batch.checkins]
     if batch.counts:
         doc["a"] = [[a.window_start, a.window_len, a.bluezone, a.gaen, a.other_phones,
                      a.other_devices, a.overflow, dict(a.by_kind)] for a in batch.counts]
@@ -143,15 +155,15 @@ def to_document(batch: Batch) -> dict[str, Any]:
     return doc
 
 
-def encode(batch: Batch, *, level: int = ZSTD_LEVEL) -> bytes:
+def encode(batch: Batch, *, level: int = ZSTD_LEVEL, quantize: bool = False) -> bytes:
     """Columnar CBOR of ``batch``, zstd-compressed (not yet padded)."""
-    raw = cbor2.dumps(to_document(batch))
+    raw = cbor2.dumps(to_document(batch, quantize=quantize))
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
 
 
-def encode_padded(batch: Batch, *, level: int = ZSTD_LEVEL) -> bytes:
+def encode_padded(batch: Batch, *, level: int = ZSTD_LEVEL, quantize: bool = False) -> bytes:
     """:func:`encode`, length-prefixed and padded to a size bucket: the sealer's plaintext."""
-    return pad(encode(batch, level=level))
+    return pad(encode(batch, level=level, quantize=quantize))
 
 
 # ---------------------------------------------------------------- decode
@@ -236,13 +248,18 @@ def _de_sightings(doc: object, epochs: list[ClockEpoch]) -> list[Sighting]:
         tx = de_ints(doc["tx"], n, "tx_power")
         prox = de_cats(doc["px"], n, "proximity", Proximity)
         aem = de_blobs(doc["ae"], n, "aem", nullable=True)
-        ep = [_epoch(epochs, i) for i in de_required(doc["ep"], n, "epoch")]
+        ep_idx = de_required(doc["ep"], n, "epoch")
     except KeyError as err:
         raise CodecError(f"sightings: missing column {err}") from err
-    return [Sighting(kind=kinds[i], ident=idents[i], slot_start=slots[i],  # type: ignore[arg-type]
-                     first_seen=first[i], last_seen=last[i], count=counts[i], rssi_max=rx[i],
-                     rssi_median=rm[i], clock=ep[i], tx_power=tx[i], proximity=prox[i],
-                     aem=aem[i]) for i in range(n)]
+    if ep_idx and not (min(ep_idx) >= 0 and max(ep_idx) < len(epochs)):
+        fail("sightings: epoch index out of range")
+    ep = [epochs[i] for i in ep_idx]
+    return [Sighting(kind=k, ident=i, slot_start=sl, first_seen=f,
+                     last_seen=la, count=c, rssi_max=x, rssi_median=m, clock=e, tx_power=t,
+                     proximity=p, aem=a)
+            for k, i, sl, f, la, c, x, m, e, t, p, a in zip(
+                kinds, idents, slots, first, last, counts, rx, rm, ep, tx, prox, aem,
+                strict=True)]
 
 
 def _de_checkin(row: object, epochs: list[ClockEpoch]) -> CheckIn:

@@ -14,13 +14,14 @@ import math
 import sys
 from array import array
 from collections.abc import Callable, Sequence
-from itertools import accumulate, pairwise
-from typing import Any, NoReturn, cast
+from itertools import accumulate
+from typing import Any, NoReturn
+
+import numpy as np
 
 from gateway.errors import SealError
 
 TIME_SCALE = 10  # deciseconds: finer than any BLE or QR timing the matcher can use
-_WIDTH_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _LITTLE = sys.byteorder == "little"
 
 
@@ -40,61 +41,59 @@ class DecompressionBombError(CodecError):
         super().__init__(message)
 
 
-def _transpose(raw: bytes, width: int) -> bytes:
-    # byte planes: all low bytes, then all next bytes... (high bytes are mostly 0 → zstd)
-    if width == 1:
-        return raw
-    return b"".join(raw[i::width] for i in range(width))
+_SAFE = 1 << 62  # numpy int64 arithmetic on values inside ±2^62 cannot overflow
 
 
-def _untranspose(planes: bytes, width: int) -> bytes:
-    if width == 1:
-        return planes
-    n = len(planes) // width
-    out = bytearray(len(planes))
-    for i in range(width):
-        out[i::width] = planes[i * n:(i + 1) * n]
-    return bytes(out)
+def _pack(a: np.ndarray, base: int, span: int, nulls: bytes | None,
+          first: int | None) -> list[Any]:
+    if span == 0:
+        return [base, 0, b"", nulls, first]
+    width = 1 if span < 1 << 8 else 2 if span < 1 << 16 else 4 if span < 1 << 32 else 8
+    u = (a - base).astype(f"<u{width}")
+    # byte planes: all low bytes, then the next... (high bytes are mostly 0 → zstd)
+    planes = u.view(np.uint8).reshape(len(a), width).T.tobytes()
+    return [base, width, planes, nulls, first]
 
 
 def ints(values: Sequence[int | None], *, delta: bool = False) -> list[Any]:
     """``[base, width, data, nulls, first]``: values as ``base + unsigned(width bytes)``.
 
     ``width`` 0 means every present value equals ``base``; ``-1`` means ``data`` is a plain
-    list (ranges beyond 64 bits). ``nulls`` is a packed bitmap or ``None``. With ``delta``
-    (no nulls), successive differences are stored instead when their range is smaller (times
-    arrive roughly in order) and ``first`` holds the first value.
+    list (ranges beyond 62 bits). ``nulls`` is a packed bitmap (bit ``i % 8`` of byte
+    ``i // 8``) or ``None``. With ``delta`` (no nulls), successive differences are stored
+    instead when their range is smaller (times arrive roughly in order) and ``first`` holds
+    the first value.
     """
-    if delta and len(values) > 1 and None not in values:
-        v = cast("Sequence[int]", values)
-        d = [0, *(b - a for a, b in pairwise(v))]
-        if max(d) - min(d) < max(v) - min(v):
-            return [*ints(d)[:4], v[0]]
-    nulls: bytes | None = None
+    n = len(values)
     present = [v for v in values if v is not None]
-    if len(present) != len(values):
-        bits = bytearray((len(values) + 7) // 8)
-        for i, x in enumerate(values):
-            if x is None:
-                bits[i >> 3] |= 1 << (i & 7)
-        nulls = bytes(bits)
-    base, span = (min(present), max(present) - min(present)) if present else (0, 0)
-    if span == 0:
-        return [base, 0, b"", nulls, None]
-    if span >= 1 << 64:
+    if not present:
+        return [0, 0, b"", None if n == 0 else _bitmap([True] * n), None]
+    lo, hi = min(present), max(present)
+    if not (lo > -_SAFE and hi < _SAFE):
         return [0, -1, list(values), None, None]
-    width = 1 if span < 1 << 8 else 2 if span < 1 << 16 else 4 if span < 1 << 32 else 8
-    arr = array(_WIDTH_CODES[width], [0 if x is None else x - base for x in values])
-    if not _LITTLE:
-        arr.byteswap()
-    return [base, width, _transpose(arr.tobytes(), width), nulls, None]
+    if len(present) == n:
+        a = np.array(values, dtype=np.int64)
+        if delta and n > 1:
+            d = np.diff(a, prepend=a[:1])
+            dlo, dhi = int(d.min()), int(d.max())
+            if dhi - dlo < hi - lo:
+                return _pack(d, dlo, dhi - dlo, None, int(a[0]))
+        return _pack(a, lo, hi - lo, None, None)
+    mask = [v is None for v in values]
+    a = np.array([lo if v is None else v for v in values], dtype=np.int64)
+    return _pack(a, lo, hi - lo, _bitmap(mask), None)
 
 
-def cats(values: Sequence[str]) -> list[Any]:
-    """``[table, ints]``: categorical strings as indices into a first-use table."""
-    table: dict[str, int] = {}
+def _bitmap(mask: Sequence[bool]) -> bytes:
+    return bytes(np.packbits(np.array(mask, dtype=bool), bitorder="little"))
+
+
+def cats(values: Sequence[object]) -> list[Any]:
+    """``[table, ints]``: categorical values (enums, text) as indices into a first-use table
+    of their ``str()``."""
+    table: dict[object, int] = {}
     idx = [table.setdefault(v, len(table)) for v in values]
-    return [list(table), ints(idx)]
+    return [[str(v) for v in table], ints(idx)]
 
 
 def on_grid(x: float) -> bool:
@@ -102,12 +101,32 @@ def on_grid(x: float) -> bool:
     return math.isfinite(x) and abs(x) < 1e14 and round(x * TIME_SCALE) / TIME_SCALE == x
 
 
-def times(values: Sequence[float], ref: Sequence[float] | None = None) -> list[Any]:
-    """``["q", ints]`` in deciseconds (relative to ``ref`` when given) or ``["f", float64]``."""
-    if all(on_grid(v) for v in values) and (ref is None or all(on_grid(r) for r in ref)):
-        q = [round(v * TIME_SCALE) for v in values]
-        if ref is not None:
-            q = [a - round(r * TIME_SCALE) for a, r in zip(q, ref, strict=True)]
+def _grid(values: Sequence[float], quantize: bool) -> list[int] | None:
+    """``values`` in deciseconds if all are on the grid (or ``quantize``), else ``None``."""
+    try:
+        v = np.array(values, dtype=np.float64)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    if not bool(np.all(np.isfinite(v))) or (v.size and float(np.abs(v).max()) >= 1e14):
+        return None
+    q = np.round(v * TIME_SCALE)  # half to even, as Python's round()
+    if not quantize and bool(np.any(q / TIME_SCALE != v)):
+        return None
+    return [int(k) for k in q.astype(np.int64).tolist()]
+
+
+def times(values: Sequence[float], ref: Sequence[float] | None = None, *,
+          quantize: bool = False) -> list[Any]:
+    """``["q", ints]`` in deciseconds (relative to ``ref`` when given) or ``["f", float64]``.
+
+    With ``quantize``, finite times are rounded to the grid (what :func:`quantize_time`
+    does) instead of falling back to float64.
+    """
+    q = _grid(values, quantize)
+    r = None if ref is None or q is None else _grid(ref, quantize)
+    if q is not None and (ref is None or r is not None):
+        if r is not None:
+            q = [a - b for a, b in zip(q, r, strict=True)]
         return ["q", ints(q, delta=ref is None)]
     arr = array("d", values)
     if not _LITTLE:
@@ -187,30 +206,33 @@ def de_ints(col: object, n: int, what: str) -> list[Any]:
             fail(f"{what}: constant column with data")
         vals = [base] * n
     else:
-        code = _WIDTH_CODES.get(width) or fail(f"{what}: width {width}")
+        if width not in (1, 2, 4, 8):
+            fail(f"{what}: width {width}")
         raw = as_bytes(data, what)
         if len(raw) != n * width:
             fail(f"{what}: {len(raw)} bytes for {n} values of width {width}")
-        arr = array(code)
-        arr.frombytes(_untranspose(raw, width))
-        if not _LITTLE:
-            arr.byteswap()
-        vals = [base + v for v in arr]
+        u = np.ascontiguousarray(np.frombuffer(raw, np.uint8).reshape(width, n).T)
+        offsets = u.view(f"<u{width}").reshape(n)
+        if width < 8 and -_SAFE < base < _SAFE:
+            vals = (offsets.astype(np.int64) + base).tolist()
+        else:
+            vals = [base + v for v in offsets.tolist()]
     if first is not None:
         if None in vals:
             fail(f"{what}: null in a difference column")
         return list(accumulate(vals, initial=as_int(first, what)))[1:]
     if nulls is not None:
-        for i in range(n):
-            if nulls[i >> 3] >> (i & 7) & 1:
-                vals[i] = None
+        bits = np.unpackbits(np.frombuffer(nulls, np.uint8), bitorder="little")[:n]
+        out: list[Any] = vals
+        for i in np.flatnonzero(bits).tolist():
+            out[i] = None
     return vals
 
 
 def de_required(col: object, n: int, what: str) -> list[int]:
     """Read an :func:`ints` column that may not hold nulls."""
     vals = de_ints(col, n, what)
-    if any(v is None for v in vals):
+    if None in vals:
         fail(f"{what}: unexpected null")
     return vals
 
@@ -222,12 +244,10 @@ def de_cats(col: object, n: int, what: str, enum: Callable[[str], Any]) -> list[
         values = [enum(as_str(t, what)) for t in as_list(table, what)]
     except ValueError as err:
         raise CodecError(f"{what}: {err}") from err
-    out = []
-    for i in de_required(idx, n, what):
-        if not 0 <= i < len(values):
-            fail(f"{what}: index {i} out of range")
-        out.append(values[i])
-    return out
+    ix = de_required(idx, n, what)
+    if ix and not (min(ix) >= 0 and max(ix) < len(values)):
+        fail(f"{what}: index out of range")
+    return [values[i] for i in ix]
 
 
 def de_times(col: object, n: int, what: str, ref: list[float] | None = None) -> list[float]:
@@ -255,6 +275,11 @@ def de_blobs(col: object, n: int, what: str, nullable: bool) -> list[bytes | Non
     data, lengths = as_list(col, what, 2)
     data = as_bytes(data, what)
     lens = de_ints(lengths, n, what)
+    if n and lengths[1] == 0 and lengths[3] is None and lengths[4] is None:
+        size = lens[0]  # one length for all (IDs of one kind): slice by stride
+        if size < 0 or size * n != len(data):
+            fail(f"{what}: {n} values of {size} bytes in {len(data)} bytes")
+        return [data[i:i + size] for i in range(0, len(data), size)] if size else [b""] * n
     out: list[bytes | None] = []
     pos = 0
     for ln in lens:

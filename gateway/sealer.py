@@ -143,7 +143,7 @@ class Sealer:
     def seal(self, batch: Batch, *, seq: int, created_at: float, clock: ClockEpoch) -> bytes:
         """Encode, encrypt and sign ``batch``; returns the wire bytes.
 
-        Sighting and check-in times are sealed on the 0.1 s grid (see :func:`codec.quantize`);
+        Sighting and check-in times are sealed on the 0.1 s grid (as :func:`codec.quantize`);
         everything else round-trips exactly.
         """
         header = BatchHeader(version=VERSION, gateway_id=self.gateway_id, seq=seq,
@@ -152,7 +152,7 @@ class Sealer:
                              clock_uncertainty=clock.uncertainty, suite=self.suite)
         hdr = header.to_cbor()
         prefix = _PREFIX.pack(MAGIC, VERSION, len(hdr)) + hdr
-        plaintext = codec.encode_padded(codec.quantize(batch))
+        plaintext = codec.encode_padded(batch, quantize=True)
         ciphertext = self._hpke.encrypt(plaintext, self._public, info=_INFO + prefix)
         signed = prefix + ciphertext
         return signed + self._signing_key.sign(signed)

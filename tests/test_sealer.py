@@ -184,6 +184,8 @@ def test_fuzz_open_batch_only_rejects(site: Site) -> None:
                 b[i] = rng.randrange(256)
             else:
                 del b[i:i + rng.randint(1, 30)]
+        if bytes(b) == wire:  # the random byte happened to be the same one
+            continue
         r = reason(site.open, bytes(b))
         reasons[r] = reasons.get(r, 0) + 1
     assert set(reasons) <= {"malformed", "bad_signature", "unsupported_version",
