@@ -25,11 +25,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ble.records import Advert, IdKind
 from gateway.clock import ClockEpoch
 from gateway.errors import BzgwError
+
+if TYPE_CHECKING:
+    from gateway.outbox import OutboxStatus
 
 HEALTH_VERSION = 1
 # Asia/Ho_Chi_Minh has kept UTC+7 without daylight saving since 1975: a fixed offset needs no
@@ -77,21 +80,6 @@ class HealthError(BzgwError):
 
 
 # -- inputs ------------------------------------------------------------------------------------
-
-class OutboxStatusLike(Protocol):
-    """What health needs of :class:`gateway.outbox.OutboxStatus`."""
-
-    @property
-    def depth(self) -> int: ...
-    @property
-    def bytes(self) -> int: ...
-    @property
-    def oldest_created_at(self) -> float | None: ...
-    @property
-    def dropped_batches(self) -> int: ...
-    @property
-    def full(self) -> bool: ...
-
 
 class StatsLike(Protocol):
     """What health needs of :class:`gateway.pipeline.PipelineStats`."""
@@ -149,10 +137,12 @@ _PHONE_RANK = {IdKind.OTHER: 0, IdKind.IBEACON: 0, IdKind.APPLE: 1, IdKind.PHONE
 class PhonesNow:
     """Distinct phones heard in the last ``window_s`` seconds, by kind (memory only).
 
-    Addresses are reduced to a keyed BLAKE2b digest under a random per-process key before
-    they are kept, and the table is bounded; addresses beyond the bound are counted as
-    ``untracked``. A device counts as the most specific kind it showed (an address seen with a
-    Bluezone ID is Bluezone even if it also sent plain adverts).
+    As in the aggregator, addresses are reduced to a keyed BLAKE2b digest under a random
+    per-process key before they are counted; the small address → digest cache that makes
+    repeated adverts cheap is emptied every ``window_s``. Both tables are bounded; devices
+    beyond the bound are counted as ``untracked``. A device counts as the most specific kind
+    it showed (an address seen with a Bluezone ID is Bluezone even if it also sent plain
+    adverts).
 
     Args:
         window_s: the sliding window "now" means.
@@ -167,16 +157,28 @@ class PhonesNow:
         self.untracked = 0
         self._key = os.urandom(16)
         self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        self._digests: dict[str, bytes] = {}
+        self._cache_until = -math.inf
 
     def add(self, adv: Advert) -> None:
         """Account one advert (called per advert: keep it cheap)."""
-        digest = hashlib.blake2b(adv.address.encode(), key=self._key, digest_size=8).digest()
+        if adv.ts >= self._cache_until:
+            self._digests.clear()  # an address is held one window at most
+            self._cache_until = adv.ts + self.window_s
+        digest = self._digests.get(adv.address)
+        if digest is None:
+            digest = hashlib.blake2b(adv.address.encode(), key=self._key,
+                                     digest_size=8).digest()
+            if len(self._digests) < self.max_entries:
+                self._digests[adv.address] = digest
         rank = _PHONE_RANK.get(adv.kind, 0)
         seen = self._seen
-        old = seen.pop(digest, None)
-        if old is not None and old[1] > rank:
-            rank = old[1]
-        elif old is None and len(seen) >= self.max_entries:
+        old = seen.get(digest)
+        if old is not None:
+            seen.move_to_end(digest)
+            seen[digest] = (adv.ts, old[1] if old[1] > rank else rank)
+            return
+        if len(seen) >= self.max_entries:
             self._expire(adv.ts)
             if len(seen) >= self.max_entries:
                 self.untracked += 1
@@ -242,7 +244,7 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: OutboxStatusLike,
+def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: OutboxStatus,
                  outbox_max_bytes: int | None, outbox_dir: Path, stats: StatsLike,
                  radio: Component, camera: Component, clock: ClockEpoch, connected: bool,
                  last_sync: float | None, link: LinkWatch | None = None,

@@ -199,7 +199,8 @@ class Dashboard:
                                {vid: by_id[vid].label for vid in p.drawn},
                                since=p.now - p.days * 86400, until=p.now,
                                bucket_s=self.bucket_s),
-            adoption_table=_adoption_table(p.series, by_id),
+            # the venues drawn only: a province's every hour is for /api/dashboard.json
+            adoption_table=_adoption_table({vid: p.series[vid] for vid in p.drawn}, by_id),
             exposure_rows="".join(
                 f"<tr><td>{html.escape(e.name)}</td><td>{html.escape(e.province)}</td>"
                 f"<td>{html.escape(e.district)}</td><td>{_when(e.start)}</td>"
