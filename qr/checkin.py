@@ -266,11 +266,17 @@ class CheckInPipeline:
         unregister = None
         if self.feedback is not None and hasattr(frames, "on_status"):
             unregister = frames.on_status(self._camera_status)
+        stream = aiter(frames)
         try:
-            async for frame in frames:
+            async for frame in stream:
                 result = await asyncio.to_thread(self.decoder.decode, frame.image)
                 self.handle(result, frame.ts, clock)
         finally:
+            # Leaving the loop by an exception does not close an async generator: close it
+            # now so the camera is released at once, not whenever it is collected.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
             if unregister is not None:
                 unregister()
 

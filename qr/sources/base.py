@@ -132,7 +132,7 @@ class FrameSource(ABC):
                                faults=faults)
         if state is SourceState.FAULT:
             log.warning("%s source: camera fault: %s", self.kind.value, detail)
-        elif old.state is SourceState.FAULT:
+        elif old.state is SourceState.FAULT and state is SourceState.OK:
             log.warning("%s source: camera back", self.kind.value)
         if state != old.state:
             for cb in list(self._callbacks):
@@ -183,8 +183,12 @@ class FrameSource(ABC):
         finally:
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Bounded: a producer stuck in a driver call must not hang the consumer.
+                done, _ = await asyncio.wait({task}, timeout=5.0)
+                if not done:
+                    log.error("%s source did not stop within 5 s", self.kind.value)
+                elif not task.cancelled() and task.exception() is not None:
+                    log.debug("%s source stopped with %r", self.kind.value, task.exception())
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

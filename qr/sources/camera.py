@@ -74,8 +74,10 @@ class CameraSource(FrameSource):
     async def _produce(self, put: Callable[[Frame], Any]) -> None:
         while True:
             try:
-                grabber = await asyncio.wait_for(asyncio.to_thread(self._open),
-                                                 self.open_timeout_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that races with the result, and the source would never stop.
+                async with asyncio.timeout(self.open_timeout_s):
+                    grabber = await asyncio.to_thread(self._open)
             except CameraUnavailableError as err:
                 self._set_state(SourceState.FAULT, str(err))
                 await asyncio.sleep(self.retry_s)
@@ -100,8 +102,8 @@ class CameraSource(FrameSource):
             try:
                 # A wedged driver can block read() forever; give up on it after the fault
                 # delay (the worker thread is abandoned, the device reopened).
-                image = await asyncio.wait_for(asyncio.to_thread(grabber.read),
-                                               self.fault_after_s)
+                async with asyncio.timeout(self.fault_after_s):
+                    image = await asyncio.to_thread(grabber.read)
             except TimeoutError:
                 image = None
             except (OSError, RuntimeError) as err:
