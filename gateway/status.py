@@ -21,6 +21,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from importlib import resources
 from string import Template
 from typing import Any
@@ -52,8 +53,6 @@ def _csp_hash(text: str) -> str:
 
 
 def _clock(ts: float, seconds: bool = False) -> str:
-    from datetime import datetime
-
     return datetime.fromtimestamp(ts, VENUE_TZ).strftime("%H:%M:%S" if seconds else "%H:%M")
 
 
@@ -180,7 +179,12 @@ class StatusPage:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.metrics is None:
             raise web.HTTPNotFound(text="metrics are not enabled")
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        try:
+            body = self.metrics.render()  # the collector builds a health document
+        except (BzgwError, OSError) as err:
+            log.error("metrics unavailable: %s", err)
+            raise web.HTTPServiceUnavailable(text=f"metrics unavailable: {err}") from err
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def _dumps(obj: Any) -> str:

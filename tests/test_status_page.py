@@ -164,6 +164,7 @@ def test_a_broken_outbox_answers_503_not_a_crash(gateway: Gateway) -> None:
         status, _, body = fetch(srv.url + "health")
         assert status == 503 and "health unavailable" in json.loads(body)["error"]
         assert fetch(srv.url)[0] == 503
+        assert fetch(srv.url + "metrics")[0] == 503
         assert fetch(srv.url + "nothing")[0] == 404
     assert fetch_refused(srv.url)
 
