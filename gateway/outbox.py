@@ -14,7 +14,8 @@ cheap by comparison. The counter row ``next_seq`` is advanced in the same transa
 insert, so sequence numbers never repeat.
 
 Writes hold ``BEGIN IMMEDIATE`` for a few milliseconds at most; all methods are thread-safe so
-the sync loop may run acks in a worker thread while capture appends on the event loop.
+the sync loop may run acks in a worker thread while capture appends on the event loop. Reads
+use a second connection and so never wait for a write's fsync.
 """
 
 from __future__ import annotations
@@ -154,6 +155,11 @@ class Outbox:
         except sqlite3.Error as err:
             self._conn.close()
             raise OutboxError(f"{self.path}: cannot prepare the outbox: {err}") from err
+        # Reads get their own connection: in WAL mode they then never wait for a write
+        # transaction (an ack's fsync) to finish, so the sync loop keeps sending meanwhile.
+        self._rconn = _connect(self.path)
+        self._rconn.execute("PRAGMA query_only=1")
+        self._rlock = threading.Lock()
 
     # -------------------------------------------------------------- writes
 
@@ -304,10 +310,10 @@ class Outbox:
         sql = "SELECT seq, created_at, size, data FROM batches"
         if skip:
             sql += f" WHERE seq NOT IN ({','.join('?' * len(skip))})"
-        with self._lock:
+        with self._rlock:
             try:
-                rows = self._conn.execute(sql + " ORDER BY seq LIMIT ?",
-                                          (*skip, limit)).fetchall()
+                rows = self._rconn.execute(sql + " ORDER BY seq LIMIT ?",
+                                           (*skip, limit)).fetchall()
             except sqlite3.Error as err:
                 self._last_error = f"read: {err}"
                 raise OutboxError(f"{self.path}: read failed: {err}") from err
@@ -315,9 +321,9 @@ class Outbox:
 
     def status(self) -> OutboxStatus:
         """Depth, bytes, oldest, drop counters and health flags."""
-        with self._lock:
+        with self._rlock:
             try:
-                return _status(self._conn, full=self._full, last_error=self._last_error)
+                return _status(self._rconn, full=self._full, last_error=self._last_error)
             except sqlite3.Error as err:
                 raise OutboxError(f"{self.path}: read failed: {err}") from err
 
@@ -328,7 +334,8 @@ class Outbox:
 
     def close(self) -> None:
         """Close the database (safe to call twice)."""
-        with self._lock:
+        with self._lock, self._rlock:
+            self._rconn.close()
             self._conn.close()
 
     def __enter__(self) -> Outbox:
