@@ -156,12 +156,14 @@ def id_visits(store: StoreReads, cases: list[F0Case],
     id_cases = [(i, c) for i, c in enumerate(cases) if c.block is not None and c.n_ids]
     if not id_cases:
         return {}
-    idents: list[bytes] = []
+    parts: list[tuple[bytes, int]] = []
     offsets, starts, ends, tols = [], [], [], []
+    total = 0
     for _i, c in id_cases:
         assert c.block is not None
-        offsets.append(len(idents))
-        idents.extend(c.block.idents())
+        offsets.append(total)
+        total += c.n_ids
+        parts.append((c.block.packed, c.block.width))
         starts.append(c.block.starts)
         ends.append(c.block.ends)
         tols.append(np.full(c.n_ids, c.tolerance_s))
@@ -169,7 +171,7 @@ def id_visits(store: StoreReads, cases: list[F0Case],
     hi = np.concatenate(ends) + np.concatenate(tols)
     owner = np.asarray(offsets)
     out: dict[int, list[Visit]] = defaultdict(list)
-    for gidx, row in store.sightings_for_idents(idents):
+    for gidx, row in store.sightings_for_packed(parts):
         case_i = id_cases[int(np.searchsorted(owner, gidx, side="right")) - 1][0]
         unc = row.clock.uncertainty  # inf when the clock was never synchronised
         res = results[case_i]

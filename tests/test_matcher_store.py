@@ -214,3 +214,15 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="cannot connect") as err:
         open_store("postgresql://nobody:secret@127.0.0.1:1/nodb")
     assert "secret" not in str(err.value)
+
+
+def test_packed_lookup_keeps_indices_across_parts_and_trailing_zero_bytes(store: Store) -> None:
+    zero, tail0 = bytes(12), b"\x07" + bytes(11)
+    en = os.urandom(15) + b"\x00"
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), Batch(
+        sightings=[sighting(zero, T0), sighting(tail0, T0 + 1), sighting(en, T0 + 2)]))
+    parts = [(os.urandom(12) + tail0, 12), (os.urandom(16) + en, 16), (zero, 12)]
+    got = sorted((i, r.ident) for i, r in store.sightings_for_packed(parts))
+    assert got == [(1, tail0), (3, en), (4, zero)]
+    with pytest.raises(StoreError, match="not 12-byte"):
+        store.sightings_for_packed([(b"x" * 13, 12)])

@@ -1,0 +1,283 @@
+"""Matcher benchmarks: ID derivation rates and the F0 join at province scale.
+
+Measured in one run, each against the alternative it replaces:
+
+- Bluezone IDs derived per second: :func:`matcher.ids.bluezone_block` (one process, and spread
+  over every core with the pool start-up included) vs the per-ID reference loop.
+- EN RPIs derived per second: :func:`matcher.ids.en_block` vs :func:`matcher.ids.en_rpis`
+  called per key.
+- The F0 join: 1,000,000 F0 IDs (Bluezone, derived from 10,417 daily keys) against
+  10,000,000 stored sightings, 1 % of the F0 IDs present, on SQLite and PostgreSQL:
+  :meth:`matcher.store.Store.sightings_for_idents` (a temp table of F0 IDs joined to the
+  ``sightings(ident)`` index) vs per-ID indexed lookups (SQLite, timed on a sample and
+  scaled) or one ``ident = ANY(array)`` query (PostgreSQL). Also :func:`matcher.match.match_f0`
+  end to end (join, windows, co-presence queries for every window).
+
+The 10M-row tables are built once (SQLite ``executemany`` in one transaction, PostgreSQL
+binary ``COPY``, indexes after the load) into ``$BZGW_BENCH_CACHE`` (default
+``/tmp/bzgw-bench``) and a ``bzgw_bench_*`` schema, and reused while their row count and seed
+match. ``--quick`` uses 100,000 F0 IDs and 1,000,000 sightings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matcher import ids
+from matcher.db import PostgresDatabase, pg_binary
+from matcher.f0 import F0, F0Case
+from matcher.match import match_f0
+from matcher.store import Store, open_store
+
+CACHE = Path(os.environ.get("BZGW_BENCH_CACHE", Path(tempfile.gettempdir()) / "bzgw-bench"))
+PG_URL = os.environ.get("BZGW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+SEED = 20210817
+T_BASE = 1_700_006_400  # fixed (a UTC midnight), so cached tables stay valid between runs
+DAYS = 21
+VENUES = 200
+HIT_EVERY = 100  # 1 % of the F0 IDs were seen somewhere
+CHUNK = 200_000
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def _reference_bluezone(keys: list[bytes], n: int) -> list[bytes]:
+    """The straightforward per-ID loop (the code :mod:`matcher.ids` started from)."""
+    out = []
+    for dk in keys:
+        sk = hashlib.sha256(dk + ids.BLUEZONE_SALT).digest()
+        for _ in range(n):
+            out.append(bytes(sk[i] for i in ids.BLUEZONE_PICK))
+            sk = hashlib.sha256(sk).digest()
+    return out
+
+
+def bench_bluezone(quick: bool) -> list[dict[str, Any]]:
+    rng = random.Random(SEED)
+    n_keys = 2_000 if quick else 10_417
+    entries = [(rng.randbytes(32), T_BASE, T_BASE + 86399, 96) for _ in range(n_keys)]
+    sample = [e[0] for e in entries[:max(200, n_keys // 10)]]
+    t_ref, ref = _timed(lambda: _reference_bluezone(sample, 96))
+    ref_rate = len(ref) / t_ref
+    t_one, block = _timed(lambda: ids.bluezone_block(entries))
+    assert block.idents()[:96] == ref[:96]
+    workers = os.cpu_count() or 1
+    t_pool, pooled = _timed(lambda: ids.bluezone_block(entries, workers=workers))
+    assert pooled.packed == block.packed
+    n = len(block)
+    vs = "per-ID reference loop (hashlib, byte picking per ID)"
+    return [
+        {"name": f"Bluezone IDs derived, batch, 1 process ({n:,} IDs)", "value": n / t_one,
+         "unit": "IDs/s", "vs": vs, "vs_value": ref_rate, "ratio": n / t_one / ref_rate},
+        {"name": f"Bluezone IDs derived, batch, {workers} processes incl. start-up",
+         "value": n / t_pool, "unit": "IDs/s", "vs": vs, "vs_value": ref_rate,
+         "ratio": n / t_pool / ref_rate},
+    ]
+
+
+def bench_rpis(quick: bool) -> list[dict[str, Any]]:
+    rng = random.Random(SEED + 1)
+    n_keys = 2_000 if quick else 20_000
+    teks = [(rng.randbytes(16), 2_833_000 + 144 * (i % 14), 144) for i in range(n_keys)]
+    t_ref, ref = _timed(lambda: [r for t, s, c in teks for r in ids.en_rpis(t, s, c)])
+    t_blk, block = _timed(lambda: ids.en_block(teks))
+    assert block.idents()[:288] == ref[:288]
+    n = len(block)
+    return [{"name": f"EN RPIs derived, batch ({n:,} RPIs)", "value": n / t_blk,
+             "unit": "RPIs/s", "vs": "en_rpis per key (HKDF object, Cipher per key)",
+             "vs_value": len(ref) / t_ref, "ratio": t_ref / t_blk}]
+
+
+# ---------------------------------------------------------------- the F0 join
+
+
+def _f0(n_ids: int) -> F0:
+    rng = random.Random(SEED + 2)
+    n_keys = -(-n_ids // 96)
+    entries = [(rng.randbytes(32), T_BASE + 86400 * (k % DAYS), T_BASE + 86400 * (k % DAYS)
+                + 86399, 96) for k in range(n_keys)]
+    block = ids.bluezone_block(entries)
+    return F0(source="bench", format="bluezone-infof", signer="bench", cases=[
+        F0Case(label="bench", kind="bluezone", block=block, tolerance_s=900.0)])
+
+
+def _rows(f0: F0, n_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Sighting columns in chunks: random IDs, plus every HIT_EVERY-th F0 ID in its slot."""
+    block = f0.cases[0].block
+    assert block is not None
+    hits = np.arange(0, len(block), HIT_EVERY)
+    hit_ids = np.frombuffer(block.packed, dtype="S12")[hits]
+    hit_t = block.starts[hits].astype(np.float64) + 60
+    pos = np.arange(len(hits)) * (n_rows // len(hits))  # rows that carry an F0 ID
+    rng = np.random.default_rng(SEED)
+    span = DAYS * 86400.0
+    for lo in range(0, n_rows, CHUNK):
+        n = min(CHUNK, n_rows - lo)
+        ident = np.frombuffer(rng.bytes(12 * n), dtype="S12").copy()
+        first = T_BASE + (np.arange(lo, lo + n) * (span / n_rows)) + rng.uniform(0, 60, n)
+        mask = (pos >= lo) & (pos < lo + n)
+        ident[pos[mask] - lo], first[pos[mask] - lo] = hit_ids[mask], hit_t[mask]
+        venue = rng.integers(1, VENUES + 1, n)
+        yield ident, first, venue
+
+
+def _split(ident: np.ndarray) -> list[bytes]:
+    # not ident.tolist(): numpy drops trailing NUL bytes of S12 items
+    raw = ident.tobytes()
+    return [raw[i:i + 12] for i in range(0, len(raw), 12)]
+
+
+def _prepare(store: Store, n_rows: int, f0: F0, load: Callable[[Store, F0, int], None]) -> None:
+    db = store.db
+    if (store.stat("bench_rows") == n_rows and store.stat("bench_seed") == SEED
+            and db.scalar("SELECT COUNT(*) FROM sightings") == n_rows):
+        return
+    t = time.perf_counter()
+    for tbl in ("sightings", "clock_epochs", "gateways", "venues"):
+        db.execute(f"DELETE FROM {tbl}")
+    for i in range(1, VENUES + 1):
+        db.execute("INSERT INTO venues (id, province, venue, name) VALUES (?, 'hn', ?, ?)",
+                   (i, f"venue-{i}", f"Venue {i}"))
+        db.execute("INSERT INTO gateways (id, gateway_id, venue_id) VALUES (?, ?, ?)",
+                   (i, f"gw-{i}", i))
+    db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source, "
+               "uncertainty, applied_offset) VALUES (1, 1, 'bench', 0, 1, 'ntp', 0, 0)")
+    for ix in ("sightings_ident", "sightings_venue_time"):
+        db.execute(f"DROP INDEX IF EXISTS {ix}")
+    load(store, f0, n_rows)
+    db.execute("CREATE INDEX sightings_ident ON sightings (ident)")
+    db.execute("CREATE INDEX sightings_venue_time ON sightings (venue_id, first_seen)")
+    db.execute("ANALYZE")
+    for key, value in (("bench_rows", n_rows), ("bench_seed", SEED), ("max_span", 120.0)):
+        db.execute("INSERT INTO stats (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                   "SET value = excluded.value", (key, value))
+    print(f"  built {n_rows:,} sightings ({db.dialect}) in {time.perf_counter() - t:.0f} s",
+          flush=True)
+
+
+def _load_sqlite(store: Store, f0: F0, n_rows: int) -> None:
+    db = store.db
+    sql = ("INSERT INTO sightings (gw_id, venue_id, seq, epoch_id, kind, ident, slot_start, "
+           "first_seen, last_seen, count, rssi_max, rssi_median, proximity) VALUES "
+           "(?, ?, 1, 1, 'bluezone', ?, ?, ?, ?, 20, -60, -65, 'near')")
+    with db.transaction():
+        for ident, first, venue in _rows(f0, n_rows):
+            v, f = venue.tolist(), first.tolist()
+            db.executemany(sql, zip(v, v, _split(ident), [int(x // 900 * 900) for x in f], f,
+                                    [x + 120 for x in f], strict=True))
+
+
+def _load_pg(store: Store, f0: F0, n_rows: int) -> None:
+    db = store.db
+    assert isinstance(db, PostgresDatabase)
+    cols = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "slot_start",
+            "first_seen", "last_seen", "count", "rssi_max", "rssi_median", "proximity")
+    for ident, first, venue in _rows(f0, n_rows):
+        n = len(ident)
+        one = np.ones(n, dtype=np.int64)
+        db.copy_binary("sightings", cols, pg_binary([
+            ("int8", venue), ("int8", venue), ("int8", one), ("int8", one),
+            ("bytea", np.full(n, b"bluezone", dtype="S8")), ("bytea", ident),
+            ("int8", (first // 900 * 900).astype(np.int64)), ("float8", first),
+            ("float8", first + 120), ("int8", one * 20), ("int8", one * -60),
+            ("int8", one * -65), ("bytea", np.full(n, b"near", dtype="S4"))]))
+
+
+def _join_rows(store: Store, f0: F0, name: str, alt: Callable[[list[bytes]], float],
+               alt_name: str, repeat: int) -> list[dict[str, Any]]:
+    block = f0.cases[0].block
+    assert block is not None
+    idents = block.idents()
+    want = -(-len(idents) // HIT_EVERY)
+    times = []
+    for _ in range(repeat):
+        t, got = _timed(lambda: store.sightings_for_idents(idents))
+        assert len(got) == want, (len(got), want)
+        times.append(t)
+    t_join = statistics.median(times)
+    t_alt = alt(idents)
+    t_match, result = _timed(lambda: match_f0(store, f0))
+    windows = len(result.cases[0].windows)
+    return [
+        {"name": f"{name}: join {len(idents):,} F0 IDs x {store.stat('bench_rows'):,.0f} "
+                 f"sightings (median of {repeat})", "value": t_join, "unit": "s",
+         "vs": alt_name, "vs_value": t_alt, "ratio": t_alt / t_join,
+         "first_run_s": times[0]},
+        {"name": f"{name}: match_f0 end to end ({want:,} hits, {windows:,} windows with "
+                 "co-presence)", "value": t_match, "unit": "s"},
+    ]
+
+
+def bench_sqlite(quick: bool) -> list[dict[str, Any]]:
+    n_ids, n_rows = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
+    f0 = _f0(n_ids)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open_store(f"sqlite:///{CACHE / f'sightings-{n_rows}.db'}") as store:
+        _prepare(store, n_rows, f0, _load_sqlite)
+
+        def point_lookups(idents: list[bytes]) -> float:
+            sample = idents[:: max(1, len(idents) // 50_000)]
+            conn = store.db.conn  # type: ignore[attr-defined]
+            t = time.perf_counter()
+            for i in sample:
+                conn.execute("SELECT id, venue_id, first_seen FROM sightings WHERE ident = ?",
+                             (i,)).fetchall()
+            return (time.perf_counter() - t) * len(idents) / len(sample)
+
+        return _join_rows(store, f0, "SQLite", point_lookups,
+                          "per-ID indexed lookups (50k sample, scaled)", 3)
+
+
+def _pg_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def bench_postgres(quick: bool) -> list[dict[str, Any]]:
+    if not _pg_up():
+        return [{"name": "PostgreSQL join", "value": None, "unit": "skipped",
+                 "note": "no PostgreSQL on 127.0.0.1:5432"}]
+    n_ids, n_rows = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
+    f0 = _f0(n_ids)
+    with open_store(PG_URL, schema_name=f"bzgw_bench_{n_rows}") as store:
+        _prepare(store, n_rows, f0, _load_pg)
+
+        def any_array(idents: list[bytes]) -> float:
+            t = time.perf_counter()
+            store.db.execute("SELECT id, venue_id, first_seen FROM sightings WHERE ident = "
+                             "ANY(?)", (idents,))
+            return time.perf_counter() - t
+
+        return _join_rows(store, f0, "PostgreSQL", any_array,
+                          "one query, ident = ANY(array of F0 IDs)", 3)
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Every matcher benchmark (see the module docstring)."""
+    return [*bench_bluezone(quick), *bench_rpis(quick), *bench_sqlite(quick),
+            *bench_postgres(quick)]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for row in run("--quick" in sys.argv):
+        print(row)
