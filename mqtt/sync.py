@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -322,11 +323,24 @@ class GatewaySync:
     async def _health_loop(self, client: MqttClient) -> None:
         assert self.health is not None
         while True:
-            doc = {**self.health(), "sync": self.stats()}
+            doc = _plain({**self.health(), "sync": self.stats()})
             try:
-                await client.publish(self.topic_health, json.dumps(doc, default=str), qos=1,
-                                     timeout=10)
+                await client.publish(self.topic_health, json.dumps(doc, allow_nan=False),
+                                     qos=1, timeout=10)
                 self.counters.health_published += 1
             except MqttPublishError as err:
                 log.error("health refused: %s", err)
             await asyncio.sleep(self.health_interval_s)
+
+
+def _plain(x: Any) -> Any:
+    """Strict-JSON data: non-finite floats become ``None``, unknown objects their ``str``."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, bool | int | str):
+        return x
+    return str(x)

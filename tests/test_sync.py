@@ -131,7 +131,8 @@ def test_status_online_offline_will_and_health(lab: Lab, tmp_path: Path) -> None
     def health() -> dict[str, Any]:
         nonlocal calls
         calls += 1
-        return {"uptime_s": calls, "outbox": {"depth": site.outbox.status().depth}}
+        return {"uptime_s": calls, "outbox": {"depth": site.outbox.status().depth},
+                "clock": {"uncertainty_s": float("inf")}}
 
     site = Site(lab, tmp_path, health=health, health_interval_s=0.1)
 
@@ -141,6 +142,7 @@ def test_status_online_offline_will_and_health(lab: Lab, tmp_path: Path) -> None
             await until(lambda: sum(leaf == "health" for leaf, _ in w.got) >= 3)
             h = [d for leaf, d in w.got if leaf == "health"][-1]
             assert h["outbox"] == {"depth": 0} and h["sync"]["connected"] is True
+            assert h["clock"] == {"uncertainty_s": None}  # strict JSON, no Infinity
             # cut the TCP connection under the client: the broker publishes the will
             client = site.sync._client
             assert client is not None
