@@ -31,6 +31,8 @@ _ALLOWED_CONTROLS = {"\t", "\n", "\r"}
 
 
 def _unprintable(text: str) -> bool:
+    if text.isprintable():  # C fast path: no control, private-use or unassigned characters
+        return False
     for ch in text:
         if ch in _ALLOWED_CONTROLS:
             continue
