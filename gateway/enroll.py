@@ -8,10 +8,11 @@ Device side (``bzgw enroll``), run on the Pi by ansible's ``enroll.yml``:
 3. later, ``bzgw enroll --install-cert CERT --ca CA`` installs the certificate the provincial
    CA signed, after checking that it matches the key, names this gateway and chains to the CA.
 
-Control-node side (``bzgw enroll init-ca`` and ``bzgw enroll sign``): the provincial CA signs
-the CSR. Only the CSR and the public key travel; private keys never leave the host that made
-them. Every step is idempotent (``changed`` says whether anything was written), so a second
-ansible run reports no changes.
+The control-node side (``bzgw enroll init-ca``, ``sign``, ``revoke``: the provincial CA) is
+in :mod:`gateway.enroll_ca`; its commands are defined at the end of this module. Only the CSR
+and the public key travel; private keys never leave the host that made them. Every step is
+idempotent (``changed`` says whether anything was written), so a second ansible run reports
+no changes.
 """
 
 from __future__ import annotations
@@ -31,10 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import BzgwError
-from mqtt.pki import CA, cert_pem, key_pem, make_csr, new_key, write_private
-
-#: a certificate that expires sooner than this is re-signed by ``sign_request``
-RENEW_BEFORE = dt.timedelta(days=30)
+from mqtt.pki import cert_pem, key_pem, make_csr, new_key, write_private
 
 
 class EnrollError(BzgwError):
@@ -122,7 +120,7 @@ class EnrollResult:
 
 # --- file helpers ----------------------------------------------------------------------------
 
-def _write_public(path: Path, data: bytes) -> bool:
+def write_public(path: Path, data: bytes) -> bool:
     """Write a public file (0644) atomically; returns False when it already holds ``data``."""
     if path.is_file() and path.read_bytes() == data:
         return False
@@ -148,21 +146,21 @@ def _load_private(path: Path, what: str) -> object:
         raise EnrollError(f"{what} is not an unencrypted PEM private key", path) from err
 
 
-def _load_cert(path: Path, what: str) -> x509.Certificate:
+def load_cert(path: Path, what: str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(_read(path, what))
     except ValueError as err:
         raise EnrollError(f"{what} is not a PEM certificate", path) from err
 
 
-def _load_csr(path: Path) -> x509.CertificateSigningRequest:
+def load_csr(path: Path) -> x509.CertificateSigningRequest:
     try:
         return x509.load_pem_x509_csr(_read(path, "CSR"))
     except ValueError as err:
         raise EnrollError("not a PEM certificate signing request", path) from err
 
 
-def _spki(key: object) -> bytes:
+def spki(key: object) -> bytes:
     """DER SubjectPublicKeyInfo: compares public keys of any type."""
     if not hasattr(key, "public_bytes"):
         raise EnrollError(f"not a public key: {type(key).__name__}")
@@ -171,7 +169,7 @@ def _spki(key: object) -> bytes:
     return der
 
 
-def _cn(name: x509.Name) -> str | None:
+def common_name(name: x509.Name) -> str | None:
     attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else None
 
@@ -220,8 +218,8 @@ def _csr_is_current(path: Path, key: ec.EllipticCurvePrivateKey, identity: str) 
         csr = x509.load_pem_x509_csr(path.read_bytes())
     except ValueError:
         return False
-    return (csr.is_signature_valid and _cn(csr.subject) == identity
-            and _spki(csr.public_key()) == _spki(key.public_key()))
+    return (csr.is_signature_valid and common_name(csr.subject) == identity
+            and spki(csr.public_key()) == spki(key.public_key()))
 
 
 def prepare(paths: EnrollPaths) -> EnrollResult:
@@ -242,11 +240,11 @@ def prepare(paths: EnrollPaths) -> EnrollResult:
                                                serialization.PublicFormat.Raw).hex()
         pub_path = paths.signing_pub
         assert pub_path is not None
-        if _write_public(pub_path, (pub_hex + "\n").encode()):
+        if write_public(pub_path, (pub_hex + "\n").encode()):
             written.append(pub_path)
     key = tls_key(paths.tls_key, written)
     if not _csr_is_current(paths.csr, key, paths.identity):
-        _write_public(paths.csr, make_csr(key, paths.identity).public_bytes(
+        write_public(paths.csr, make_csr(key, paths.identity).public_bytes(
             serialization.Encoding.PEM))
         written.append(paths.csr)
     return EnrollResult(identity=paths.identity, csr=paths.csr, signing_key_hex=pub_hex,
@@ -262,10 +260,10 @@ def check_certificate(cert: x509.Certificate, ca: x509.Certificate, *,
         EnrollError: naming the first check that failed.
     """
     now = now or dt.datetime.now(dt.UTC)
-    if _spki(cert.public_key()) != _spki(public_key):
+    if spki(cert.public_key()) != spki(public_key):
         raise EnrollError("certificate is for a different key than this host's TLS key "
                           "(was it signed from another host's CSR?)", where)
-    cn = _cn(cert.subject)
+    cn = common_name(cert.subject)
     if cn != identity:
         raise EnrollError(f"certificate names {cn!r}, this host is {identity!r}", where)
     try:
@@ -277,7 +275,7 @@ def check_certificate(cert: x509.Certificate, ca: x509.Certificate, *,
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as err:
-        raise EnrollError(f"certificate does not chain to the CA {_cn(ca.subject)!r}",
+        raise EnrollError(f"certificate does not chain to the CA {common_name(ca.subject)!r}",
                           where) from err
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise EnrollError(f"certificate is not valid now (valid {cert.not_valid_before_utc:%F}"
@@ -297,86 +295,16 @@ def install_certificate(paths: EnrollPaths, cert_file: Path, ca_file: Path, *,
     if not paths.tls_key.exists():
         raise EnrollError("no TLS key here: run `bzgw enroll` first", paths.tls_key)
     key = tls_key(paths.tls_key, [])
-    cert = _load_cert(cert_file, "certificate")
-    ca = _load_cert(ca_file, "CA certificate")
+    cert = load_cert(cert_file, "certificate")
+    ca = load_cert(ca_file, "CA certificate")
     check_certificate(cert, ca, public_key=key.public_key(), identity=paths.identity, now=now,
                       where=cert_file)
     written = []
-    if _write_public(paths.ca, cert_pem(ca)):
+    if write_public(paths.ca, cert_pem(ca)):
         written.append(paths.ca)
-    if _write_public(paths.cert, cert_pem(cert)):
+    if write_public(paths.cert, cert_pem(cert)):
         written.append(paths.cert)
     return written
-
-
-# --- control node: the provincial CA ---------------------------------------------------------
-
-def ca_paths(folder: Path) -> tuple[Path, Path]:
-    """``ca.crt`` and ``ca.key`` in a CA folder."""
-    return folder / "ca.crt", folder / "ca.key"
-
-
-def init_ca(folder: Path, cn: str, *, days: int = 3650) -> bool:
-    """Create the CA in ``folder`` unless it exists; returns True if created.
-
-    Raises:
-        EnrollError: only one of ``ca.crt``/``ca.key`` exists (a half-copied CA).
-    """
-    crt, key = ca_paths(folder)
-    if crt.exists() and key.exists():
-        CA.load(crt, key)  # refuses a broken CA now rather than at signing time
-        return False
-    if crt.exists() or key.exists():
-        raise EnrollError("holds only one of ca.crt and ca.key; restore the other", folder)
-    CA.create(cn, days=days).save(crt, key)
-    return True
-
-
-def sign_request(ca_folder: Path, csr_file: Path, out: Path, *, expect_cn: str | None = None,
-                 server: bool = False, hosts: tuple[str, ...] = (), days: int = 825,
-                 now: dt.datetime | None = None) -> bool:
-    """Sign a CSR with the CA in ``ca_folder`` into ``out``; returns True if written.
-
-    An existing ``out`` for the same key and name, issued by this CA and valid for more than
-    :data:`RENEW_BEFORE`, is kept, so repeated runs are quiet.
-
-    Raises:
-        EnrollError: the CSR's signature is invalid, or its CN is not ``expect_cn``.
-    """
-    crt, key = ca_paths(ca_folder)
-    if not (crt.exists() and key.exists()):
-        raise EnrollError("no CA here: run `bzgw enroll init-ca` first", ca_folder)
-    ca = CA.load(crt, key)
-    csr = _load_csr(csr_file)
-    if not csr.is_signature_valid:
-        raise EnrollError("CSR signature is invalid", csr_file)
-    cn = _cn(csr.subject)
-    if expect_cn is not None and cn != expect_cn:
-        raise EnrollError(f"CSR is for {cn!r}, expected {expect_cn!r}", csr_file)
-    now = now or dt.datetime.now(dt.UTC)
-    if out.is_file():
-        try:
-            old = x509.load_pem_x509_certificate(out.read_bytes())
-            check_certificate(old, ca.cert, public_key=csr.public_key(), identity=cn or "",
-                              now=now)
-            if old.not_valid_after_utc - now > RENEW_BEFORE and _hosts_of(old) == set(hosts):
-                return False
-        except (ValueError, EnrollError):
-            pass  # unreadable or stale: sign afresh
-    try:
-        cert = ca.sign_csr(csr, server=server, hosts=hosts, days=days)
-    except BzgwError as err:
-        raise EnrollError(str(err), csr_file) from err
-    _write_public(out, cert_pem(cert))
-    return True
-
-
-def _hosts_of(cert: x509.Certificate) -> set[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {str(v.value) for v in san}
 
 
 # --- command-line front ends (options live in gateway/commands.py) ---------------------------
@@ -438,14 +366,21 @@ def run_device_enroll(*, config: Path | None, state_dir: Path | None, identity: 
               help="The CA's common name, e.g. 'bzgw CA Ha Noi'.")
 @click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500))
 def init_ca_command(folder: Path, cn: str, days: int) -> None:
-    """Create the provincial CA on the control node (no-op if it exists).
+    """Create the provincial CA on the control node (no-op if it exists); renew its CRL.
+
+    Prints "created" or "exists", and "CRL renewed" when the revocation list was written
+    (missing, or within 30 days of expiry: run this regularly, every playbook does).
 
     Example:
 
-        bzgw enroll init-ca --dir pki/hn --cn "bzgw CA Ha Noi"
+        bzgw enroll init-ca --dir pki/hn/ca --cn "bzgw CA Ha Noi"
     """
+    from gateway.enroll_ca import init_ca, refresh_crl
+
     created = init_ca(folder, cn, days=days)
-    click.echo(f"{folder}: CA {'created' if created else 'exists'}")
+    renewed = refresh_crl(folder)
+    click.echo(f"{folder}: CA {'created' if created else 'exists'}"
+               f"{'; CRL renewed' if renewed else ''}")
 
 
 @click.command("sign")
@@ -471,12 +406,34 @@ def sign_command(ca_dir: Path, csr_file: Path, out: Path, expect_cn: str | None,
         bzgw enroll sign --ca-dir pki/hn --csr gw-hn-0001.csr --out gw-hn-0001.crt \\
             --expect-cn gw-hn-0001
     """
+    from gateway.enroll_ca import sign_request
+
     written = sign_request(ca_dir, csr_file, out, expect_cn=expect_cn, server=server,
                            hosts=hosts, days=days)
     click.echo(f"{out}: {'signed' if written else 'unchanged'}")
 
 
+@click.command("revoke")
+@click.option("--ca-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder holding ca.crt, ca.key and crl.pem.")
+@click.option("--cert", "cert_file", required=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The certificate to revoke (e.g. certs/<gateway id>.crt).")
+def revoke_command(ca_dir: Path, cert_file: Path) -> None:
+    """Revoke a device certificate (lost or stolen Pi); the broker refuses it once the
+    broker role has installed the new CRL.
+
+    Example:
+
+        bzgw enroll revoke --ca-dir pki/hn/ca --cert pki/hn/certs/gw-hn-0002.crt
+    """
+    from gateway.enroll_ca import revoke
+
+    written = revoke(ca_dir, load_cert(cert_file, "certificate"))
+    click.echo(f"{cert_file}: {'revoked' if written else 'already revoked'}")
+
+
 def register_ca_commands(group: click.Group) -> None:
-    """Attach ``init-ca`` and ``sign`` to the ``bzgw enroll`` group."""
-    group.add_command(init_ca_command)
-    group.add_command(sign_command)
+    """Attach ``init-ca``, ``sign`` and ``revoke`` to the ``bzgw enroll`` group."""
+    for cmd in (init_ca_command, sign_command, revoke_command):
+        group.add_command(cmd)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -36,7 +37,8 @@ from gateway.config import load
 from gateway.registry import load_registry
 from mqtt import topics
 from mqtt.broker import MosquittoProcess, free_port
-from mqtt.client import MqttClient, MqttPublishError
+from mqtt.client import MqttClient, MqttConnectError, MqttPublishError
+from mqtt.config import MqttConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
@@ -349,26 +351,55 @@ def test_mosquitto_runs_the_rendered_config_with_enrolled_identities(fleet: Flee
             asyncio.run(_exchange(fleet, "gw-t-2", own))
 
 
-def test_enroll_playbook_adds_a_gateway_and_the_broker_reloads(fleet: Fleet) -> None:
+def test_enroll_playbook_adds_a_gateway_and_replaces_another(fleet: Fleet) -> None:
+    """enroll.yml: gw-t-3 is new; gw-t-2 is a replaced Pi (new keys, same id).
+
+    The broker's ACL gains gw-t-3 (a reload suffices), the registry carries gw-t-2's new
+    signing key, and the CA revokes gw-t-2's old certificate: once the broker restarts
+    with the new CRL, the old Pi can no longer connect while the new one can.
+    """
     inv = fleet.tmp / "inventory-3.yml"
     write_inventory(inv, fleet.tmp, extra_gateways=1)
-    topic = topics.batch("hn", "benh-vien-c", "gw-t-3")
+    keys2 = fleet.root("gw-t-2") / "var/lib/bzgw/keys"
+    old_pi = fleet.tmp / "old-gw-t-2"
+    old_pi.mkdir()
+    for name in ("tls.crt", "tls.key", "ca.crt", "device.pub"):
+        shutil.copy2(keys2 / name, old_pi / name)
+    old_serial = x509.load_pem_x509_certificate((old_pi / "tls.crt").read_bytes()).serial_number
+    topic3 = topics.batch("hn", "benh-vien-c", "gw-t-3")
+    topic2 = topics.batch("hn", "ben-xe-b", "gw-t-2")
+    limit = "gw-t-2,gw-t-3,brokers,matchers"
     with running_broker(fleet) as broker:
-        proc = fleet.run("enroll.yml", "--limit", "gw-t-3,brokers,matchers",
+        proc = fleet.run("enroll.yml", "--limit", limit, "-e", "bzgw_rotate_device_keys=true",
                          inventory=inv)
         r = recap(proc.stdout)
-        assert r["gw-t-3"]["changed"] > 0 and r["broker-t"]["changed"] > 0
-        assert r["matcher-t"]["changed"] > 0
+        assert all(r[h]["changed"] > 0 for h in ("gw-t-2", "gw-t-3", "broker-t", "matcher-t"))
         assert "user gw-t-3" in (fleet.root("broker-t") / "etc/bzgw/broker/acl").read_text()
-        assert "gw-t-3" in load_registry(fleet.root("matcher-t") / "etc/bzgw/registry.yaml"
-                                         ).gateways
-        # systemd would reload; here the test sends the same SIGHUP to its broker.
+        reg = load_registry(fleet.root("matcher-t") / "etc/bzgw/registry.yaml")
+        assert "gw-t-3" in reg.gateways
+        assert reg.gateways["gw-t-2"].signing_key == (keys2 / "device.pub").read_text().strip()
+        assert reg.gateways["gw-t-2"].signing_key != (old_pi / "device.pub").read_text().strip()
+        crl = x509.load_pem_x509_crl(
+            (fleet.root("broker-t") / "etc/bzgw/broker/tls/crl.pem").read_bytes())
+        assert crl.get_revoked_certificate_by_serial_number(old_serial) is not None
+        # systemd would reload for the ACL; here the test sends the same SIGHUP.
         assert broker.proc is not None
         os.kill(broker.proc.pid, signal.SIGHUP)
         time.sleep(0.3)
-        assert asyncio.run(_exchange(fleet, "gw-t-3", topic)) == (topic, b"sealed")
-    again = recap(fleet.run("enroll.yml", "--limit", "gw-t-3,brokers,matchers",
-                            inventory=inv).stdout)
+        assert asyncio.run(_exchange(fleet, "gw-t-3", topic3)) == (topic3, b"sealed")
+    with running_broker(fleet):  # restarted: the new CRL is in force
+        assert asyncio.run(_exchange(fleet, "gw-t-2", topic2)) == (topic2, b"sealed")
+        old_cfg = MqttConfig(host="127.0.0.1", port=fleet.broker_port,
+                             ca_file=old_pi / "ca.crt", cert_file=old_pi / "tls.crt",
+                             key_file=old_pi / "tls.key")
+
+        async def old_connects() -> None:
+            async with MqttClient(old_cfg, "gw-t-2"):
+                pass
+
+        with pytest.raises(MqttConnectError):
+            asyncio.run(old_connects())
+    again = recap(fleet.run("enroll.yml", "--limit", limit, inventory=inv).stdout)
     assert all(v["changed"] == 0 for v in again.values()), again
 
 
@@ -424,3 +455,55 @@ def test_upgrade_switches_only_when_healthy_and_rollback_returns(fleet: Fleet) -
     assert recap(again.stdout)["gw-t-1"]["changed"] == 0
     fleet.run("rollback.yml", "--limit", "gw-t-1", "-e", f"bzgw_rollback_to={real}")
     assert os.readlink(current) == f"releases/{real}"
+
+
+@pytest.mark.postgres
+def test_matcher_role_sets_up_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """The matcher role creates its PostgreSQL role and database (psql, no collection)."""
+    u = urlsplit(pg_url)
+    name = f"bzgw_ans_{os.getpid()}"
+    psql = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", u.hostname or "127.0.0.1",
+            "-p", str(u.port or 5432), "-U", u.username or "postgres"]
+    if shutil.which("psql") is None:
+        pytest.skip("psql is not installed")
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {
+        "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                 "bzgw_province": "hn", "bzgw_broker_host": "localhost"},
+        "children": {"matchers": {"hosts": {"matcher-pg": {
+            "bzgw_root": str(tmp_path / "root"), "bzgw_matcher_id": "matcher-pg"}}}}}}))
+    extra = tmp_path / "vars.yml"
+    extra.write_text(yaml.safe_dump({
+        "bzgw_install": False, "bzgw_manage_users": False, "bzgw_bin": str(BZGW),
+        "bzgw_control_bin": str(BZGW), "bzgw_pki_dir": str(tmp_path / "pki"),
+        "bzgw_matcher_db": "postgresql",
+        "bzgw_matcher_pg_url": f"postgresql://{name}@{u.hostname}:{u.port or 5432}/{name}",
+        "matcher_pg_psql": psql, "matcher_pg_become": False,
+        "matcher_pg_database": name, "matcher_pg_user": name, "matcher_user": "root"}))
+    playbook = tmp_path / "matcher.yml"
+    playbook.write_text(yaml.safe_dump([
+        {"name": "CA", "ansible.builtin.import_playbook": str(ANSIBLE / "ca.yml")},
+        {"name": "Matcher", "hosts": "matchers", "roles": ["matcher"]}]))
+    env = ansible_env(tmp_path) | {"ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles")}
+
+    def apply() -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "-e",
+                               f"@{extra}", str(playbook)], cwd=ANSIBLE, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+        return proc
+
+    def query(sql: str) -> str:
+        return subprocess.run([*psql, "-tA", "-d", "postgres", "-c", sql], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip()
+
+    try:
+        assert recap(apply().stdout)["matcher-pg"]["changed"] > 0
+        assert query(f"SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_database "
+                     f"WHERE datname = '{name}'") == name
+        cfg = load(tmp_path / "root/etc/bzgw/matcher.yaml")
+        assert cfg.matcher is not None and cfg.matcher.db.startswith("postgresql://")
+        assert recap(apply().stdout)["matcher-pg"]["changed"] == 0
+    finally:
+        query(f'DROP DATABASE IF EXISTS "{name}"')
+        query(f'DROP ROLE IF EXISTS "{name}"')

@@ -23,14 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from gateway.cli import cli
-from gateway.enroll import (
-    EnrollError,
-    EnrollPaths,
-    init_ca,
-    install_certificate,
-    prepare,
-    sign_request,
-)
+from gateway.enroll import EnrollError, EnrollPaths, install_certificate, prepare
+from gateway.enroll_ca import crl_path, init_ca, refresh_crl, revoke, sign_request
 from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.config import MqttConfig
@@ -352,3 +346,61 @@ def test_option_mistakes_get_one_line_errors(tmp_path: Path) -> None:
     code, _, err = invoke("enroll", "--state-dir", str(tmp_path), "--id", "g",
                           "--install-cert", str(f))
     assert code == 1 and "go together" in err
+
+
+def revoked_serials(ca_dir: Path) -> set[int]:
+    crl = x509.load_pem_x509_crl(crl_path(ca_dir).read_bytes())
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    return {r.serial_number for r in crl}
+
+
+def test_init_ca_writes_an_empty_crl_and_renews_it_before_expiry(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    code, out, _ = invoke("enroll", "init-ca", "--dir", str(ca_dir))
+    assert code == 0 and "created" in out and "CRL renewed" in out
+    assert revoked_serials(ca_dir) == set()
+    code, out, _ = invoke("enroll", "init-ca", "--dir", str(ca_dir))
+    assert "CRL renewed" not in out
+    crl = x509.load_pem_x509_crl(crl_path(ca_dir).read_bytes())
+    assert crl.next_update_utc is not None
+    late = crl.next_update_utc - dt.timedelta(days=10)
+    assert refresh_crl(ca_dir, now=late)
+    renewed = x509.load_pem_x509_crl(crl_path(ca_dir).read_bytes())
+    assert renewed.next_update_utc is not None and renewed.next_update_utc > crl.next_update_utc
+
+
+def test_re_signing_for_a_new_key_revokes_the_old_certificate(
+        enrolled: tuple[EnrollPaths, Path], tmp_path: Path) -> None:
+    """A replaced Pi (new key, same gateway id): its predecessor's certificate is revoked."""
+    paths, ca_dir = enrolled
+    refresh_crl(ca_dir)
+    out = tmp_path / "gw.crt"
+    sign_request(ca_dir, paths.csr, out)
+    old = x509.load_pem_x509_certificate(out.read_bytes())
+    assert sign_request(ca_dir, paths.csr, out, now=dt.datetime.now(dt.UTC)
+                        + dt.timedelta(days=800))  # renewal, same key: nothing revoked
+    assert revoked_serials(ca_dir) == set()
+    renewed = x509.load_pem_x509_certificate(out.read_bytes())
+    replacement = tmp_path / "new.csr"
+    replacement.write_bytes(make_csr(new_key(), paths.identity).public_bytes(
+        serialization.Encoding.PEM))
+    assert sign_request(ca_dir, replacement, out)
+    assert revoked_serials(ca_dir) == {renewed.serial_number}
+    assert old.serial_number != renewed.serial_number
+
+
+def test_revoke_command(enrolled: tuple[EnrollPaths, Path], tmp_path: Path) -> None:
+    paths, ca_dir = enrolled
+    out = tmp_path / "gw.crt"
+    sign_request(ca_dir, paths.csr, out)
+    serial = x509.load_pem_x509_certificate(out.read_bytes()).serial_number
+    code, text, err = invoke("enroll", "revoke", "--ca-dir", str(ca_dir), "--cert", str(out))
+    assert code == 0 and "revoked" in text, err
+    assert revoked_serials(ca_dir) == {serial}
+    code, text, _ = invoke("enroll", "revoke", "--ca-dir", str(ca_dir), "--cert", str(out))
+    assert "already revoked" in text
+    foreign = tmp_path / "foreign"
+    init_ca(foreign, "other")
+    with pytest.raises(EnrollError, match="not issued by this CA"):
+        revoke(foreign, x509.load_pem_x509_certificate(out.read_bytes()))
