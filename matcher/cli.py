@@ -102,7 +102,8 @@ def _db_url(db: str | None, cfg: MatcherConfig | None) -> str:
                    "config's f0_signers.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for report.json, report.csv, report.html and exposure_venues.* "
-                   "(default: ./report-<f0 name>).")
+                   "(default: report-<f0 name>-<time> under the config's reports_dir, else "
+                   "here).")
 @click.option("--margin", "margin_min", default=30.0, show_default=True,
               type=click.FloatRange(0, 24 * 60),
               help="Minutes around a window in which other check-ins count as co-present.")
@@ -118,6 +119,8 @@ def match(f0: Path, db: str | None, config: Path | None, signers: tuple[Path, ..
 
         bzgw match --f0 f0.json --config /etc/bzgw/matcher.yaml --out report/
     """
+    import time
+
     from matcher.f0 import load_f0
     from matcher.match import MatchParams, match_f0
     from matcher.report import write_reports
@@ -129,7 +132,11 @@ def match(f0: Path, db: str | None, config: Path | None, signers: tuple[Path, ..
     case = load_f0(f0, keys, window_days=cfg.retention_days if cfg else 21)
     with open_store(url) as store:
         result = match_f0(store, case, MatchParams(margin_s=margin_min * 60))
-    files = write_reports(result, out or Path(f"report-{f0.stem}"))
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        base = cfg.reports_dir if cfg is not None and cfg.reports_dir else Path(".")
+        out = base / f"report-{f0.stem}-{stamp}"
+    files = write_reports(result, out)
     click.echo(f"{f0.name}: {case.format}, signed by {case.signer}, {case.n_ids:,} IDs"
                + (f", {case.skipped} unusable entries skipped" if case.skipped else ""))
     for c in result.cases:
@@ -153,8 +160,9 @@ def matcher_group() -> None:
 def matcher_serve(config: Path) -> None:
     """Subscribe to gateway batches, verify, store and ack them; keep status and health.
 
-    Joins the shared subscription, so several processes split the load. SIGHUP reloads the
-    gateway registry; SIGTERM or Ctrl-C stops after the batch in hand.
+    Joins the shared subscription, so several processes split the load, and serves the
+    provincial dashboard (matcher.dashboard_*). SIGHUP reloads the gateway registry; SIGTERM or
+    Ctrl-C stops after the batch in hand.
 
     Example:
 

@@ -21,8 +21,13 @@ class MatcherConfig(BaseModel):
                                    description="health-authority public keys for F0 input")
     retention_days: float = Field(default=21, gt=0, le=60)
     mqtt: MqttConfig | None = None
+    dashboard_enabled: bool = Field(default=True,
+                                    description="serve the provincial dashboard from serve")
     dashboard_listen: str = "127.0.0.1"
     dashboard_port: int = Field(default=8090, ge=0, le=65535)
+    reports_dir: Path | None = Field(default=None,
+                                     description="where `bzgw match` writes reports; the "
+                                                 "dashboard lists their exposure venues")
     client_id: str = Field(default="", max_length=64,
                            description="MQTT client id (default: matcher-<host>-<pid>); "
                                        "every process of a share group needs its own")

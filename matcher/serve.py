@@ -1,8 +1,10 @@
 """Run :class:`~matcher.service.MatcherService` from a config file, with signals.
 
-SIGTERM and SIGINT stop the service after the message in hand; SIGHUP reloads the gateway
-registry (newly enrolled gateways are accepted without a restart; until then their batches
-are refused as ``unknown_gateway`` without an ack, so they wait in the gateway's outbox).
+Also serves the provincial dashboard (:mod:`matcher.dashboard`) when enabled; its reads run on
+the service's store thread. SIGTERM and SIGINT stop the service after the message in hand.
+SIGHUP reloads the gateway registry: newly enrolled gateways are accepted without a restart
+(until then their batches are refused as ``unknown_gateway`` without an ack, so they wait in
+the gateway's outbox).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import BzgwError, ConfigError
 from gateway.registry import load_registry
@@ -42,10 +45,30 @@ def build_service(cfg: MatcherConfig, config_path: Path | None = None) -> Matche
                           max_plaintext=cfg.max_plaintext_bytes)
 
 
+async def _dashboard(service: MatcherService, cfg: MatcherConfig) -> Any:
+    """Start the dashboard on the service's store thread, or log why not (ingest goes on)."""
+    if not cfg.dashboard_enabled:
+        return None
+    from matcher.dashboard import start_dashboard
+    from matcher.dashboard_queries import load_exposure_venues
+
+    reports = cfg.reports_dir
+    exposures = (lambda: load_exposure_venues(reports)) if reports is not None else None
+    try:
+        runner = await start_dashboard(service.store, cfg, exposures=exposures,
+                                       run_db=service.run_db)
+    except BzgwError as err:  # e.g. a second matcher process on this host: port taken
+        log.error("%s; serving ingest without the dashboard", err)
+        return None
+    log.warning("dashboard on http://%s:%d/", cfg.dashboard_listen, cfg.dashboard_port)
+    return runner
+
+
 async def serve_async(service: MatcherService, cfg: MatcherConfig) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the registry."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    runner = await _dashboard(service, cfg)
 
     def reload() -> None:
         try:
@@ -62,6 +85,8 @@ async def serve_async(service: MatcherService, cfg: MatcherConfig) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if runner is not None:
+            await runner.cleanup()
 
 
 def serve(cfg: MatcherConfig, config_path: Path | None = None) -> None:

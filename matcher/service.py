@@ -88,9 +88,15 @@ class MatcherService:
         self.registry = registry
         self.ingestor.registry = registry
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    async def run_db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a store call on the thread that owns the store's connection.
+
+        The dashboard passes its reads through here, so they queue with ingest.
+        """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kw))
+
+    _db = run_db
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; reconnect with backoff when the session drops."""
@@ -151,7 +157,7 @@ class MatcherService:
 
     async def _batch(self, client: MqttClient, msg: Message) -> None:
         try:
-            out: Outcome = await self._db(self.ingestor.handle_batch, msg.topic, msg.payload)
+            out: Outcome = await self.run_db(self.ingestor.handle_batch, msg.topic, msg.payload)
         except self._store_errors as err:
             # The store failed (disk full, server gone): no ack, so the gateway sends again.
             log.error("cannot store a batch from %s: %s", msg.topic, err)
@@ -173,7 +179,7 @@ class MatcherService:
         from matcher.dashboard_queries import consume_message
 
         try:
-            await self._db(consume_message, self.store, self.registry, msg.topic,
+            await self.run_db(consume_message, self.store, self.registry, msg.topic,
                            msg.payload, retained=msg.retain)
         except self._store_errors as err:
             log.error("cannot store a report from %s: %s", msg.topic, err)
@@ -183,7 +189,7 @@ class MatcherService:
     async def _purge_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                deleted = await self._db(self.store.purge, time.time(), self.retention_days)
+                deleted = await self.run_db(self.store.purge, time.time(), self.retention_days)
                 self.stats.purges += 1
                 self.stats.purged_rows += sum(deleted.values())
                 if any(deleted.values()):

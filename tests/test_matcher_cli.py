@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from gateway.sealer import Sealer, generate_matcher_keypair, save_matcher_keypai
 from matcher.ids import bluezone_day_ids
 from matcher.testing import checkin, sighting
 from mqtt import topics
+from mqtt.broker import free_port
 from mqtt.client import MqttClient
 from mqtt.lab import Lab
 
@@ -37,6 +39,11 @@ def _bzgw() -> list[str]:
     exe = Path(sys.executable).parent / "bzgw"
     return [str(exe)] if exe.exists() else [sys.executable, "-c",
                                             "from gateway.cli import main; main()"]
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read().decode("utf-8")
 
 
 def _config(lab: Lab, tmp_path: Path) -> tuple[Path, bytes, Ed25519PrivateKey]:
@@ -53,6 +60,7 @@ def _config(lab: Lab, tmp_path: Path) -> tuple[Path, bytes, Ed25519PrivateKey]:
         "db": f"sqlite:///{tmp_path / 'matcher.db'}", "private_key": "matcher.key",
         "registry": str(lab.root / "registry.yaml"), "f0_signers": ["moh.pem"],
         "client_id": "matcher-cli-test", "purge_interval_s": 3600,
+        "dashboard_port": free_port(), "reports_dir": "reports",
         "mqtt": {"host": m.host, "port": m.port, "ca_file": str(m.ca_file),
                  "cert_file": str(m.cert_file), "key_file": str(m.key_file),
                  "keepalive_s": 10, "backoff_min_s": 0.05, "backoff_max_s": 1}}}
@@ -99,6 +107,9 @@ def test_serve_then_status_then_match(lab: Lab, tmp_path: Path) -> None:
             time.sleep(0.05)
         acks = asyncio.run(asyncio.wait_for(_send(lab, public, batches), 30))
         assert sorted((a["seq"], a["status"]) for a in acks) == [(1, "stored"), (2, "stored")]
+        port = yaml.safe_load(cfg.read_text())["matcher"]["dashboard_port"]
+        code, page = _get(f"http://127.0.0.1:{port}/api/dashboard.json")
+        assert code == 200 and "gw-a" in page  # the dashboard reads the same store
         proc.send_signal(signal.SIGHUP)  # reloads the registry, keeps serving
         time.sleep(0.3)
         assert proc.poll() is None
@@ -129,12 +140,12 @@ def test_serve_then_status_then_match(lab: Lab, tmp_path: Path) -> None:
                               str(tmp_path / "moh.key"), "--case", "HN-9"])
     assert res.exit_code == 0, res.output
     signed = tmp_path / "infof.json.signed.json"
-    res = runner.invoke(cli, ["match", "--f0", str(signed), "--config", str(cfg), "--out",
-                              str(tmp_path / "rep")])
+    res = runner.invoke(cli, ["match", "--f0", str(signed), "--config", str(cfg)])
     assert res.exit_code == 0, res.output
+    [rep] = (tmp_path / "reports").glob("report-infof.json.signed-*")  # under reports_dir
     assert "case HN-9: 1 hit(s), 1 window(s)" in res.output
     assert "Chợ A" in res.output and "001099000222" not in res.output
-    doc = json.loads((tmp_path / "rep" / "report.json").read_text(encoding="utf-8"))
+    doc = json.loads((rep / "report.json").read_text(encoding="utf-8"))
     [w] = doc["cases"][0]["windows"]
     assert w["venue"]["code"] == "cho-a"
     assert [c["subject"] for c in w["co_present_checkins"]] == ["001099000222"]
