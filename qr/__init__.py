@@ -1,0 +1,1 @@
+"""QR check-ins: frame sources, decoding, payload recognition, cooldown and masking."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.clock import ClockEpoch
+from gateway.errors import ConfigError
 from qr.bhyt import parse_bhyt
 from qr.bzgwqr import Keys, load_checkin_keys, parse_bzgw
 from qr.cccd import parse_cccd
@@ -64,8 +65,6 @@ class Recognizer:
         Raises:
             ConfigError: a named file is missing or malformed.
         """
-        from gateway.errors import ConfigError
-
         token_key = DEFAULT_TOKEN_KEY
         if cfg.token_key is not None:
             try:

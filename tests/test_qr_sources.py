@@ -239,7 +239,7 @@ def test_picamera2_luma_plane_fault_and_resume() -> None:
     module = SimpleNamespace(Picamera2=FakePicamera2)
     cfg = QrConfig(source="picamera2", fps=15, width=640, height=480, camera_fault_s=0.2,
                    camera_retry_s=0.05)
-    src = open_source(cfg, clock=SystemClock(), module=module)
+    src = open_source(cfg, clock=SystemClock(), picamera2={"module": module})
     assert isinstance(src, Picamera2Source)
 
     async def scenario() -> Frame:

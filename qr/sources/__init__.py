@@ -6,12 +6,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.clock import Clock
 from gateway.errors import BzgwError
 from qr.config import QrConfig
 from qr.sources.base import Frame, FrameSource, SourceKind, SourceState, SourceStatus
+
+if TYPE_CHECKING:
+    from qr.sources.folder import FolderOptions
+    from qr.sources.picam import Picamera2Options
+    from qr.sources.v4l2 import V4l2Options
+    from qr.sources.video import VideoOptions
 
 __all__ = ["Frame", "FrameSource", "SourceKind", "SourceState", "SourceStatus", "open_source",
            "source_kind"]
@@ -24,44 +30,50 @@ def source_kind(cfg: QrConfig) -> SourceKind | None:
     return SourceKind(cfg.source)
 
 
-def open_source(cfg: QrConfig, *, clock: Clock, **options: Any) -> FrameSource:
+def open_source(cfg: QrConfig, *, clock: Clock, v4l2: V4l2Options | None = None,
+                picamera2: Picamera2Options | None = None,
+                folder: FolderOptions | None = None,
+                video: VideoOptions | None = None) -> FrameSource:
     """Create the configured frame source.
 
     Args:
-        cfg: the ``qr`` config section.
+        cfg: the ``qr`` config section (backend, device/path, fps, size, fault timing).
         clock: time base of the frames.
-        **options: backend-specific seams (``capture_factory`` for V4L2, ``module`` for
-            picamera2, ``once``/``poll_s`` for folders, ``realtime`` for video).
+        v4l2: V4L2 backend options (``capture_factory``).
+        picamera2: picamera2 backend options (``camera_num``, ``module``).
+        folder: folder backend options (``once``, ``poll_s``, ``remember``).
+        video: video backend options (``realtime``).
 
     Raises:
         BzgwError: QR capture is off, or a required path is not configured.
         DependencyMissingError: the backend's library is not installed.
     """
-    kind = source_kind(cfg)
-    camera: dict[str, Any] = {"fps": cfg.fps, "width": cfg.width, "height": cfg.height}
-    supervised: dict[str, Any] = {"fault_after_s": cfg.camera_fault_s,
-                                  "retry_s": cfg.camera_retry_s}
-    match kind:
+    match source_kind(cfg):
         case SourceKind.PICAMERA2:
             from qr.sources.picam import Picamera2Source
 
-            return Picamera2Source(clock=clock, **camera, **supervised, **options)
+            return Picamera2Source(clock=clock, fps=cfg.fps, width=cfg.width,
+                                   height=cfg.height, fault_after_s=cfg.camera_fault_s,
+                                   retry_s=cfg.camera_retry_s, **(picamera2 or {}))
         case SourceKind.V4L2:
             from qr.sources.v4l2 import V4l2Source
 
-            return V4l2Source(cfg.device, clock=clock, **camera, **supervised, **options)
+            return V4l2Source(cfg.device, clock=clock, fps=cfg.fps, width=cfg.width,
+                              height=cfg.height, fault_after_s=cfg.camera_fault_s,
+                              retry_s=cfg.camera_retry_s, **(v4l2 or {}))
         case SourceKind.FOLDER:
             from qr.sources.folder import FolderSource
 
             if cfg.folder is None:
                 raise BzgwError("qr.source is folder but qr.folder is not set")
             return FolderSource(cfg.folder, clock=clock, width=cfg.width, height=cfg.height,
-                                **options)
+                                **(folder or {}))
         case SourceKind.VIDEO:
             from qr.sources.video import VideoSource
 
             if cfg.video is None:
                 raise BzgwError("qr.source is video but qr.video is not set")
-            return VideoSource(cfg.video, clock=clock, **camera, **options)
+            return VideoSource(cfg.video, clock=clock, fps=cfg.fps, width=cfg.width,
+                               height=cfg.height, **(video or {}))
         case _:
             raise BzgwError("QR capture is off (qr.enabled false or qr.source none)")

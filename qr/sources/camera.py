@@ -12,7 +12,7 @@ import contextlib
 import logging
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
@@ -21,6 +21,17 @@ from gateway.errors import BzgwError
 from qr.sources.base import Frame, FrameSource, SourceState, fit, monotonic, to_gray
 
 log = logging.getLogger(__name__)
+
+
+class CameraOptions(TypedDict, total=False):
+    """Capture and supervision settings every camera backend takes (see :class:`CameraSource`)."""
+
+    fps: float
+    width: int
+    height: int
+    fault_after_s: float
+    retry_s: float
+    open_timeout_s: float
 
 
 class CameraUnavailableError(BzgwError):

@@ -12,7 +12,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from gateway.clock import Clock
 from gateway.errors import BzgwError
@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                             ".pgm", ".ppm"})
+
+
+class FolderOptions(TypedDict, total=False):
+    """Backend options for :func:`qr.sources.open_source` (``folder={...}``)."""
+
+    once: bool
+    poll_s: float
+    remember: int
 
 
 class FolderSource(FrameSource):

@@ -8,17 +8,24 @@ so no colour conversion is spent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
 from gateway.clock import Clock
 from gateway.errors import DependencyMissingError
 from qr.sources.base import SourceKind
-from qr.sources.camera import CameraSource, CameraUnavailableError, Grabber
+from qr.sources.camera import CameraOptions, CameraSource, CameraUnavailableError, Grabber
 
 FIX = ("on Raspberry Pi OS: apt install python3-picamera2 and create the venv with "
        "--system-site-packages (pip extra bzgw[camera] on aarch64)")
+
+
+class Picamera2Options(TypedDict, total=False):
+    """Backend options for :func:`qr.sources.open_source` (``picamera2={...}``)."""
+
+    camera_num: int
+    module: Any
 
 
 def import_picamera2() -> Any:
@@ -60,7 +67,7 @@ class Picamera2Source(CameraSource):
     Args:
         camera_num: which camera (0 for the only one).
         module: the ``picamera2`` module (the seam tests use); imported lazily by default.
-        **kwargs: ``clock``, ``fps``, ``width``, ``height``, ``fault_after_s``, ``retry_s``.
+        **options: fps, size and supervision (:class:`~qr.sources.camera.CameraOptions`).
 
     Raises:
         DependencyMissingError: picamera2 cannot be imported here.
@@ -69,8 +76,8 @@ class Picamera2Source(CameraSource):
     kind = SourceKind.PICAMERA2
 
     def __init__(self, *, clock: Clock, camera_num: int = 0, module: Any = None,
-                 **kwargs: Any) -> None:
-        super().__init__(clock=clock, **kwargs)
+                 **options: Unpack[CameraOptions]) -> None:
+        super().__init__(clock=clock, **options)
         self.camera_num = camera_num
         self._mod = module if module is not None else import_picamera2()
 

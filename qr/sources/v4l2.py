@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
 from gateway.clock import Clock
 from gateway.errors import DependencyMissingError
 from qr.sources.base import SourceKind
-from qr.sources.camera import CameraSource, CameraUnavailableError, Grabber
+from qr.sources.camera import CameraOptions, CameraSource, CameraUnavailableError, Grabber
 
 CaptureFactory = Callable[[str], Any]
+
+
+class V4l2Options(TypedDict, total=False):
+    """Backend options for :func:`qr.sources.open_source` (``v4l2={...}``)."""
+
+    capture_factory: CaptureFactory
 
 
 def _opencv_capture() -> CaptureFactory:
@@ -48,14 +54,15 @@ class V4l2Source(CameraSource):
         device: ``/dev/videoN`` (or an index as a string).
         capture_factory: makes an OpenCV-like capture object from the device (the seam tests
             use to stand in for hardware); ``cv2.VideoCapture(device, CAP_V4L2)`` by default.
-        **kwargs: ``clock``, ``fps``, ``width``, ``height``, ``fault_after_s``, ``retry_s``.
+        **options: fps, size and supervision (:class:`~qr.sources.camera.CameraOptions`).
     """
 
     kind = SourceKind.V4L2
 
     def __init__(self, device: str, *, clock: Clock,
-                 capture_factory: CaptureFactory | None = None, **kwargs: Any) -> None:
-        super().__init__(clock=clock, **kwargs)
+                 capture_factory: CaptureFactory | None = None,
+                 **options: Unpack[CameraOptions]) -> None:
+        super().__init__(clock=clock, **options)
         self.device = device
         self._factory = capture_factory if capture_factory is not None else _opencv_capture()
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from gateway.clock import Clock
 from gateway.errors import CaptureFormatError, DependencyMissingError
 from qr.sources.base import Frame, FrameSource, SourceKind, SourceState, fit, to_gray
+
+
+class VideoOptions(TypedDict, total=False):
+    """Backend options for :func:`qr.sources.open_source` (``video={...}``)."""
+
+    realtime: bool
 
 
 class VideoSource(FrameSource):
