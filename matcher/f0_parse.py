@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import F0InputError
@@ -19,6 +20,7 @@ from matcher.ids import (
     DAY,
     EN_ROLLING_PERIOD,
     bluezone_block,
+    bluezone_count,
     en_block,
     next_daily_key,
 )
@@ -85,7 +87,8 @@ def bluezone_infof(doc: object, label: str) -> list[F0Case]:
     entries = d.get("data")
     if not isinstance(entries, list) or not entries:
         raise F0InputError("bluezone-infof: \"data\" must be a non-empty list")
-    cases = []
+    parsed: list[tuple[bytes, int, int, int]] = []
+    names: list[str] = []
     for i, e in enumerate(entries):
         where = f"bluezone-infof data[{i}]"
         e = _obj(e, where)
@@ -100,10 +103,17 @@ def bluezone_infof(doc: object, label: str) -> list[F0Case]:
         if t1 - t0 > 60 * DAY:
             raise F0InputError(f"{where}: window of {(t1 - t0) / DAY:.0f} days is longer "
                                "than 60")
-        name = str(e.get("label") or (label if len(entries) == 1 else f"{label} #{i + 1}"))
-        cases.append(_case(label=name, kind="bluezone",
-                           block=bluezone_block([(dk, t0, t1, mx)]),
+        parsed.append((dk, t0, t1, mx))
+        names.append(str(e.get("label") or (label if len(entries) == 1 else
+                                            f"{label} #{i + 1}")))
+    # One derivation for every entry: large inputs are spread over the cores.
+    block = bluezone_block(parsed, workers=os.cpu_count() or 1)
+    cases, at = [], 0
+    for (_dk, t0, t1, mx), name in zip(parsed, names, strict=True):
+        n = bluezone_count(t0, t1, mx)
+        cases.append(_case(label=name, kind="bluezone", block=block.slice(at, at + n),
                            tolerance_s=float(DAY // mx)))
+        at += n
     return cases
 
 

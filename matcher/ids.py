@@ -140,11 +140,21 @@ class IdBlock:
         w, p = self.width, self.packed
         return [p[i:i + w] for i in range(0, len(p), w)]
 
+    def slice(self, a: int, b: int) -> IdBlock:
+        """IDs ``a`` to ``b - 1`` as a block of their own."""
+        w = self.width
+        return IdBlock(w, self.packed[a * w:b * w], self.starts[a:b], self.ends[a:b])
+
     @staticmethod
     def empty(width: int) -> IdBlock:
         """A block without IDs."""
         z = np.zeros(0, dtype=np.int64)
         return IdBlock(width, b"", z, z)
+
+
+def bluezone_count(time_start: int, time_end: int, max_ids: int) -> int:
+    """How many IDs :func:`bluezone_block` derives for one entry."""
+    return (time_end - time_start) // (DAY // max_ids) + 1 if time_end >= time_start else 0
 
 
 def bluezone_block(entries: Sequence[tuple[bytes, int, int, int]], *,

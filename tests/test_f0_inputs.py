@@ -71,13 +71,20 @@ def test_infof_envelope_yields_the_captured_ids(tmp_path: Path, ed_key: Ed25519P
 def test_ecdsa_signer_and_infof_as_push_string(tmp_path: Path, p256_key:
                                                ec.EllipticCurvePrivateKey,
                                                signers: list[f0.Signer]) -> None:
+    second = os.urandom(32)
     push = {"InfoF": json.dumps({"data": [
         {"daily_key": DK, "time_start": str(T0), "time_end": (T0 + 3600) * 1000, "max": 96},
-        {"daily_key": os.urandom(32).hex(), "time_start": T0, "time_end": T0 + 900}]})}
+        {"daily_key": second.hex(), "time_start": T0, "time_end": T0 + 900, "max": 144}]})}
     env = f0.sign_f0(json.dumps(push).encode(), p256_key, kind="bluezone-infof")
     got = f0.load_f0(_write(tmp_path, "push.json", env), signers)
     assert [c.label for c in got.cases] == ["push #1", "push #2"]
-    assert [c.n_ids for c in got.cases] == [5, 2]  # ms end time understood; slots inclusive
+    assert [c.n_ids for c in got.cases] == [5, 3]  # ms end time understood; slots inclusive
+    from matcher.ids import bluezone_ids
+
+    block = got.cases[1].block
+    assert block is not None and got.cases[1].tolerance_s == 600
+    assert list(zip(block.starts.tolist(), block.idents(), strict=True)) == list(
+        bluezone_ids(second, T0, T0 + 900, 144))
 
 
 def test_detached_signature_next_to_the_file(tmp_path: Path, ed_key: Ed25519PrivateKey,
