@@ -78,7 +78,7 @@ def test_ecdsa_signer_and_infof_as_push_string(tmp_path: Path, p256_key:
     env = f0.sign_f0(json.dumps(push).encode(), p256_key, kind="bluezone-infof")
     got = f0.load_f0(_write(tmp_path, "push.json", env), signers)
     assert [c.label for c in got.cases] == ["push #1", "push #2"]
-    assert [c.n_ids for c in got.cases] == [5, 3]  # ms end time understood; slots inclusive
+    assert [c.n_ids for c in got.cases] == [5, 2]  # ms end time understood; slots inclusive
     from matcher.ids import bluezone_ids
 
     block = got.cases[1].block
