@@ -80,13 +80,18 @@ async def serve_async(service: MatcherService, cfg: MatcherConfig) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    task = asyncio.create_task(service.run(stop), name="matcher-service")
+    waiter = asyncio.create_task(stop.wait())
     try:
-        await service.run(stop)
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stop.set()
+        waiter.cancel()
+        if runner is not None:  # before the service closes the store thread it reads on
+            await runner.cleanup()
+        await task
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if runner is not None:
-            await runner.cleanup()
 
 
 def serve(cfg: MatcherConfig, config_path: Path | None = None) -> None:
