@@ -226,3 +226,23 @@ def test_packed_lookup_keeps_indices_across_parts_and_trailing_zero_bytes(store:
     assert got == [(1, tail0), (3, en), (4, zero)]
     with pytest.raises(StoreError, match="not 12-byte"):
         store.sightings_for_packed([(b"x" * 13, 12)])
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from matcher.db import connect
+
+    db = connect(f"sqlite:///{tmp_path / 'v1.db'}")
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
+               "NULL, applied_at REAL NOT NULL)")
+    for stmt in schema.MIGRATIONS[0].statements:
+        db.execute(schema.render(stmt, "sqlite"))
+    db.execute("INSERT INTO schema_migrations VALUES (1, 'initial schema', 0)")
+    db.execute("INSERT INTO venues (province, venue) VALUES ('hn', 'old')")
+    db.close()
+    with open_store(f"sqlite:///{tmp_path / 'v1.db'}") as s:
+        assert [v.venue for v in s.venues()] == ["old"]  # data kept
+        names = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = "
+                                             "'index'")}
+        assert "adoption_counts_cover" in names and "adoption_counts_venue_time" not in names
+        assert [r[0] for r in s.db.execute("SELECT version FROM schema_migrations ORDER BY "
+                                           "version")] == [1, 2]
