@@ -97,6 +97,7 @@ def enroll(ctx: click.Context, config: Path | None, state_dir: Path | None,
     Example:
 
         bzgw enroll --config /etc/bzgw/gateway.yaml --csr-out /tmp/gw.csr
+
         bzgw enroll --config gateway.yaml --install-cert gw.crt --ca ca.crt
     """
     if ctx.invoked_subcommand is not None:

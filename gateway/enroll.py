@@ -403,8 +403,7 @@ def sign_command(ca_dir: Path, csr_file: Path, out: Path, expect_cn: str | None,
 
     Example:
 
-        bzgw enroll sign --ca-dir pki/hn --csr gw-hn-0001.csr --out gw-hn-0001.crt \\
-            --expect-cn gw-hn-0001
+        bzgw enroll sign --ca-dir ca --csr gw-1.csr --out gw-1.crt --expect-cn gw-1
     """
     from gateway.enroll_ca import sign_request
 
@@ -420,8 +419,9 @@ def sign_command(ca_dir: Path, csr_file: Path, out: Path, expect_cn: str | None,
               type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="The certificate to revoke (e.g. certs/<gateway id>.crt).")
 def revoke_command(ca_dir: Path, cert_file: Path) -> None:
-    """Revoke a device certificate (lost or stolen Pi); the broker refuses it once the
-    broker role has installed the new CRL.
+    """Revoke a device certificate (lost or stolen Pi).
+
+    The broker refuses it once the broker role has installed the new CRL (ca-dir/crl.pem).
 
     Example:
 

@@ -30,8 +30,9 @@ from mqtt.pki import CA, cert_pem
 
 #: a certificate (or CRL) that expires sooner than this is re-signed
 RENEW_BEFORE = dt.timedelta(days=30)
-#: how long a CRL is valid; every playbook run renews it when it is within RENEW_BEFORE
-CRL_VALIDITY = dt.timedelta(days=180)
+#: how long a CRL is valid (an expired CRL locks every client out of Mosquitto, so long);
+#: every playbook run renews it within RENEW_BEFORE of expiry and whenever it changes
+CRL_VALIDITY = dt.timedelta(days=730)
 
 
 def ca_paths(folder: Path) -> tuple[Path, Path]:
