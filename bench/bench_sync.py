@@ -31,6 +31,7 @@ from typing import Any
 from ble.aggregator import WindowAggregator
 from ble.records import IdKind, Sighting
 from ble.simulator import Crowd
+from gateway import codec
 from gateway.batch import Batch
 from gateway.clock import ClockEpoch, ClockSource
 from gateway.config import IdentityConfig
@@ -156,6 +157,10 @@ def size_rows(sightings: list[Sighting]) -> list[dict[str, Any]]:
         batch = Batch(sightings=fill(pool, PER_BATCH, rng) if len(pool) < PER_BATCH
                       else pool[:PER_BATCH])
         naive = sum(len(naive_json(s)) for s in batch.sightings) / PER_BATCH
+        body = len(codec.encode(batch, quantize=True)) / PER_BATCH
+        rows.append({"name": f"compressed plaintext per {label} sighting before padding",
+                     "value": round(body, 2), "unit": "B/sighting", "vs": "naive JSON",
+                     "vs_value": round(naive, 1), "ratio": round(naive / body, 2)})
         for suite in SUITES:
             sealer = key(gateway_id="gw-bench-0001", matcher_public_key=generate_matcher_keypair(
                 suite)[1], signing_key=dev, suite=suite)
