@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gateway.notify import MAX_STATUS_CHARS, Notifier, run_watchdog, watchdog_interval
+from mqtt.lab import Lab, write_gateway_config
 
 
 class FakeSystemd:
@@ -185,3 +190,29 @@ def test_watchdog_loop_returns_without_watchdog(systemd_socket: FakeSystemd) -> 
     asyncio.run(asyncio.wait_for(run_watchdog(n, lambda: None), timeout=1))
     assert systemd_socket.messages() == []
 
+
+
+def test_bzgw_run_speaks_the_protocol_the_unit_expects(
+        lab: Lab, tmp_path: Path, systemd_socket: FakeSystemd) -> None:
+    """`bzgw run` under Type=notify + WatchdogSec: READY, WATCHDOG pings, STATUS, STOPPING."""
+    cfg = write_gateway_config(lab, "gw-a", tmp_path / "gw")
+    env = {**os.environ, "NOTIFY_SOCKET": systemd_socket.address,
+           "WATCHDOG_USEC": "1000000", "PYTHONUNBUFFERED": "1"}
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, env=env)
+    seen: list[dict[str, str]] = []
+    try:
+        systemd_socket.sock.settimeout(30)
+        # Read as systemd does, until READY and then two watchdog pings have arrived.
+        while sum("WATCHDOG" in m for m in seen) < 2 or not any("READY" in m for m in seen):
+            data = systemd_socket.sock.recv(65536)
+            seen.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    after = systemd_socket.messages()
+    assert any(m.get("STATUS") for m in seen + after)
+    assert any(m.get("STOPPING") == "1" for m in after)
