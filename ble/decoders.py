@@ -19,12 +19,13 @@ results are shared and must be treated as read-only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import NamedTuple
 
-from ble.parser import AdFields, parse_ad, uuid128_wire
-from ble.records import IdKind
+from ble.parser import AdFields, uuid128_wire
+from ble.records import Advert, IdKind
 
 BLUEZONE_COMPANY = 0x22B5
 BLUEZONE_ID_LEN = 12
@@ -94,14 +95,119 @@ def classify(f: AdFields) -> Decoded:
 
 
 def decode_uncached(data: bytes) -> Decoded:
-    """Parse and classify a raw AD payload without the cache (benchmarks, tests)."""
-    return classify(parse_ad(data))
+    """Classify a raw AD payload in one pass, without the cache. Never raises.
+
+    Gives exactly ``classify(parse_ad(data))`` (a property the tests check on arbitrary
+    bytes) but only looks at the structures classification needs and builds no
+    :class:`AdFields`: this is the cache-miss path.
+    """
+    n = len(data)
+    i = 0
+    bz = en = apple = None
+    tx: int | None = None
+    ios = phone = False
+    while i < n:
+        length = data[i]
+        if length == 0:  # padding
+            i += 1
+            continue
+        end = i + 1 + length
+        if end > n:
+            break
+        t = data[i + 1]
+        if t == 0xFF:
+            if length >= 3:
+                company = data[i + 2] | (data[i + 3] << 8)
+                if company == BLUEZONE_COMPANY:
+                    bz = data[i + 4:end]
+                elif company == APPLE_COMPANY:
+                    apple = data[i + 4:end]
+                elif company in PHONE_COMPANIES:
+                    phone = True
+        elif t == 0x16:
+            if length >= 3:
+                u16 = data[i + 2] | (data[i + 3] << 8)
+                if u16 == EN_SERVICE16:
+                    en = data[i + 4:end]
+                elif u16 in PHONE_SERVICES16:
+                    phone = True
+        elif t == 0x03 or t == 0x02:
+            for j in range(i + 2, end - 1, 2):
+                if (data[j] | (data[j + 1] << 8)) in PHONE_SERVICES16:
+                    phone = True
+        elif t == 0x07 or t == 0x06:
+            for j in range(i + 2, end - 15, 16):
+                if data[j:j + 16] == BLUEZONE_IOS_SERVICE_WIRE:
+                    ios = True
+        elif t == 0x0A and length >= 2:
+            v = data[i + 2]
+            tx = v - 256 if v > 127 else v
+        i = end
+    if bz is not None and len(bz) == BLUEZONE_ID_LEN:
+        return Decoded(IdKind.BLUEZONE, bz, None, tx)
+    if en is not None and len(en) == EN_PAYLOAD_LEN:
+        return Decoded(IdKind.GAEN, en[:16], en[16:], tx)
+    if ios:
+        return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
+    if apple is not None:
+        if (len(apple) == APPLE_OVERFLOW_LEN and apple[0] == APPLE_OVERFLOW_TYPE
+                and apple[1] & BLUEZONE_OVERFLOW_BIT):
+            return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
+        if len(apple) == IBEACON_LEN and apple[:2] == IBEACON_PREFIX:
+            return Decoded(IdKind.IBEACON, apple[2:22], None, tx)
+        return Decoded(IdKind.APPLE, None, None, tx)
+    return Decoded(IdKind.PHONE if phone else IdKind.OTHER, None, None, tx)
 
 
-@lru_cache(maxsize=4096)
-def decode(data: bytes) -> Decoded:
-    """Parse and classify a raw AD payload, cached on the bytes. Never raises."""
-    return classify(parse_ad(data))
+decode = lru_cache(maxsize=4096)(decode_uncached)
+"""Classify a raw AD payload, cached on the bytes (bounded LRU). Never raises."""
+
+
+_ADVERT_FIELDS = ("ts", "address", "address_type", "rssi", "kind", "ident", "aem", "tx_power")
+
+
+def _advert_factory() -> Callable[..., Advert]:
+    """A constructor for :class:`Advert` that skips the frozen dataclass ``__init__``.
+
+    A frozen dataclass sets each field through ``object.__setattr__``; writing the slots
+    through their descriptors after ``object.__new__`` is about twice as fast (habluetooth
+    builds its per-advert objects the same way). If ``Advert`` ever gains a field, the plain
+    constructor is used instead.
+    """
+    if tuple(f.name for f in dataclasses.fields(Advert)) != _ADVERT_FIELDS:
+        return Advert  # pragma: no cover - only after a change to the record
+    new = object.__new__
+    s_ts, s_addr, s_atype, s_rssi, s_kind, s_ident, s_aem, s_tx = (
+        getattr(Advert, name).__set__ for name in _ADVERT_FIELDS)
+
+    def make(ts: float, address: str, address_type: int, rssi: int | None, kind: IdKind,
+             ident: bytes | None = None, aem: bytes | None = None,
+             tx_power: int | None = None) -> Advert:
+        a = new(Advert)
+        s_ts(a, ts)
+        s_addr(a, address)
+        s_atype(a, address_type)
+        s_rssi(a, rssi)
+        s_kind(a, kind)
+        s_ident(a, ident)
+        s_aem(a, aem)
+        s_tx(a, tx_power)
+        return a
+
+    return make
+
+
+new_advert = _advert_factory()
+"""``new_advert(ts, address, address_type, rssi, kind, ident, aem, tx_power)``: a fast
+:class:`Advert` constructor, equal in every way to calling ``Advert(...)``."""
+
+
+def advert_of(ts: float, address: str, address_type: int, rssi: int | None, d: Decoded,
+              tx_power: int | None = None) -> Advert:
+    """The :class:`Advert` for a decoded payload; ``tx_power`` is the fallback when the
+    payload carries none (an extended report's header)."""
+    return new_advert(ts, address, address_type, rssi, d.kind, d.ident, d.aem,
+                      d.tx_power if d.tx_power is not None else tx_power)
 
 
 def fields_from_parts(manufacturer_data: Mapping[int, bytes],

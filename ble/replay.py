@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from ble.decoders import decode
+from ble.decoders import advert_of, decode
 from ble.hci import AdvReport, HciParser, HciStats
 from ble.records import Advert
 from gateway.errors import CaptureFormatError
@@ -331,9 +331,8 @@ def read_reports(path: Path | str, stats: ReplayStats | None = None
 
 def report_to_advert(ts: float, rep: AdvReport) -> Advert:
     """Decode one report into an :class:`Advert` (payload decoding is cached)."""
-    d = decode(rep.data)
-    return Advert(ts, rep.address, rep.address_type, rep.rssi, d.kind, d.ident, d.aem,
-                  d.tx_power if d.tx_power is not None else rep.tx_power)
+    return advert_of(ts, rep.address, rep.address_type, rep.rssi, decode(rep.data),
+                     rep.tx_power)
 
 
 def read_adverts(path: Path | str, stats: ReplayStats | None = None) -> Iterator[Advert]:

@@ -444,12 +444,10 @@ class Crowd:
     def adverts(self, venue: str, start: float | None = None, end: float | None = None,
                 rate_hz: float = 1.0) -> Iterator[Advert]:
         """Time-ordered decoded :class:`~ble.records.Advert` heard at ``venue``."""
-        from ble.decoders import decode
+        from ble.decoders import advert_of, decode
 
         for r in self.reports(venue, start, end, rate_hz):
-            d = decode(r.data)
-            yield Advert(r.ts, r.address, r.address_type, r.rssi, d.kind, d.ident, d.aem,
-                         d.tx_power)
+            yield advert_of(r.ts, r.address, r.address_type, r.rssi, decode(r.data))
 
     def gatt_reader(self, clock: Clock) -> SimGattReader:
         """A GATT reader that answers for this crowd's iPhones at ``clock.now()``."""

@@ -160,7 +160,7 @@ def test_no_mac_address_leaves_or_outlives_a_window() -> None:
     assert first_keys and second_keys and not first_keys & second_keys
     assert all(len(k) == 8 for k in first_keys | second_keys)
     sightings, counts = agg.flush(DAY + 1800, final=True)
-    assert not agg._recent and not agg._fast
+    assert not agg._recent and not agg._fast and not agg._fast_adv
     text = repr(sightings) + repr(counts)
     assert addr not in text and addr.replace(":", "").lower() not in text.lower()
 

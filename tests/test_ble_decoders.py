@@ -160,3 +160,17 @@ def test_scanner_view_decodes_like_raw_bytes(corpora: Path) -> None:
 def test_scanner_view_with_malformed_uuid_strings() -> None:
     d = decode_parts({0x22B5: bytes(12)}, {"not-a-uuid": b"\x00"}, ["zz"], None)
     assert d.kind is IdKind.BLUEZONE
+
+
+def test_fast_advert_constructor_builds_the_same_record() -> None:
+    import dataclasses
+
+    from ble.decoders import new_advert
+    from ble.records import Advert
+
+    args = (1.5, "C0:00:00:00:00:01", 1, -60, IdKind.GAEN, bytes(16), b"\x01\x02\x03\x04", -8)
+    fast, slow = new_advert(*args), Advert(*args)
+    assert type(fast) is Advert
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.rssi = -1  # type: ignore[misc]

@@ -54,6 +54,7 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 def _check_decoded(data: bytes) -> None:
     d = decode_uncached(data)
+    assert d == classify(parse_ad(data))  # the one-pass decoder agrees with the full parser
     assert isinstance(d.kind, IdKind)
     if d.ident is not None:
         assert len(d.ident) == IDENT_LEN[d.kind]

@@ -20,9 +20,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ble.config import BleConfig
-from ble.decoders import BLUEZONE_IOS_SERVICE_WIRE, Decoded, decode_parts
+from ble.decoders import BLUEZONE_IOS_SERVICE_WIRE, Decoded, advert_of, decode_parts
 from ble.ios import IosResolver
-from ble.records import Advert
 from ble.sources.base import QueueSource, ScannerStartError
 from gateway.clock import Clock
 
@@ -242,8 +241,7 @@ class BleakSource(QueueSource):
         props = details.get("props") or {}
         atype = 1 if props.get("AddressType") == "random" else 0
         rssi = adv.rssi if adv.rssi != _BLEAK_NO_RSSI else None
-        advert = Advert(self._clock.now(), address, atype, rssi, d.kind, d.ident, d.aem,
-                        d.tx_power)
+        advert = advert_of(self._clock.now(), address, atype, rssi, d)
         if self._resolver is not None:
             advert = self._resolver.resolve(advert)
         self._put(advert)

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from ble.config import BleConfig
-from ble.decoders import decode
+from ble.decoders import advert_of, decode
 from ble.ios import IosResolver
 from ble.records import Advert
 from ble.sources.base import QueueSource, ScannerStartError, SourceError
@@ -121,10 +121,9 @@ class BluepySource(QueueSource):
         """Runs in the scanner thread: decode, then hand over to the loop."""
         raw = dev.rawData
         data = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
-        d = decode(data)
         atype = _ADDR_TYPES.get(dev.addrType, 1)
-        advert = Advert(self._clock.now(), str(dev.addr).upper(), atype, dev.rssi, d.kind,
-                        d.ident, d.aem, d.tx_power)
+        advert = advert_of(self._clock.now(), str(dev.addr).upper(), atype, dev.rssi,
+                           decode(data))
         loop.call_soon_threadsafe(self._deliver, advert)
 
     def _deliver(self, advert: Advert) -> None:
