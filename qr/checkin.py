@@ -147,7 +147,8 @@ class CheckInPipeline:
     Args:
         recognizer: payload → check-in.
         sink: called with each accepted check-in, at once (e.g. ``CapturePipeline.on_checkin``).
-        decoder: frame → codes (a default :class:`~qr.decoder.Decoder` when omitted).
+        decoder: frame → codes (by default a :class:`~qr.decoder.Decoder` for a camera
+            stream, which does not retry an unchanged scene).
         cooldown_s: the same code within this is one check-in.
         feedback: where staff signals go (optional).
         repeat_s: gap after which a code shown again counts as shown again (for the "already
@@ -161,7 +162,7 @@ class CheckInPipeline:
                  max_tracked: int = 4096) -> None:
         self.recognizer = recognizer
         self.sink = sink
-        self.decoder = decoder if decoder is not None else Decoder()
+        self.decoder = decoder if decoder is not None else Decoder(skip_static=True)
         self.feedback = feedback
         self.cooldown = Cooldown(cooldown_s, repeat_s=repeat_s, max_entries=max_tracked)
         self.refused = Cooldown(0.0, repeat_s=repeat_s, max_entries=256)
@@ -178,7 +179,8 @@ class CheckInPipeline:
             ConfigError: a key or trust-list file named by the config is unusable.
         """
         return cls(recognizer=Recognizer.from_config(cfg), sink=sink,
-                   decoder=Decoder(budget_ms=cfg.frame_budget_ms, zbar=cfg.zbar),
+                   decoder=Decoder(budget_ms=cfg.frame_budget_ms, zbar=cfg.zbar,
+                                   skip_static=True),
                    cooldown_s=cfg.cooldown_s, feedback=feedback)
 
     def process_frame(self, frame: np.ndarray, ts: float | None, clock: Clock,

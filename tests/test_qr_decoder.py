@@ -165,3 +165,32 @@ def test_fit_within_only_shrinks() -> None:
     assert fit_within(big, 640, 480).shape == (480, 640)
     small = np.zeros((100, 100), np.uint8)
     assert fit_within(small, 640, 480) is small
+
+
+def test_a_static_scene_gets_each_retry_once() -> None:
+    rng = np.random.default_rng(5)
+    scene = np.kron(rng.integers(60, 200, (60, 80)), np.ones((8, 8)))
+
+    def camera_frame(base: np.ndarray) -> np.ndarray:  # same scene, fresh sensor noise
+        return np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+
+    d = Decoder(budget_ms=1000, skip_static=True)
+    first = d.decode(camera_frame(scene))
+    assert first.steps == d.step_names  # a new scene: the whole ladder
+    for _ in range(3):
+        assert d.decode(camera_frame(scene)).steps == ["zxing", "skipped-static"]
+    assert d.skipped == 3
+    changed = scene.copy()
+    changed[100:300, 200:400] = 255  # someone stepped in front of the camera
+    assert d.decode(camera_frame(changed)).steps == d.step_names
+    # The first pass still runs on a skipped frame: a code that appears is read at once.
+    code = render(segno.make("APPEARS", micro=False), scale=3)
+    shown = changed.copy()
+    shown[110:110 + code.shape[0], 210:210 + code.shape[1]] = code
+    assert [c.text for c in d.decode(camera_frame(shown)).codes] == ["APPEARS"]
+
+
+def test_without_skip_static_every_frame_gets_the_ladder() -> None:
+    frame = np.full((480, 640), 128, np.uint8)
+    d = Decoder(budget_ms=1000)
+    assert d.decode(frame).steps == d.decode(frame).steps == d.step_names
