@@ -56,6 +56,18 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
+class Cpu:
+    """This process's CPU seconds over a block: on a shared machine wall time also counts
+    the time other processes held the cores; CPU time does not (for in-process work)."""
+
+    def __enter__(self) -> Cpu:
+        self.t0 = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.s = time.process_time() - self.t0
+
+
 def _reference_bluezone(keys: list[bytes], n: int) -> list[bytes]:
     """The straightforward per-ID loop (the code :mod:`matcher.ids` started from)."""
     out = []
@@ -72,9 +84,11 @@ def bench_bluezone(quick: bool) -> list[dict[str, Any]]:
     n_keys = 2_000 if quick else 10_417
     entries = [(rng.randbytes(32), T_BASE, T_BASE + 86399, 96) for _ in range(n_keys)]
     sample = [e[0] for e in entries[:max(200, n_keys // 10)]]
-    t_ref, ref = _timed(lambda: _reference_bluezone(sample, 96))
+    with Cpu() as c_ref:
+        t_ref, ref = _timed(lambda: _reference_bluezone(sample, 96))
     ref_rate = len(ref) / t_ref
-    t_one, block = _timed(lambda: ids.bluezone_block(entries))
+    with Cpu() as c_one:
+        t_one, block = _timed(lambda: ids.bluezone_block(entries))
     assert block.idents()[:96] == ref[:96]
     workers = os.cpu_count() or 1
     t_pool, pooled = _timed(lambda: ids.bluezone_block(entries, workers=workers))
@@ -82,15 +96,17 @@ def bench_bluezone(quick: bool) -> list[dict[str, Any]]:
     n = len(block)
     vs = "per-ID reference loop (hashlib, byte picking per ID)"
     h, x = ids._sha256, bytes(32)
-    t0 = time.perf_counter()
-    for _ in range(n // 4):
-        x = h(x).digest()
-    floor = (n // 4) / (time.perf_counter() - t0)
+    with Cpu() as c_floor:
+        t0 = time.perf_counter()
+        for _ in range(n // 4):
+            x = h(x).digest()
+        floor = (n // 4) / (time.perf_counter() - t0)
     return [
         {"name": "SHA-256 calls per second, bare loop (the ceiling for one process)",
-         "value": floor, "unit": "calls/s"},
+         "value": floor, "unit": "calls/s", "per_cpu_s": (n // 4) / c_floor.s},
         {"name": f"Bluezone IDs derived, batch, 1 process ({n:,} IDs)", "value": n / t_one,
-         "unit": "IDs/s", "vs": vs, "vs_value": ref_rate, "ratio": n / t_one / ref_rate},
+         "unit": "IDs/s", "vs": vs, "vs_value": ref_rate, "ratio": n / t_one / ref_rate,
+         "per_cpu_s": n / c_one.s, "vs_per_cpu_s": len(ref) / c_ref.s},
         {"name": f"Bluezone IDs derived, batch, {workers} processes incl. start-up",
          "value": n / t_pool, "unit": "IDs/s", "vs": vs, "vs_value": ref_rate,
          "ratio": n / t_pool / ref_rate},
@@ -101,13 +117,16 @@ def bench_rpis(quick: bool) -> list[dict[str, Any]]:
     rng = random.Random(SEED + 1)
     n_keys = 2_000 if quick else 20_000
     teks = [(rng.randbytes(16), 2_833_000 + 144 * (i % 14), 144) for i in range(n_keys)]
-    t_ref, ref = _timed(lambda: [r for t, s, c in teks for r in ids.en_rpis(t, s, c)])
-    t_blk, block = _timed(lambda: ids.en_block(teks))
+    with Cpu() as c_ref:
+        t_ref, ref = _timed(lambda: [r for t, s, c in teks for r in ids.en_rpis(t, s, c)])
+    with Cpu() as c_blk:
+        t_blk, block = _timed(lambda: ids.en_block(teks))
     assert block.idents()[:288] == ref[:288]
     n = len(block)
     return [{"name": f"EN RPIs derived, batch ({n:,} RPIs)", "value": n / t_blk,
              "unit": "RPIs/s", "vs": "en_rpis per key (HKDF object, Cipher per key)",
-             "vs_value": len(ref) / t_ref, "ratio": t_ref / t_blk}]
+             "vs_value": len(ref) / t_ref, "ratio": t_ref / t_blk,
+             "per_cpu_s": n / c_blk.s, "vs_per_cpu_s": len(ref) / c_ref.s}]
 
 
 # ---------------------------------------------------------------- the F0 join
@@ -212,11 +231,13 @@ def _join_rows(store: Store, f0: F0, name: str,
     assert block is not None
     idents = block.idents()
     want = -(-len(idents) // HIT_EVERY)
-    times = []
+    times, cpus = [], []
     for _ in range(repeat):
-        t, got = _timed(lambda: store.sightings_for_packed([(block.packed, block.width)]))
+        with Cpu() as c:
+            t, got = _timed(lambda: store.sightings_for_packed([(block.packed, block.width)]))
         assert len(got) == want, (len(got), want)
         times.append(t)
+        cpus.append(c.s)
     t_join = statistics.median(times)
     label = (f"{name}: join {len(idents):,} F0 IDs x {store.stat('bench_rows'):,.0f} "
              f"sightings (median of {repeat})")
@@ -224,7 +245,8 @@ def _join_rows(store: Store, f0: F0, name: str,
     for alt_name, alt in alts:
         t_alt = alt(block.packed, idents)
         rows.append({"name": label, "value": t_join, "unit": "s", "vs": alt_name,
-                     "vs_value": t_alt, "ratio": t_alt / t_join, "runs_s": times})
+                     "vs_value": t_alt, "ratio": t_alt / t_join, "runs_s": times,
+                     "matcher_cpu_s": cpus})
     t_match, result = _timed(lambda: match_f0(store, f0))
     windows = len(result.cases[0].windows)
     rows.append({"name": f"{name}: match_f0 end to end ({want:,} hits, {windows:,} windows "
@@ -303,8 +325,12 @@ def bench_postgres(quick: bool) -> list[dict[str, Any]]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Every matcher benchmark (see the module docstring)."""
-    return [*bench_bluezone(quick), *bench_rpis(quick), *bench_sqlite(quick),
+    load = os.getloadavg()[0]
+    rows = [*bench_bluezone(quick), *bench_rpis(quick), *bench_sqlite(quick),
             *bench_postgres(quick)]
+    for r in rows:
+        r["load_avg_1min"] = (load, os.getloadavg()[0])  # shared machines: say so
+    return rows
 
 
 if __name__ == "__main__":
