@@ -91,15 +91,14 @@ def _subkeys(tasks: Sequence[tuple[bytes, int]]) -> bytes:
     h = _sha256
     salt = BLUEZONE_SALT
     out: list[bytes] = []
-    app = out.append
     for dk, n in tasks:
         if n <= 0:
             continue
         sk = h(dk + salt).digest()
-        app(sk)
-        for _ in repeat(None, n - 1):  # the hot loop: one SHA-256 call per ID, nothing else
-            sk = h(sk).digest()
-            app(sk)
+        out.append(sk)
+        # The hot loop: one SHA-256 call per ID. A comprehension appends without a method
+        # call per item, about a quarter faster than an explicit loop (bench_matcher).
+        out.append(b"".join([sk := h(sk).digest() for _ in repeat(None, n - 1)]))
     return b"".join(out)
 
 
