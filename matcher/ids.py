@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -203,8 +204,10 @@ _POOL_MIN_IDS = 200_000  # below this, starting worker processes costs more than
 
 
 def _in_pool(tasks: list[tuple[bytes, int]], workers: int) -> bytes:
-    # forkserver: safe in a process that already runs threads (paho, asyncio executors)
-    ctx = multiprocessing.get_context("forkserver")
+    # fork starts workers in milliseconds with everything imported, but is unsafe once a
+    # process runs threads (paho, executors): those get forkserver's clean parent instead.
+    ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else
+                                      "forkserver")
     per = -(-len(tasks) // workers)
     chunks = [tasks[i:i + per] for i in range(0, len(tasks), per)]
     with ProcessPoolExecutor(max_workers=len(chunks), mp_context=ctx) as ex:
