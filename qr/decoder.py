@@ -287,8 +287,11 @@ class Decoder:
             name, step = steps[j]
             # Stop before a pass that would overrun the budget (by its running cost estimate),
             # not after it: the budget is what a frame may cost.
-            if (res.codes and not unread) or ((time.perf_counter() - t0) * 1000
-                                              + self._cost.get(name, 0.0) > self.budget_ms):
+            if res.codes and not unread:
+                break
+            if (time.perf_counter() - t0) * 1000 + self._cost.get(name, 0.0) > self.budget_ms:
+                if name in self._cost:  # let a pass that no longer fits be tried again later
+                    self._cost[name] *= 0.9
                 break
             ts = time.perf_counter()
             codes, _ = step(gray)

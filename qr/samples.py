@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw, ImageFilter
 
 from gateway.clock import Clock
+from gateway.errors import BzgwError
 from qr.bzgwqr import make_checkin_qr
 from qr.checkin import CheckInPipeline, CheckInStats, FeedbackSink
 from qr.decoder import Decoder, load_image
@@ -151,7 +152,7 @@ def make_sample_images(folder: Path, people: list[dict[str, Any]], *,
             if any(c.raw == raw for c in decoder.decode(np.asarray(img)).codes):
                 break
         else:  # pragma: no cover - a clean render always decodes
-            raise RuntimeError(f"sample {name} did not decode after 12 renders")
+            raise BzgwError(f"sample {name} did not decode after 12 renders")
         path = folder / name
         img.save(path)
         paths.append(path)

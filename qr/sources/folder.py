@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -66,12 +67,17 @@ class FolderSource(FrameSource):
 
     def _listing(self) -> list[tuple[Path, int, int]]:
         try:
-            entries = [(p, st.st_mtime_ns, st.st_size)
-                       for p in self.folder.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES
-                       for st in (p.stat(),) if p.is_file()]
+            paths = [p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         except FileNotFoundError as err:
             raise BzgwError(f"QR image folder {self.folder} does not exist") from err
+        entries = []
+        for p in paths:
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed since the listing: nothing to read
+                continue
+            if stat.S_ISREG(st.st_mode):
+                entries.append((p, st.st_mtime_ns, st.st_size))
         return sorted(entries, key=lambda e: (e[1], e[0].name))
 
     def _ready(self, path: Path, size: int) -> bool:
