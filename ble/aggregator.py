@@ -155,6 +155,9 @@ class WindowAggregator:
         # address → (kind, ID, AEM, valid from, valid until, sighting, histogram): add().
         self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float, Any,
                                         list[int] | None]] = {}
+        self._fast_alt: dict[str, tuple[bytes, float, float, Any, list[int] | None]] = {}
+        self._fast_adv_alt: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
+                                            Any, list[int] | None]] = {}
         self._fast_clock: ClockEpoch | None = None
         self._win: _Window | None = None
         self._flushed: dict[tuple[bytes, int], None] = {}  # recent (ID, slot) keys sent
@@ -174,6 +177,8 @@ class WindowAggregator:
         ck = clock or self._need_clock()
         address = advert.address
         st = self._fast_adv.get(address)
+        if st is not None and (st[0] is not advert.kind or st[1] != advert.ident):
+            st = self._fast_adv_alt.get(address)  # advert / scan response alternation
         if st is not None and ck is self._fast_clock:
             kind, ident, aem, lo, hi, tr, hist = st
             ts = advert.ts
@@ -221,16 +226,17 @@ class WindowAggregator:
         if ck is not self._fast_clock:
             self._forget()
             self._fast_clock = ck
-        fast = self._fast
+        get = self._fast.get
+        get_alt = self._fast_alt.get
         observe = self._observe
         slow = 0
         for ts, address, rssi, data in reports:
-            try:
-                last_data, lo, hi, tr, hist = fast[address]
-            except KeyError:
-                pass
-            else:
-                if last_data == data and lo <= ts < hi:
+            st = get(address)
+            # Active scanning alternates an advert and its scan response: try both payloads.
+            if st is not None and (st[0] == data or (
+                    (st := get_alt(address)) is not None and st[0] == data)):
+                _data, lo, hi, tr, hist = st
+                if lo <= ts < hi:
                     if hist is not None:
                         if rssi is None:
                             tr.no_rssi += 1
@@ -250,7 +256,9 @@ class WindowAggregator:
     def _forget(self) -> None:
         """Drop the fast-path caches (they may point at sightings being handed out)."""
         self._fast.clear()
+        self._fast_alt.clear()
         self._fast_adv.clear()
+        self._fast_adv_alt.clear()
 
     def _need_clock(self) -> ClockEpoch:
         if self.clock is None:
@@ -309,8 +317,14 @@ class WindowAggregator:
                 lo, hi = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
             hist = None if tr is None else tr.hist
             if data is not None:
+                prev = self._fast.get(address)
+                if prev is not None and prev[0] != data:
+                    self._fast_alt[address] = prev
                 self._fast[address] = (data, lo, hi, tr, hist)
             else:
+                prev_adv = self._fast_adv.get(address)
+                if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
+                    self._fast_adv_alt[address] = prev_adv
                 self._fast_adv[address] = (kind, ident, aem, lo, hi, tr, hist)
 
     def _new_addr(self, address: str, win: _Window) -> _Addr:
@@ -318,8 +332,8 @@ class WindowAggregator:
         if len(recent) >= _RECENT_MAX:
             old = next(iter(recent))  # oldest first; the window's digests keep the counts
             del recent[old]
-            self._fast.pop(old, None)
-            self._fast_adv.pop(old, None)
+            for cache in (self._fast, self._fast_alt, self._fast_adv, self._fast_adv_alt):
+                cache.pop(old, None)
         digest = hashlib.blake2b(address.encode(), key=win.key, digest_size=8).digest()
         st = recent[address] = _Addr(digest)
         return st
@@ -410,13 +424,14 @@ class WindowAggregator:
             final: return everything still open (shutdown, end of a replay).
 
         Returns:
-            ``(sightings, counts)``, each in the order the slots/windows ended.
+            ``(sightings, counts)``: sightings by slot end, then first seen (independent of
+            arrival order); counts in the order the windows ended.
         """
         out = self._ready
         self._ready = []
         self._forget()  # cached entries may point at sightings about to be handed out
         done = [k for k, tr in self._tracks.items() if final or tr.slot_end <= now]
-        done.sort(key=lambda k: (self._tracks[k].slot_end, k[1]))
+        done.sort(key=lambda k: (self._tracks[k].slot_end, self._tracks[k].first, k[0]))
         for k in done:
             out.append(self._sighting(self._tracks.pop(k)))
             self._flushed[k] = None
