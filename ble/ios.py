@@ -34,24 +34,38 @@ class GattReader(Protocol):
 
 
 class BleakGattReader:
-    """Reads the ID with bleak's ``BleakClient`` (BlueZ)."""
+    """Reads the ID with bleak's ``BleakClient`` (BlueZ).
+
+    The device is addressed by its BlueZ object path (adapter path + ``dev_AA_BB_...``), which
+    the scanner has just created, so bleak does not start a second discovery to find it.
+    """
 
     def __init__(self, *, adapter: str | None = None, timeout_s: float = 10.0) -> None:
         self._adapter = adapter
         self._timeout = timeout_s
 
+    async def _device_path(self, address: str) -> str:
+        if self._adapter:
+            base = f"/org/bluez/{self._adapter}"
+        else:
+            from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+
+            base = (await get_global_bluez_manager()).get_default_adapter()
+        return f"{base}/dev_{address.replace(':', '_').upper()}"
+
     async def read_id(self, address: str, address_type: int) -> bytes | None:
         """Connect, read the characteristic, disconnect; ``None`` on any BLE failure."""
         from bleak import BleakClient
+        from bleak.backends.device import BLEDevice
         from bleak.exc import BleakError
+        from dbus_fast import DBusError
 
-        kwargs: dict[str, object] = {"timeout": self._timeout}
-        if self._adapter:
-            kwargs["bluez"] = {"adapter": self._adapter}
         try:
-            async with BleakClient(address, **kwargs) as client:  # type: ignore[arg-type]
+            device = BLEDevice(address, None, {"path": await self._device_path(address),
+                                               "props": {}})
+            async with BleakClient(device, timeout=self._timeout) as client:
                 value = await client.read_gatt_char(BLUEZONE_IOS_CHARACTERISTIC)
-        except (BleakError, TimeoutError, OSError) as err:
+        except (BleakError, DBusError, TimeoutError, OSError, EOFError) as err:
             log.debug("GATT read failed: %s", type(err).__name__)
             return None
         return bytes(value)

@@ -79,6 +79,42 @@ class FakeBlueZ:
                             signature="sa{sv}")])
         return path
 
+    def serve_gatt(self, addr: str, value: bytes, *, adapter: str = "hci0",
+                   service: str = "00004e56-73f5-4bc4-a12f-17d1ad07a667",
+                   characteristic: str = "00004e56-73f5-4bc4-a12f-17d1ad07a689") -> str:
+        """Give an advertised device a GATT server with one readable characteristic.
+
+        ``Connect`` resolves services at once (as bluetoothd does after discovery), and the
+        characteristic's ``ReadValue`` returns ``value``. Returns the characteristic path.
+        """
+        dev = f"{self.adapters[adapter]}/dev_{addr.replace(':', '_')}"
+        resolved = ("self.UpdateProperties('org.bluez.Device1', {{'Connected': "
+                    "dbus.Boolean({0}), 'ServicesResolved': dbus.Boolean({0})}})")
+        device = self._mi(dev)
+        device.AddMethod(DEVICE_IFACE, "Connect", "", "", resolved.format(True))
+        device.AddMethod(DEVICE_IFACE, "Disconnect", "", "", resolved.format(False))
+        svc = f"{dev}/service0010"
+        char = f"{svc}/char0011"
+        objects = [
+            (svc, "org.bluez.GattService1",
+             {"UUID": dbus.String(service), "Primary": dbus.Boolean(True),
+              "Device": dbus.ObjectPath(dev)}, []),
+            (char, "org.bluez.GattCharacteristic1",
+             {"UUID": dbus.String(characteristic), "Service": dbus.ObjectPath(svc),
+              "Flags": dbus.Array(["read"], signature="s"),
+              "Value": dbus.Array(b"", signature="y")},
+             [("ReadValue", "a{sv}", "ay",
+               f"ret = dbus.ByteArray(bytes.fromhex('{value.hex()}'))")]),
+        ]
+        root = self._mi("/")
+        for path, iface, props, methods in objects:
+            root.AddObject(path, iface, props, methods)
+            root.EmitSignal("org.freedesktop.DBus.ObjectManager", "InterfacesAdded",
+                            "oa{sa{sv}}", [dbus.ObjectPath(path), dbus.Dictionary(
+                                {iface: dbus.Dictionary(props, signature="sv")},
+                                signature="sa{sv}")])
+        return char
+
     def calls(self, method: str, adapter: str = "hci0") -> list[list[Any]]:
         """Arguments of every call of ``method`` on an adapter object."""
         return [list(c[1]) for c in self._mi(self.adapters[adapter]).GetMethodCalls(method)]

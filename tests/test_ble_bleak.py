@@ -241,3 +241,30 @@ def test_ios_advert_gets_its_id_after_one_gatt_read(fake_bluez: FakeBlueZ) -> No
                                                 (IdKind.BLUEZONE_IOS, BZ_ID),
                                                 (IdKind.BLUEZONE_IOS, BZ_ID)]
     assert reader.calls == ["C0:00:00:00:00:0B"]  # cached for the rest of the slot
+
+
+def test_bleak_gatt_reader_reads_the_id_from_bluez(fake_bluez: FakeBlueZ) -> None:
+    """The real BleakClient path: connect, resolve services, ReadValue, disconnect."""
+    from ble.ios import BleakGattReader
+
+    fake_bluez.add_adapter("hci0")
+    addr = "C0:00:00:00:00:0C"
+    src = BleakSource(BleConfig(source="bleak"), SystemClock())
+
+    async def scenario() -> tuple[bytes | None, bytes | None]:
+        await src.start()  # the scanner is what makes BlueZ know the device
+        await asyncio.to_thread(fake_bluez.advertise, addr, -60,
+                                manufacturer_data={0x004C: OVERFLOW}, uuids=[])
+        await _take(src, 1)
+        await asyncio.to_thread(fake_bluez.serve_gatt, addr, BZ_ID)
+        reader = BleakGattReader(adapter="hci0", timeout_s=5)
+        got = await reader.read_id(addr, 1)
+        missing = await BleakGattReader(timeout_s=2).read_id("C0:00:00:00:00:0D", 1)
+        await src.close()
+        return got, missing
+
+    got, missing = _run(scenario)
+    assert got == BZ_ID
+    assert missing is None  # no such device: a failed read, not an exception
+    log = fake_bluez.log()
+    assert "Connect" in log and "ReadValue" in log and "Disconnect" in log
