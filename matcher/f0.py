@@ -53,13 +53,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.errors import F0InputError
 from matcher import en_export, f0_parse
-from matcher.f0_parse import EN_TOLERANCE_S
+from matcher.f0_parse import EN_TOLERANCE_S, MAX_SPAN_DAYS
 from matcher.ids import IdBlock
 
 FORMAT = "bzgw-f0/v1"
 KINDS = ("bluezone-infof", "bluezone-upload", "gaen-export", "gaen-json", "identity")
 MAX_FILE = 64 * 1024 * 1024
-MAX_SPAN_DAYS = 60  # no F0 window is longer than the longest retention the matcher allows
 MAX_IDS = 20_000_000
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -379,5 +378,18 @@ def _parse(kind: str, payload: bytes, case: str, sid: str, name: str, now: float
     return f0
 
 
-__all__ = ["EN_TOLERANCE_S", "F0", "F0Case", "Signer", "as_signers", "detect_kind", "key_id",
-           "load_f0", "load_signers", "parse_f0", "sign_f0", "signed_message"]
+__all__ = [
+    "EN_TOLERANCE_S",
+    "F0",
+    "MAX_SPAN_DAYS",
+    "F0Case",
+    "Signer",
+    "as_signers",
+    "detect_kind",
+    "key_id",
+    "load_f0",
+    "load_signers",
+    "parse_f0",
+    "sign_f0",
+    "signed_message",
+]

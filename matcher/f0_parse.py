@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from matcher.f0 import F0Case
 
 EN_TOLERANCE_S = 7200.0  # the EN spec's ±2 h: an RPI may be seen up to 2 h outside its slot
+MAX_SPAN_DAYS = 60  # no F0 window is longer than the longest retention the matcher allows
 MS_THRESHOLD = 100_000_000_000  # a "seconds" value this large is milliseconds (Android)
 
 
@@ -100,9 +101,9 @@ def bluezone_infof(doc: object, label: str) -> list[F0Case]:
             raise F0InputError(f"{where}.max: must divide 86400 evenly, got {mx}")
         if t1 < t0:
             raise F0InputError(f"{where}: time_end is before time_start")
-        if t1 - t0 > 60 * DAY:
+        if t1 - t0 > MAX_SPAN_DAYS * DAY:
             raise F0InputError(f"{where}: window of {(t1 - t0) / DAY:.0f} days is longer "
-                               "than 60")
+                               f"than {MAX_SPAN_DAYS}")
         parsed.append((dk, t0, t1, mx))
         names.append(str(e.get("label") or (label if len(entries) == 1 else
                                             f"{label} #{i + 1}")))
