@@ -12,6 +12,9 @@ _CCCD = re.compile(r"[0-9]{12}")
 _OLD_ID = re.compile(r"[0-9]{9}")
 _PHONE_CHARS = re.compile(r"[\s.\-()]")
 _PHONE = re.compile(r"\+?[0-9]{8,15}")
+# A subject is taken for a phone only in the Vietnamese forms (10 digits from 0, or +84/84):
+# ID numbers are digit strings too (9-digit old IDs, 12-digit CCCD starting 00).
+_VN_PHONE_SUBJECT = re.compile(r"(\+84|84|0)[1-9][0-9]{8}")
 
 
 def normalize_phone(text: str) -> str | None:
@@ -43,6 +46,6 @@ def checkin_phone(subject: str, fields: dict[str, str]) -> str | None:
         got = normalize_phone(raw)
         if got:
             return got
-    if _PHONE.fullmatch(subject) and not _CCCD.fullmatch(subject):
+    if _VN_PHONE_SUBJECT.fullmatch(subject):
         return normalize_phone(subject)
     return None

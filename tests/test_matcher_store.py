@@ -246,3 +246,15 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert "adoption_counts_cover" in names and "adoption_counts_venue_time" not in names
         assert [r[0] for r in s.db.execute("SELECT version FROM schema_migrations ORDER BY "
                                            "version")] == [1, 2]
+
+
+def test_only_phone_shaped_subjects_count_as_phones() -> None:
+    from matcher.identity import checkin_phone, normalize_phone
+
+    assert checkin_phone("0912345678", {}) == "0912345678"
+    assert checkin_phone("+84912345678", {}) == "0912345678"
+    assert checkin_phone("001099012345", {}) is None  # CCCD
+    assert checkin_phone("123456789", {}) is None  # old 9-digit ID
+    assert checkin_phone("P-1", {"phone": "84 912 345 678"}) == "0912345678"
+    assert normalize_phone("+33 6 12 34 56 78") == "+33612345678"
+    assert normalize_phone("call me") is None
