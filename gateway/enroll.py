@@ -1,6 +1,7 @@
-"""Enrolment: device keys and certificates, and the provincial CA on the control node.
+"""Enrolment on the device: keys, CSR, certificate install; and the ``bzgw enroll`` commands.
 
-Device side (``bzgw enroll``), run on the Pi by ansible's ``enroll.yml``:
+Device side (``bzgw enroll``), run by ansible on each Pi (and, without a signing key, on the
+matcher and the broker):
 
 1. make the Ed25519 *signing* key (seals batches; its public half goes into the registry) and
    the EC P-256 *TLS* key (mTLS to the broker) if they are missing, both 0600;
