@@ -166,16 +166,22 @@ decode = lru_cache(maxsize=4096)(decode_uncached)
 _ADVERT_FIELDS = ("ts", "address", "address_type", "rssi", "kind", "ident", "aem", "tx_power")
 
 
-def _advert_factory() -> Callable[..., Advert]:
-    """A constructor for :class:`Advert` that skips the frozen dataclass ``__init__``.
+def _advert_factories() -> tuple[Callable[..., Advert], Callable[..., Advert]]:
+    """Constructors for :class:`Advert` that skip the frozen dataclass ``__init__``.
 
     A frozen dataclass sets each field through ``object.__setattr__``; writing the slots
     through their descriptors after ``object.__new__`` is about twice as fast (habluetooth
     builds its per-advert objects the same way). If ``Advert`` ever gains a field, the plain
     constructor is used instead.
     """
-    if tuple(f.name for f in dataclasses.fields(Advert)) != _ADVERT_FIELDS:
-        return Advert  # pragma: no cover - only after a change to the record
+    if tuple(f.name for f in dataclasses.fields(Advert)) != _ADVERT_FIELDS:  # pragma: no cover
+
+        def plain_of(ts: float, address: str, address_type: int, rssi: int | None,
+                     d: Decoded, tx_power: int | None = None) -> Advert:
+            return Advert(ts, address, address_type, rssi, d.kind, d.ident, d.aem,
+                          d.tx_power if d.tx_power is not None else tx_power)
+
+        return Advert, plain_of
     new = object.__new__
     s_ts, s_addr, s_atype, s_rssi, s_kind, s_ident, s_aem, s_tx = (
         getattr(Advert, name).__set__ for name in _ADVERT_FIELDS)
@@ -194,20 +200,28 @@ def _advert_factory() -> Callable[..., Advert]:
         s_tx(a, tx_power)
         return a
 
-    return make
+    def make_of(ts: float, address: str, address_type: int, rssi: int | None, d: Decoded,
+                tx_power: int | None = None) -> Advert:
+        a = new(Advert)
+        s_ts(a, ts)
+        s_addr(a, address)
+        s_atype(a, address_type)
+        s_rssi(a, rssi)
+        kind, ident, aem, tx = d
+        s_kind(a, kind)
+        s_ident(a, ident)
+        s_aem(a, aem)
+        s_tx(a, tx if tx is not None else tx_power)
+        return a
+
+    return make, make_of
 
 
-new_advert = _advert_factory()
-"""``new_advert(ts, address, address_type, rssi, kind, ident, aem, tx_power)``: a fast
-:class:`Advert` constructor, equal in every way to calling ``Advert(...)``."""
-
-
-def advert_of(ts: float, address: str, address_type: int, rssi: int | None, d: Decoded,
-              tx_power: int | None = None) -> Advert:
-    """The :class:`Advert` for a decoded payload; ``tx_power`` is the fallback when the
-    payload carries none (an extended report's header)."""
-    return new_advert(ts, address, address_type, rssi, d.kind, d.ident, d.aem,
-                      d.tx_power if d.tx_power is not None else tx_power)
+new_advert, advert_of = _advert_factories()
+"""``new_advert(ts, address, address_type, rssi, kind, ident, aem, tx_power)`` builds an
+:class:`Advert` equal in every way to ``Advert(...)``, faster. ``advert_of(ts, address,
+address_type, rssi, decoded, tx_power=None)`` builds it from a :class:`Decoded`; ``tx_power``
+is the fallback when the payload carries none (an extended report's header)."""
 
 
 def fields_from_parts(manufacturer_data: Mapping[int, bytes],

@@ -174,3 +174,14 @@ def test_fast_advert_constructor_builds_the_same_record() -> None:
     assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.rssi = -1  # type: ignore[misc]
+
+
+def test_advert_of_takes_the_payload_tx_power_first() -> None:
+    from ble.decoders import Decoded, advert_of
+    from ble.records import Advert
+
+    d = Decoded(IdKind.BLUEZONE, bytes(12), None, None)
+    assert advert_of(2.0, "C0:00:00:00:00:02", 1, -70, d, -7) == \
+        Advert(2.0, "C0:00:00:00:00:02", 1, -70, IdKind.BLUEZONE, bytes(12), None, -7)
+    d2 = d._replace(tx_power=4)
+    assert advert_of(2.0, "C0:00:00:00:00:02", 1, None, d2, -7).tx_power == 4
