@@ -268,3 +268,9 @@ def test_bleak_gatt_reader_reads_the_id_from_bluez(fake_bluez: FakeBlueZ) -> Non
     assert missing is None  # no such device: a failed read, not an exception
     log = fake_bluez.log()
     assert "Connect" in log and "ReadValue" in log and "Disconnect" in log
+
+
+def test_watchdog_backs_off_after_fruitless_resets() -> None:
+    from ble.sources.bleak_source import quiet_threshold
+
+    assert [quiet_threshold(90, r) for r in (0, 1, 2, 5, 9)] == [90, 180, 360, 2880, 2880]

@@ -155,13 +155,14 @@ class BleakSource(QueueSource):
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        quiet_s = self._cfg.watchdog_s
-        tick = min(1.0, quiet_s / 4)
-        fruitless = 0
+        base = self._cfg.watchdog_s
+        tick = min(1.0, base / 4)
+        fruitless = resets = 0
         while not self._closed:
             await asyncio.sleep(tick)
             if self._last_rx > self._started_at:
-                fruitless = 0  # adverts arrived since the last (re)start
+                fruitless = resets = 0  # adverts arrived since the last (re)start
+            quiet_s = quiet_threshold(base, resets)
             if loop.time() - max(self._last_rx, self._started_at) < quiet_s:
                 continue
             if fruitless >= self._cfg.watchdog_restarts_before_reset:
@@ -170,6 +171,7 @@ class BleakSource(QueueSource):
                 await self._stop_scanner()
                 await self.reset_adapter()
                 fruitless = 0
+                resets += 1
             else:
                 log.warning("no advert for %.1f s: restarting the scanner", quiet_s)
                 await self._stop_scanner()
@@ -269,6 +271,15 @@ class BleakSource(QueueSource):
         if self._resolver is not None:
             out["gatt"] = asdict(self._resolver.stats)
         return out
+
+
+def quiet_threshold(watchdog_s: float, resets: int) -> float:
+    """Silence that triggers the watchdog after ``resets`` fruitless adapter resets.
+
+    It doubles with every reset that brought nothing back (up to 32×): a venue can be truly
+    empty at night, and power-cycling a healthy radio every few minutes helps no one.
+    """
+    return watchdog_s * 2 ** min(resets, 5)
 
 
 def _advice(err: BaseException | None) -> str:
