@@ -90,12 +90,17 @@ def test_fuzz_hci_events(rng: random.Random) -> None:
     assert p.stats.reports > 0 and p.stats.malformed > 0
 
 
-def test_fuzz_capture_files(rng: random.Random, tmp_path: Path) -> None:
+@pytest.mark.parametrize("container", ["btsnoop", "btsnoop-h1", "btmon", "pcapng", "pcap"])
+def test_fuzz_capture_files(container: str, rng: random.Random, tmp_path: Path) -> None:
+    from test_ble_replay import _to_btmon, _to_h1, _to_pcap, _to_pcapng
+
     good = tmp_path / "good.btsnoop"
     write_btsnoop(good, ((1_627_790_400 + i, build_legacy_event(0, "C0:00:00:00:00:01", 1,
                                                                SEEDS[i % len(SEEDS)], -60))
                          for i in range(40)))
-    raw = good.read_bytes()
+    convert = {"btsnoop": bytes, "btsnoop-h1": _to_h1, "btmon": _to_btmon,
+               "pcapng": _to_pcapng, "pcap": _to_pcap}[container]
+    raw = convert(good.read_bytes())
     path = tmp_path / "fuzzed"
     for _ in range(ROUNDS // 10):
         b = bytearray(raw)
