@@ -10,7 +10,7 @@ reconnect; the matcher dedupes on ``(gateway, seq)``.
 
 Live capture shares the loop, so the drain is polite: outbox reads and ack deletes (which
 fsync) run in a worker thread, each send round is capped at the free window and yields to the
-loop between publishes. Lost sessions are retried with exponential backoff and full jitter.
+loop between publishes. Lost sessions are retried with exponential backoff and jitter.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class GatewaySync:
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_min_s * 2 ** min(attempt, 30))
-        return random.uniform(cap / 2, cap)  # full jitter on the upper half: no herds
+        return random.uniform(cap / 2, cap)  # jitter over the upper half: gateways spread out
 
     # -------------------------------------------------------------- one session
 
