@@ -55,7 +55,8 @@ def test_daemon_captures_seals_and_delivers(lab: Lab, tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{db}")
     try:
         def delivered() -> bool:
-            return store.db.scalar("SELECT COUNT(*) FROM sightings") > 0 and not Outbox(
+            kinds = store.db.scalar("SELECT COUNT(DISTINCT kind) FROM sightings")
+            return kinds >= 2 and not Outbox(
                 tmp_path / "gw/outbox.db", max_bytes=1 << 30, max_age_s=1e9).status().depth
 
         _serve_until(lab, f"sqlite:///{db}", delivered, timeout=60)

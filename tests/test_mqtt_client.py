@@ -61,19 +61,40 @@ def test_certificate_from_another_ca_is_refused(lab: Lab) -> None:
         asyncio.run(main())
 
 
+GATEWAY_SCRIPT = """
+import asyncio, sys
+from mqtt.client import MqttClient, Will
+from mqtt.config import MqttConfig
+
+async def main():
+    cfg = MqttConfig.model_validate_json(sys.argv[1])
+    g = MqttClient(cfg, "gw-a", will=Will(sys.argv[2], b"offline"))
+    await g.connect()
+    await g.publish(sys.argv[2], b"online", retain=True)
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
 def test_last_will_is_retained_offline(lab: Lab) -> None:
+    """A gateway that dies (power cut: SIGKILL, no DISCONNECT) is reported offline."""
+    import subprocess
+    import sys
+
     gw = lab.gateways["gw-a"].entry
     st = topics.status(gw.province, gw.venue, gw.id)
+    proc = subprocess.Popen([sys.executable, "-c", GATEWAY_SCRIPT,
+                             lab.gateways["gw-a"].mqtt.model_dump_json(), st],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
     async def main() -> tuple[str, bytes]:
-        g = MqttClient(lab.gateways["gw-a"].mqtt, "gw-a", will=Will(st, b"offline"))
-        await g.connect()
-        await g.publish(st, b"online", retain=True)
-        # Kill the socket without DISCONNECT: the broker must publish the will.
-        g._paho.socket().close()  # type: ignore[union-attr]
-        await asyncio.wait_for(g.disconnected.wait(), 5)
-        await g.close()
-        await asyncio.sleep(0.2)
         async with MqttClient(lab.matcher_mqtt["matcher"], "matcher") as m:
             await m.subscribe(topics.ALL_STATUS)
             return await _first(m)
