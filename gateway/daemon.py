@@ -147,7 +147,7 @@ class Gateway:
         period = min(1.0, watchdog / 2) if watchdog else 1.0
         last_retention = 0.0
         while not stop.is_set():
-            self._poll_clock()
+            self.pipeline.poll_clock()
             now = self.clock.now()
             self.pipeline.tick(now)
             if now - last_retention > 3600:
@@ -162,15 +162,6 @@ class Gateway:
                                  f"{link}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), period)
-
-    def _poll_clock(self) -> None:
-        """New clock epoch: seal what was captured in the old one; queue corrections."""
-        if not isinstance(self.clock, TrackedClock):
-            return
-        if self.clock.poll():
-            self.pipeline.flush(final=True)  # no sighting may straddle two clock epochs
-        for c in self.clock.take_corrections():
-            self.pipeline.add_correction(c)
 
     def _ack_time(self, matcher_time: float, sent_mono: float, recv_mono: float) -> None:
         if isinstance(self.clock, TrackedClock):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ble.aggregator import WindowAggregator
 from ble.records import Advert
 from gateway.batch import Batch, ClockCorrection
-from gateway.clock import Clock
+from gateway.clock import Clock, TrackedClock
 from gateway.errors import OutboxFullError
 from gateway.outbox import Outbox
 from gateway.sealer import Sealer
@@ -72,6 +72,21 @@ class CapturePipeline:
         """Seal an accepted check-in at once; returns its batch sequence number."""
         self.stats.checkins += 1
         return self._store(Batch(checkins=[checkin]))
+
+    def poll_clock(self) -> bool:
+        """Let a :class:`TrackedClock` look at the system clock; ``True`` on a new epoch.
+
+        On a new epoch everything captured so far is sealed (no sighting may straddle two
+        epochs) and the clock's corrections for earlier epochs are queued for the next batch.
+        """
+        if not isinstance(self.clock, TrackedClock):
+            return False
+        changed = self.clock.poll()
+        if changed:
+            self.flush(final=True)
+        for c in self.clock.take_corrections():
+            self.add_correction(c)
+        return changed
 
     def add_correction(self, correction: ClockCorrection) -> None:
         """Queue a clock correction to go out with the next batch."""

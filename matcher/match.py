@@ -56,6 +56,7 @@ class Visit:
     synced: bool
     record_id: int
     ident: bytes = b""
+    corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ExposureWindow:
     gateways: list[str]
     clock_uncertainty_s: float
     clock_synced: bool
+    clock_corrected: bool = False  # times re-based on a later clock correction
     co_present: list[CoPresent] = field(default_factory=list)
     other_ids: dict[str, int] = field(default_factory=dict)
     peak_phones: dict[str, int] = field(default_factory=dict)
@@ -141,13 +143,14 @@ def _sighting_visit(r: SightingRow) -> Visit:
                  gateway_id=r.gateway_id, start=r.first_seen, end=r.last_seen,
                  proximity=r.proximity, rssi_max=r.rssi_max, adverts=r.count,
                  uncertainty=r.clock.uncertainty, synced=r.clock.synced, record_id=r.id,
-                 ident=r.ident)
+                 ident=r.ident, corrected=r.clock.corrected)
 
 
 def _checkin_visit(c: CheckinRow) -> Visit:
     return Visit(kind="checkin", venue_id=c.venue_id, gateway_id=c.gateway_id, start=c.ts,
                  end=c.ts, proximity="unknown", rssi_max=None, adverts=1,
-                 uncertainty=c.clock.uncertainty, synced=c.clock.synced, record_id=c.id)
+                 uncertainty=c.clock.uncertainty, synced=c.clock.synced, record_id=c.id,
+                 corrected=c.clock.corrected)
 
 
 def id_visits(store: StoreReads, cases: list[F0Case],
@@ -213,7 +216,8 @@ def _merge(case: str, venue: VenueInfo, visits: list[Visit], gap: float) -> list
             checkins=sum(1 for v in g if v.kind == "checkin"),
             gateways=sorted({v.gateway_id for v in g}),
             clock_uncertainty_s=max(v.uncertainty for v in g),
-            clock_synced=all(v.synced for v in g)))
+            clock_synced=all(v.synced for v in g),
+            clock_corrected=any(v.corrected for v in g)))
     return out
 
 

@@ -30,7 +30,8 @@ from matcher.match import CoPresent, ExposureWindow, MatchResult
 PUBLIC_GRID_S = 900
 CSV_COLUMNS = (
     "case", "province", "district", "venue", "venue_name", "start", "end", "dwell_min", "via",
-    "proximity", "rssi_max", "gateways", "clock_synced", "clock_uncertainty_s",
+    "proximity", "rssi_max", "gateways", "clock_synced", "clock_corrected",
+    "clock_uncertainty_s",
     "other_bluezone_ids", "other_gaen_ids", "peak_bluezone_phones", "peak_gaen_phones",
     "other_phones_max", "contact_time", "contact_kind", "contact_subject", "contact_masked",
     "contact_name", "contact_phone")
@@ -63,7 +64,9 @@ def _window(w: ExposureWindow) -> dict[str, Any]:
         "start": w.start, "end": w.end, "start_local": iso(w.start), "end_local": iso(w.end),
         "dwell_s": w.dwell_s, "via": w.via, "proximity": w.proximity, "rssi_max": w.rssi_max,
         "sightings": w.sightings, "checkins": w.checkins, "gateways": w.gateways,
-        "clock": {"synced": w.clock_synced, "uncertainty_s": _num(w.clock_uncertainty_s)},
+        "clock": {"synced": w.clock_synced, "corrected": w.clock_corrected,
+                  "uncertainty_s": _num(w.clock_uncertainty_s),
+                  "note": clock_note(w)},
         "co_present_checkins": [_contact(c) for c in w.co_present],
         "other_ids": w.other_ids, "peak_phones": w.peak_phones,
         "adoption": {"windows": w.adoption.windows, "max_bluezone": w.adoption.max_bluezone,
@@ -98,6 +101,7 @@ def csv_rows(result: MatchResult) -> list[dict[str, Any]]:
             "end": iso(w.end), "dwell_min": round(w.dwell_s / 60, 1), "via": "+".join(w.via),
             "proximity": w.proximity, "rssi_max": w.rssi_max, "gateways": " ".join(w.gateways),
             "clock_synced": w.clock_synced,
+            "clock_corrected": w.clock_corrected,
             "clock_uncertainty_s": _num(w.clock_uncertainty_s),
             "other_bluezone_ids": w.other_ids.get("bluezone", 0),
             "other_gaen_ids": w.other_ids.get("gaen", 0),
@@ -173,12 +177,27 @@ def _dur(s: float) -> str:
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
+def clock_note(w: ExposureWindow) -> str:
+    """What the window's times rest on, in plain English (for JSON and CSV readers)."""
+    if not math.isfinite(w.clock_uncertainty_s):
+        return ("time uncertain: the gateway's clock was never synchronised for these records; "
+                "the venue is right, the times may not be")
+    if w.clock_corrected:
+        return (f"times corrected after capture from the gateway's later clock sync, "
+                f"±{w.clock_uncertainty_s:.1f} s")
+    if not w.clock_synced:
+        return f"gateway clock estimated from matcher acks, ±{w.clock_uncertainty_s:.1f} s"
+    return "gateway clock synchronised"
+
+
 def _window_rows(w: ExposureWindow) -> str:
     prox = _t(*_PROX.get(w.proximity, (w.proximity, w.proximity)))
     via = ", ".join(_t(*_VIA.get(v, (v, v))) for v in w.via)
     clock = (_t("đồng bộ", "synced") if w.clock_synced else _t("chưa đồng bộ", "not synced"))
+    if w.clock_corrected:
+        clock += ", " + _t("đã hiệu chỉnh", "corrected")
     if not math.isfinite(w.clock_uncertainty_s):
-        clock += " ±∞"
+        clock += " ±∞ (" + _t("giờ không xác định", "time unknown") + ")"
     elif w.clock_uncertainty_s:
         clock += f" ±{w.clock_uncertainty_s:.0f} s"
     others = (f"Bluezone {w.other_ids.get('bluezone', 0)} / EN {w.other_ids.get('gaen', 0)}"

@@ -56,6 +56,7 @@ class EpochInfo:
     synced: bool
     source: str
     uncertainty: float
+    corrected: bool = False  # re-timed by a clock correction the gateway sent later
 
     @property
     def bounded(self) -> bool:

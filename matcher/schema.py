@@ -163,6 +163,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX adoption_counts_cover ON adoption_counts (venue_id, window_start, "
         "window_len, gw_id, bluezone, gaen, other_phones)",
         "DROP INDEX adoption_counts_venue_time")),
+    # Clock corrections re-time every record of an epoch (matcher/retime.py): the effective
+    # uncertainty and source once corrected, and indexes to find an epoch's records.
+    Migration(3, "clock corrections applied to epochs", (
+        "ALTER TABLE clock_epochs ADD COLUMN eff_uncertainty {real}",
+        "ALTER TABLE clock_epochs ADD COLUMN eff_source TEXT",
+        "CREATE INDEX sightings_epoch ON sightings (epoch_id, seq)",
+        "CREATE INDEX checkins_epoch ON checkins (epoch_id, seq)")),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -28,7 +28,7 @@ from ble.records import Sighting
 from gateway.batch import Batch
 from gateway.clock import ClockEpoch
 from gateway.registry import GatewayEntry
-from matcher import schema
+from matcher import retime, schema
 from matcher.db import Database, StoreError, connect
 from matcher.identity import checkin_phone
 from matcher.rows import Counter, EpochInfo, GatewayState, HeaderLike
@@ -215,6 +215,7 @@ class Store(StoreReads):
             "gw_id", "seq", "boot_id", "old_offset", "new_offset", "uncertainty", "source",
             "received_at"), [(gw_id, seq, k.boot_id, k.old_offset, k.new_offset, k.uncertainty,
                               k.source, now) for k in batch.corrections])
+        retime.after_insert(db, gw_id, seq, bool(batch.corrections))
         db.execute(
             "UPDATE gateways SET last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END, "
             "batches = batches + 1, last_batch_at = ?, last_created_at = ? WHERE id = ?",

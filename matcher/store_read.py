@@ -21,10 +21,12 @@ from matcher.rows import AdoptionSummary, CheckinRow, EpochInfo, SightingRow, Ve
 _SIGHTING_SELECT = (
     "s.id, s.gw_id, s.venue_id, s.seq, s.kind, s.ident, s.slot_start, s.first_seen, "
     "s.last_seen, s.count, s.rssi_max, s.rssi_median, s.proximity, e.boot_id, e.clock_offset, "
-    "e.synced, e.source, e.uncertainty")
+    "e.synced, COALESCE(e.eff_source, e.source), COALESCE(e.eff_uncertainty, e.uncertainty), "
+    "e.eff_source")
 _CHECKIN_SELECT = (
     "c.id, c.gw_id, c.venue_id, c.seq, c.ts, c.kind, c.subject, c.masked, c.fields, "
-    "e.boot_id, e.clock_offset, e.synced, e.source, e.uncertainty")
+    "e.boot_id, e.clock_offset, e.synced, COALESCE(e.eff_source, e.source), "
+    "COALESCE(e.eff_uncertainty, e.uncertainty), e.eff_source")
 
 
 class StoreReads:
@@ -82,14 +84,16 @@ class StoreReads:
             seq=int(r[3]), kind=r[4], ident=bytes(r[5]), slot_start=int(r[6]),
             first_seen=float(r[7]), last_seen=float(r[8]), count=int(r[9]), rssi_max=r[10],
             rssi_median=r[11], proximity=r[12],
-            clock=EpochInfo(r[13], float(r[14]), bool(r[15]), r[16], float(r[17])))
+            clock=EpochInfo(r[13], float(r[14]), bool(r[15]), r[16], float(r[17]),
+                            r[18] is not None))
 
     def _checkin(self, r: Sequence[Any]) -> CheckinRow:
         return CheckinRow(
             id=int(r[0]), gateway_id=self.gateway_name(int(r[1])), venue_id=int(r[2]),
             seq=int(r[3]), ts=float(r[4]), kind=r[5], subject=r[6], masked=r[7],
             fields=json.loads(r[8]) if r[8] else {},
-            clock=EpochInfo(r[9], float(r[10]), bool(r[11]), r[12], float(r[13])))
+            clock=EpochInfo(r[9], float(r[10]), bool(r[11]), r[12], float(r[13]),
+                            r[14] is not None))
 
     # -- F0 queries --------------------------------------------------------------------------
     def sightings_for_idents(self, idents: Sequence[bytes]) -> list[tuple[int, SightingRow]]:

@@ -245,7 +245,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
                                              "'index'")}
         assert "adoption_counts_cover" in names and "adoption_counts_venue_time" not in names
         assert [r[0] for r in s.db.execute("SELECT version FROM schema_migrations ORDER BY "
-                                           "version")] == [1, 2]
+                                           "version")] == [1, 2, 3]
 
 
 def test_only_phone_shaped_subjects_count_as_phones() -> None:

@@ -74,7 +74,9 @@ def test_json_holds_windows_contacts_and_clock(files: dict[str, Path]) -> None:
                                                                      "001099000333"]
     assert first["venue"]["name"] == HOSTILE
     unbounded = next(w for w in case["windows"] if w["venue"]["code"] == "ben-xe-b")
-    assert unbounded["clock"] == {"synced": False, "uncertainty_s": None}
+    assert {k: unbounded["clock"][k] for k in ("synced", "corrected", "uncertainty_s")} == {
+        "synced": False, "corrected": False, "uncertainty_s": None}
+    assert unbounded["clock"]["note"].startswith("time uncertain")
 
 
 def test_csv_one_row_per_contact(files: dict[str, Path]) -> None:
