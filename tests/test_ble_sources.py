@@ -95,8 +95,8 @@ def test_simulator_source_resolves_iphones_over_simulated_gatt() -> None:
     resolved = [a for a in ios if a.ident is not None]
     assert resolved and all(a.ident == iphone.id_at(a.ts) for a in resolved)
     assert ios[0].ident is None  # the first advert triggers the read
-    reader = src._resolver._reader if isinstance(src, SimulatorSource) and src._resolver \
-        else None
+    reader = src._feed.resolver._reader if isinstance(src, SimulatorSource) \
+        and src._feed.resolver else None
     assert reader is not None and 1 <= reader.reads <= 4  # one per slot-address, budget 2/min
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ble.records import Advert
+from gateway.clock import Clock
 from gateway.errors import BzgwError
+
+if TYPE_CHECKING:
+    from ble.ios import IosResolver
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +123,37 @@ class QueueSource:
         """Queue counters."""
         return {"received": self.received, "dropped": self.dropped,
                 "queued": self._queue.qsize()}
+
+
+class TimedFeed:
+    """Hands out adverts of a finite, time-stamped stream (a capture, a simulation).
+
+    Advances a replay clock to each advert's time, paces at ``speed``× real time (``None``:
+    as fast as possible, yielding to the loop every 256 adverts so live tasks still run), and
+    resolves iOS IDs. Shared by the replay and simulator sources.
+    """
+
+    YIELD_EVERY = 256
+
+    def __init__(self, clock: Clock, *, speed: float | None,
+                 resolver: IosResolver | None) -> None:
+        self._advance = getattr(clock, "advance", None)
+        self._speed = speed
+        self.resolver = resolver
+        self.n = 0
+        self._t0: tuple[float, float] | None = None  # (stream time, monotonic) of the first
+
+    async def emit(self, adv: Advert) -> Advert:
+        """Account for, pace and resolve one advert."""
+        if self._advance is not None:
+            self._advance(adv.ts)
+        self.n += 1
+        if self._speed is not None:
+            if self._t0 is None:
+                self._t0 = (adv.ts, time.monotonic())
+            delay = self._t0[1] + (adv.ts - self._t0[0]) / self._speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif self.n % self.YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        return self.resolver.resolve(adv) if self.resolver is not None else adv

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ble.ios import IosResolver
 from ble.records import Advert
 from ble.replay import ReplayStats, read_adverts
+from ble.sources.base import TimedFeed
 from gateway.clock import Clock
-
-_YIELD_EVERY = 256  # let other tasks run while replaying as fast as possible
 
 
 class ReplaySource:
@@ -30,12 +27,8 @@ class ReplaySource:
                  resolver: IosResolver | None = None) -> None:
         self.path = Path(path)
         self.stats = ReplayStats()
-        self._clock = clock
-        self._speed = speed
-        self._resolver = resolver
+        self._feed = TimedFeed(clock, speed=speed, resolver=resolver)
         self._iter: Iterator[Advert] | None = None
-        self._n = 0
-        self._t0: tuple[float, float] | None = None  # (capture time, monotonic) of first
         self._closed = False
 
     def __aiter__(self) -> ReplaySource:
@@ -50,22 +43,7 @@ class ReplaySource:
             adv = next(self._iter)
         except StopIteration:
             raise StopAsyncIteration from None
-        advance = getattr(self._clock, "advance", None)
-        if advance is not None:
-            advance(adv.ts)
-        self._n += 1
-        if self._speed is not None:
-            if self._t0 is None:
-                self._t0 = (adv.ts, time.monotonic())
-            due = self._t0[1] + (adv.ts - self._t0[0]) / self._speed
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elif self._n % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        if self._resolver is not None:
-            adv = self._resolver.resolve(adv)
-        return adv
+        return await self._feed.emit(adv)
 
     async def close(self) -> None:
         """Close the capture file."""
@@ -74,10 +52,10 @@ class ReplaySource:
             close = getattr(self._iter, "close", None)
             if close is not None:
                 close()
-        if self._resolver is not None:
-            await self._resolver.close()
+        if self._feed.resolver is not None:
+            await self._feed.resolver.close()
 
     def diagnostics(self) -> dict[str, object]:
         """Records, events, reports and truncation of the capture so far."""
-        return {"backend": "replay", "adverts": self._n, "records": self.stats.records,
+        return {"backend": "replay", "adverts": self._feed.n, "records": self.stats.records,
                 "truncated": self.stats.truncated, "malformed": self.stats.hci.malformed}

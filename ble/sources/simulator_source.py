@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 
 from ble.config import SimulatorSettings
 from ble.ios import IosResolver
 from ble.records import Advert
 from ble.simulator import Crowd
+from ble.sources.base import TimedFeed
 from gateway.clock import Clock
-
-_YIELD_EVERY = 256
 
 
 def crowd_from_settings(s: SimulatorSettings, *, now: float) -> Crowd:
@@ -46,12 +43,8 @@ class SimulatorSource:
                  resolver: IosResolver | None = None) -> None:
         self.crowd = crowd
         self.venue = venue
-        self._clock = clock
         self._iter: Iterator[Advert] = crowd.adverts(venue, start, end, rate_hz)
-        self._realtime = realtime
-        self._resolver = resolver
-        self._t0: tuple[float, float] | None = None
-        self._n = 0
+        self._feed = TimedFeed(clock, speed=1.0 if realtime else None, resolver=resolver)
         self._closed = False
 
     def __aiter__(self) -> SimulatorSource:
@@ -64,28 +57,14 @@ class SimulatorSource:
             adv = next(self._iter)
         except StopIteration:
             raise StopAsyncIteration from None
-        advance = getattr(self._clock, "advance", None)
-        if advance is not None:
-            advance(adv.ts)
-        self._n += 1
-        if self._realtime:
-            if self._t0 is None:
-                self._t0 = (adv.ts, time.monotonic())
-            delay = self._t0[1] + (adv.ts - self._t0[0]) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elif self._n % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        if self._resolver is not None:
-            adv = self._resolver.resolve(adv)
-        return adv
+        return await self._feed.emit(adv)
 
     async def close(self) -> None:
         """Stop generating; cancel a simulated GATT read in flight."""
         self._closed = True
-        if self._resolver is not None:
-            await self._resolver.close()
+        if self._feed.resolver is not None:
+            await self._feed.resolver.close()
 
     def diagnostics(self) -> dict[str, object]:
         """Adverts generated so far."""
-        return {"backend": "simulator", "adverts": self._n, "devices": len(self.crowd.devices)}
+        return {"backend": "simulator", "adverts": self._feed.n, "devices": len(self.crowd.devices)}
