@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mqtt import topics
-from mqtt.client import MqttClient, MqttConnectError, MqttPublishError, Will
+from mqtt.client import MqttClient, MqttConnectError, MqttPublishError
 from mqtt.config import MqttConfig
 from mqtt.lab import Lab
 from mqtt.pki import CA, write_identity
