@@ -82,8 +82,12 @@ stamp="$VENV/.bzgw-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)-$extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c 'import gateway.cli' 2>/dev/null; then
   say "installing bzgw and its dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" \
-    || die "pip install failed (see above)"
+  # Build chatter (sdist warnings) goes to a log; it is shown only when the install fails.
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" \
+       > "$VENV/pip-install.log" 2>&1; then
+    tail -n 40 "$VENV/pip-install.log" >&2
+    die "pip install failed (full log: $VENV/pip-install.log)"
+  fi
   echo "$want" > "$stamp"
 fi
 
