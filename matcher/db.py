@@ -95,7 +95,9 @@ class SqliteDatabase(Database):
         except sqlite3.Error as err:
             raise StoreError(f"cannot open SQLite database {path}: {err}") from err
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a batch is acked (and deleted from the gateway's outbox) right after its
+        # commit, so the commit must survive a power cut; WAL with NORMAL may lose it.
+        self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the ident index stays hot
         self.conn.execute("PRAGMA mmap_size=1073741824")
