@@ -70,17 +70,23 @@ class Decoded(NamedTuple):
 
 def classify(f: AdFields) -> Decoded:
     """Decide what parsed AD fields are. Pure; never raises."""
-    tx = f.tx_power
     mfr = f.manufacturer
-    bz = mfr.get(BLUEZONE_COMPANY)
+    phone = (not PHONE_COMPANIES.isdisjoint(mfr) or not PHONE_SERVICES16.isdisjoint(f.uuids16)
+             or not PHONE_SERVICES16.isdisjoint(f.service_data16))
+    return _decide(mfr.get(BLUEZONE_COMPANY), f.service_data16.get(EN_SERVICE16),
+                   BLUEZONE_IOS_SERVICE_WIRE in f.uuids128, mfr.get(APPLE_COMPANY), phone,
+                   f.tx_power)
+
+
+def _decide(bz: bytes | None, en: bytes | None, ios: bool, apple: bytes | None, phone: bool,
+            tx: int | None) -> Decoded:
+    """The classification ladder shared by :func:`classify` and :func:`decode_uncached`."""
     if bz is not None and len(bz) == BLUEZONE_ID_LEN:
         return Decoded(IdKind.BLUEZONE, bz, None, tx)
-    en = f.service_data16.get(EN_SERVICE16)
     if en is not None and len(en) == EN_PAYLOAD_LEN:
         return Decoded(IdKind.GAEN, en[:16], en[16:], tx)
-    if BLUEZONE_IOS_SERVICE_WIRE in f.uuids128:
+    if ios:
         return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
-    apple = mfr.get(APPLE_COMPANY)
     if apple is not None:
         if (len(apple) == APPLE_OVERFLOW_LEN and apple[0] == APPLE_OVERFLOW_TYPE
                 and apple[1] & BLUEZONE_OVERFLOW_BIT):
@@ -88,10 +94,7 @@ def classify(f: AdFields) -> Decoded:
         if len(apple) == IBEACON_LEN and apple[:2] == IBEACON_PREFIX:
             return Decoded(IdKind.IBEACON, apple[2:22], None, tx)
         return Decoded(IdKind.APPLE, None, None, tx)
-    if not PHONE_COMPANIES.isdisjoint(mfr) or not PHONE_SERVICES16.isdisjoint(f.uuids16) \
-            or not PHONE_SERVICES16.isdisjoint(f.service_data16):
-        return Decoded(IdKind.PHONE, None, None, tx)
-    return Decoded(IdKind.OTHER, None, None, tx)
+    return Decoded(IdKind.PHONE if phone else IdKind.OTHER, None, None, tx)
 
 
 def decode_uncached(data: bytes) -> Decoded:
@@ -143,20 +146,7 @@ def decode_uncached(data: bytes) -> Decoded:
             v = data[i + 2]
             tx = v - 256 if v > 127 else v
         i = end
-    if bz is not None and len(bz) == BLUEZONE_ID_LEN:
-        return Decoded(IdKind.BLUEZONE, bz, None, tx)
-    if en is not None and len(en) == EN_PAYLOAD_LEN:
-        return Decoded(IdKind.GAEN, en[:16], en[16:], tx)
-    if ios:
-        return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
-    if apple is not None:
-        if (len(apple) == APPLE_OVERFLOW_LEN and apple[0] == APPLE_OVERFLOW_TYPE
-                and apple[1] & BLUEZONE_OVERFLOW_BIT):
-            return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
-        if len(apple) == IBEACON_LEN and apple[:2] == IBEACON_PREFIX:
-            return Decoded(IdKind.IBEACON, apple[2:22], None, tx)
-        return Decoded(IdKind.APPLE, None, None, tx)
-    return Decoded(IdKind.PHONE if phone else IdKind.OTHER, None, None, tx)
+    return _decide(bz, en, ios, apple, phone, tx)
 
 
 decode = lru_cache(maxsize=4096)(decode_uncached)
