@@ -13,10 +13,10 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 from aiohttp import web
@@ -286,47 +286,15 @@ def gateway_config(tmp: Path, lab: Lab, *, status_port: int, gateway: str = "gw-
         "ble": ble})
 
 
-class RunningGateway:
-    """``Gateway(cfg).run(stop)`` in a :class:`LoopThread`, as ``bzgw run`` runs it."""
+class _RunningService:
+    """A service's ``run(stop)`` coroutine in its own :class:`LoopThread`."""
 
-    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
-        from gateway.daemon import Gateway
-
+    def __init__(self) -> None:
         self.thread = LoopThread()
-        self.gateway = self.thread.call(lambda: Gateway(cfg, clock=clock))
+
+    def _start(self, run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         self._stop = self.thread.call(asyncio.Event)
-        self._run = asyncio.run_coroutine_threadsafe(self.gateway.run(self._stop),
-                                                     self.thread.loop)
-
-    def close(self) -> None:
-        """Stop the daemon (flushes, closes the status page) and its loop."""
-        self.thread.loop.call_soon_threadsafe(self._stop.set)
-        try:
-            self._run.result(30)
-        finally:
-            self.thread.close()
-
-    def __enter__(self) -> RunningGateway:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class RunningMatcher:
-    """``MatcherService.run`` (ingest, acks, status and health) in a :class:`LoopThread`."""
-
-    def __init__(self, lab: Lab, private_key: bytes, store: Store) -> None:
-        from matcher.service import MatcherService
-
-        self.thread = LoopThread()
-        self.store = store
-        self.service = self.thread.call(lambda: MatcherService(
-            store=store, registry=lab.registry, private_key=private_key,
-            mqtt=lab.matcher_mqtt["matcher"], client_id="matcher"))
-        self._stop = self.thread.call(asyncio.Event)
-        self._run = asyncio.run_coroutine_threadsafe(self.service.run(self._stop),
-                                                     self.thread.loop)
+        self._run = asyncio.run_coroutine_threadsafe(run(self._stop), self.thread.loop)
 
     def close(self) -> None:
         """Stop the service and its loop."""
@@ -336,8 +304,36 @@ class RunningMatcher:
         finally:
             self.thread.close()
 
-    def __enter__(self) -> RunningMatcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RunningGateway(_RunningService):
+    """``Gateway(cfg).run(stop)`` in a :class:`LoopThread`, as ``bzgw run`` runs it.
+
+    ``close()`` stops the daemon (it flushes and closes the status page) and its loop.
+    """
+
+    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+        from gateway.daemon import Gateway
+
+        super().__init__()
+        self.gateway = self.thread.call(lambda: Gateway(cfg, clock=clock))
+        self._start(self.gateway.run)
+
+
+class RunningMatcher(_RunningService):
+    """``MatcherService.run`` (ingest, acks, status and health) in a :class:`LoopThread`."""
+
+    def __init__(self, lab: Lab, private_key: bytes, store: Store) -> None:
+        from matcher.service import MatcherService
+
+        super().__init__()
+        self.store = store
+        self.service = self.thread.call(lambda: MatcherService(
+            store=store, registry=lab.registry, private_key=private_key,
+            mqtt=lab.matcher_mqtt["matcher"], client_id="matcher"))
+        self._start(self.service.run)
