@@ -7,6 +7,9 @@ its wall time was computed from, so the matcher can re-time it when a correction
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
 import math
@@ -124,31 +127,40 @@ TIME_ERROR = 5  # adjtimex(2) return value: clock not synchronised
 STA_UNSYNC = 0x0040
 
 
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h>; only the leading fields are read, the padding keeps
+    # the kernel's writes inside our buffer.
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long),
+                ("freq", ctypes.c_long), ("maxerror", ctypes.c_long),
+                ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("pad", ctypes.c_long * 40)]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Looked up once: find_library runs ldconfig, far too slow for a once-a-second poll.
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
 def kernel_clock_synced() -> bool | None:
     """Whether the kernel believes its clock is synchronised (NTP, chrony, timesyncd).
 
     Reads ``adjtimex(2)`` with no modes set (read-only, no privilege needed): the same state
     ``timedatectl`` shows as "System clock synchronized". ``None`` where it cannot be read.
     """
-    import ctypes
-    import ctypes.util
-
-    class Timex(ctypes.Structure):
-        # struct timex from <sys/timex.h>; only the leading fields are read, the padding
-        # keeps the kernel's writes inside our buffer.
-        _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long),
-                    ("freq", ctypes.c_long), ("maxerror", ctypes.c_long),
-                    ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-                    ("pad", ctypes.c_long * 40)]
-
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = _libc()
+    if libc is None:
         return None
+    t = _Timex()
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        t = Timex()
         rc = libc.adjtimex(ctypes.byref(t))
-    except (OSError, AttributeError):
+    except AttributeError:
         return None
     if rc < 0:
         return None
