@@ -14,6 +14,7 @@ from types import TracebackType
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.registry import GatewayEntry, Registry
+from gateway.sealer import signing_public_hex
 from mqtt.broker import MosquittoProcess, free_port
 from mqtt.broker_config import TlsFiles, write_broker_config
 from mqtt.config import MqttConfig
@@ -77,17 +78,9 @@ def make_lab(root: Path, gateways: list[dict[str, str]], matchers: tuple[str, ..
     ca.save(pki / "ca.crt", pki / "ca.key")
     skey, scert = ca.issue("localhost", server=True, hosts=("localhost", "127.0.0.1"))
     s_crt, s_key = write_identity(pki, "broker", skey, scert)
-    made: dict[str, LabGateway] = {}
-    entries = []
-    for g in gateways:
-        sk = Ed25519PrivateKey.generate()
-        from cryptography.hazmat.primitives import serialization
-
-        pub = sk.public_key().public_bytes(serialization.Encoding.Raw,
-                                           serialization.PublicFormat.Raw)
-        entry = GatewayEntry(signing_key=pub.hex(), **g)
-        entries.append(entry)
-        made[entry.id] = LabGateway(entry, sk, None)  # type: ignore[arg-type]
+    keys = {g["id"]: Ed25519PrivateKey.generate() for g in gateways}
+    entries = [GatewayEntry(signing_key=signing_public_hex(keys[g["id"]]), **g)
+               for g in gateways]
     registry = Registry(gateways={e.id: e for e in entries}, matchers=list(matchers))
     port = free_port()
     conf, _ = write_broker_config(
@@ -98,9 +91,9 @@ def make_lab(root: Path, gateways: list[dict[str, str]], matchers: tuple[str, ..
     if persistence:
         (root / "broker" / "data").mkdir(parents=True, exist_ok=True)
     broker = MosquittoProcess(conf=conf, port=port, log=root / "broker" / "mosquitto.log")
-    lab = Lab(root=root, ca=ca, registry=registry, broker=broker, gateways=made)
-    for gid, lg in made.items():
-        lg.mqtt = lab.client_config(gid)
+    lab = Lab(root=root, ca=ca, registry=registry, broker=broker)
+    for e in entries:
+        lab.gateways[e.id] = LabGateway(e, keys[e.id], lab.client_config(e.id))
     for m in matchers:
         lab.matcher_mqtt[m] = lab.client_config(m)
     registry.save(root / "registry.yaml")
