@@ -246,6 +246,9 @@ class Gateway:
                     log.info("%s source finished", name)
                     if name == "ble":
                         self.state.radio.state = "finished"
+                        # a capture or simulation that ended sends nothing more: seal all
+                        # sightings now rather than when their ID slot would have ended
+                        self.pipeline.flush(final=True)
                     return
                 delay = 1.0
             except asyncio.CancelledError:
