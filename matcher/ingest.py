@@ -34,9 +34,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway import codec
+from gateway.batch import Batch
 from gateway.errors import RejectedBatchError
-from gateway.registry import Registry
-from gateway.sealer import DEFAULT_MAX_WIRE, MatcherPrivateKey, open_batch, peek_header
+from gateway.registry import GatewayEntry, Registry
+from gateway.sealer import (
+    DEFAULT_MAX_WIRE,
+    BatchHeader,
+    MatcherPrivateKey,
+    open_batch,
+    peek_header,
+)
 from matcher.store import Store
 from mqtt import topics
 
@@ -65,6 +72,21 @@ class Outcome:
                            else matcher_time}).encode()
 
 
+@dataclass(frozen=True)
+class Opened:
+    """One batch message after :meth:`Ingestor.open`: opened records, or why not."""
+
+    topic: str
+    gateway_id: str  # from the topic (not trusted beyond the broker's ACL)
+    ack_topic: str
+    payload: bytes
+    entry: GatewayEntry | None = None
+    header: BatchHeader | None = None
+    batch: Batch | None = None
+    reason: str | None = None  # a rejection reason; None when opened
+    detail: str = ""
+
+
 class Ingestor:
     """Turns batch messages into stored records and ack decisions (no I/O but the store)."""
 
@@ -82,44 +104,62 @@ class Ingestor:
 
     def handle_batch(self, topic: str, payload: bytes, *,
                      now: float | None = None) -> Outcome:
-        """Process one message from the batch subscription."""
+        """Process one message from the batch subscription (:meth:`open`, then :meth:`store`)."""
+        return self.store_opened(self.open(topic, payload), now=now)
+
+    def open(self, topic: str, payload: bytes) -> Opened:
+        """Steps 1–5: check the topic and size, verify and open; touches no database.
+
+        Safe to run on another thread than the store's, so a service can open the next
+        batches while the store writes the previous ones.
+        """
         parts = topics.parse(topic)
         if parts is None or parts[3] != "batch":
-            self.store.count("bad_topic", "")
-            return Outcome("ignored", "", reason="bad_topic")
+            return Opened(topic, "", "", payload, reason="bad_topic")
         province, venue, gw, _ = parts
         ack_topic = topics.ack(province, venue, gw)
         if len(payload) > self.max_wire:
-            return self._reject(gw, "oversize", payload, ack_topic,
-                                f"{len(payload)} bytes > {self.max_wire}")
+            return Opened(topic, gw, ack_topic, payload, reason="oversize",
+                          detail=f"{len(payload)} bytes > {self.max_wire}")
         entry = self.registry.gateways.get(gw)
         if entry is None:
-            return self._reject(gw, "unknown_gateway", payload, ack_topic)
+            return Opened(topic, gw, ack_topic, payload, reason="unknown_gateway")
         if (entry.province, entry.venue) != (province, venue):
-            return self._reject(gw, "topic_mismatch", payload, ack_topic,
-                                f"registered at {entry.province}/{entry.venue}")
+            return Opened(topic, gw, ack_topic, payload, reason="topic_mismatch",
+                          detail=f"registered at {entry.province}/{entry.venue}")
         try:
             header, batch = open_batch(payload, registry=self.registry,
                                        private_key=self.private_key, max_wire=self.max_wire,
                                        max_plaintext=self.max_plaintext)
         except RejectedBatchError as err:
-            return self._reject(gw, err.reason, payload, ack_topic, err.detail)
+            return Opened(topic, gw, ack_topic, payload, reason=err.reason, detail=err.detail)
         if header.gateway_id != gw:
-            return self._reject(gw, "gateway_mismatch", payload, ack_topic,
-                                f"header names {header.gateway_id}")
+            return Opened(topic, gw, ack_topic, payload, reason="gateway_mismatch",
+                          detail=f"header names {header.gateway_id}")
+        return Opened(topic, gw, ack_topic, payload, entry=entry, header=header, batch=batch)
+
+    def store_opened(self, op: Opened, *, now: float | None = None) -> Outcome:
+        """Steps 6–7 for an :meth:`open` result: count, check the window, store; the ack."""
+        if op.reason == "bad_topic":
+            self.store.count("bad_topic", "")
+            return Outcome("ignored", "", reason="bad_topic")
+        if op.reason is not None or op.entry is None or op.header is None or op.batch is None:
+            return self._reject(op.gateway_id, op.reason or "malformed", op.payload,
+                                op.ack_topic, op.detail)
+        gw, header, batch = op.gateway_id, op.header, op.batch
         last = self._last_seq(gw)
         if last and header.seq > last + self.max_seq_ahead:
-            return self._reject(gw, "seq_out_of_window", payload, ack_topic,
+            return self._reject(gw, "seq_out_of_window", op.payload, op.ack_topic,
                                 f"seq {header.seq} after {last}")
-        verdict = self.store.add_batch(entry, header, batch,
-                                       digest=hashlib.sha256(payload).digest(),
-                                       size=len(payload), received_at=now)
+        verdict = self.store.add_batch(op.entry, header, batch,
+                                       digest=hashlib.sha256(op.payload).digest(),
+                                       size=len(op.payload), received_at=now)
         if verdict == "replay":
-            return self._reject(gw, "replay", payload, ack_topic, f"seq {header.seq}")
+            return self._reject(gw, "replay", op.payload, op.ack_topic, f"seq {header.seq}")
         self.store.count(verdict, gw)
         log.info("batch %s/%d %s (%d sightings, %d check-ins)", gw, header.seq, verdict,
                  len(batch.sightings), len(batch.checkins))
-        return Outcome(verdict, gw, header.seq, None, ack_topic)
+        return Outcome(verdict, gw, header.seq, None, op.ack_topic)
 
     def _last_seq(self, gw: str) -> int:
         v = self.store.db.scalar("SELECT last_seq FROM gateways WHERE gateway_id = ?", (gw,))

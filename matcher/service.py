@@ -8,6 +8,8 @@ reads gateway ``status`` and ``health`` (stored for the dashboard by
 
 Store work runs on one worker thread per service, so the event loop (and paho's callbacks)
 never wait for the database and the store's connection is used by one thread at a time.
+Opening batches (signature check, decryption, decoding) runs on a second thread, ahead of the
+store: while one group of batches is written, the next ones are opened.
 A lost MQTT session is retried with exponential backoff and jitter; a batch that was being
 processed when the session dropped is sent again by its gateway (no ack reached it), and the
 store's ``(gateway, seq)`` key makes that harmless.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -31,7 +34,7 @@ from gateway import codec
 from gateway.errors import BzgwError
 from gateway.registry import Registry
 from gateway.sealer import DEFAULT_MAX_WIRE, MatcherPrivateKey
-from matcher.ingest import Ingestor, Outcome
+from matcher.ingest import Ingestor, Opened, Outcome
 from matcher.store import Store
 from mqtt import topics
 from mqtt.client import Message, MqttClient, MqttError
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-GROUP_MAX = 32  # batches stored per transaction at most
+GROUP_MAX = 64  # batches stored per transaction at most
+OPEN_AHEAD = 2 * GROUP_MAX  # received batches opened ahead of the store (bounds memory)
 
 
 def default_client_id(prefix: str = "matcher") -> str:
@@ -85,6 +89,7 @@ class MatcherService:
         self.subscribed = asyncio.Event()
         self._store_errors: tuple[type[BaseException], ...] = (BzgwError, *store.db.errors)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-store")
+        self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-open")
 
     def set_registry(self, registry: Registry) -> None:
         """Use a new gateway registry from the next message on."""
@@ -122,6 +127,7 @@ class MatcherService:
         finally:
             purger.cancel()
             await asyncio.gather(purger, return_exceptions=True)
+            self._opener.shutdown(wait=True)
             self._pool.shutdown(wait=True)
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -150,48 +156,89 @@ class MatcherService:
             await client.close()
 
     async def _read(self, client: MqttClient) -> None:
+        """Receive, open and store as a pipeline, so no stage waits for another's round trip.
+
+        Batches are opened (verify, decrypt, decode) on their own thread as they arrive,
+        while the store thread writes the batches opened before them; acks go out as soon
+        as their group is committed, without waiting for the broker's PUBACK before the
+        next group.
+        """
+        queue: asyncio.Queue[tuple[Message, asyncio.Future[Opened] | None]] = asyncio.Queue(
+            OPEN_AHEAD)
+        tasks = [asyncio.create_task(self._receive(client, queue), name="matcher-receive"),
+                 asyncio.create_task(self._write(client, queue), name="matcher-write")]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                raise exc
+
+    async def _receive(self, client: MqttClient,
+                       queue: asyncio.Queue[tuple[Message, asyncio.Future[Opened] | None]],
+                       ) -> None:
+        loop = asyncio.get_running_loop()
         msg: Message
         async for msg in client.messages():
+            opened: asyncio.Future[Opened] | None = None
+            if msg.topic.rsplit("/", 1)[-1] == "batch":
+                opened = loop.run_in_executor(self._opener, self.ingestor.open, msg.topic,
+                                              msg.payload)
+            await queue.put((msg, opened))
+
+    async def _write(self, client: MqttClient,
+                     queue: asyncio.Queue[tuple[Message, asyncio.Future[Opened] | None]],
+                     ) -> None:
+        while True:
             # Group commit: batches that are already waiting are stored in one transaction
             # (one fsync) and acked together, instead of one commit and ack round trip each.
-            group = [msg, *client.drain(GROUP_MAX - 1)]
-            batches = [m for m in group if m.topic.rsplit("/", 1)[-1] == "batch"]
-            for m in group:
-                if m.topic.rsplit("/", 1)[-1] in ("status", "health"):
-                    await self._report(m)
+            group = [await queue.get()]
+            while len(group) < GROUP_MAX and not queue.empty():
+                group.append(queue.get_nowait())
+            batches: list[Opened] = []
+            for msg, opened in group:
+                if opened is None:
+                    if msg.topic.rsplit("/", 1)[-1] in ("status", "health"):
+                        await self._report(msg)
+                else:
+                    batches.append(await opened)
             if batches:
                 await self._batches(client, batches)
 
-    def _handle_group(self, msgs: list[Message]) -> list[Outcome]:
-        with self.store.db.transaction():
-            return [self.ingestor.handle_batch(m.topic, m.payload) for m in msgs]
+    def _store_group(self, batches: list[Opened]) -> list[Outcome]:
+        with self.store.transaction():
+            return [self.ingestor.store_opened(b) for b in batches]
 
-    async def _batches(self, client: MqttClient, msgs: list[Message]) -> None:
+    async def _batches(self, client: MqttClient, batches: list[Opened]) -> None:
         try:
-            outs: list[Outcome] = await self.run_db(self._handle_group, msgs)
+            outs: list[Outcome] = await self.run_db(self._store_group, batches)
         except self._store_errors as err:
             # The store failed (disk full, server gone): no ack, so the gateways send again.
-            log.error("cannot store %d batch(es), first from %s: %s", len(msgs), msgs[0].topic,
-                      err)
-            self.stats.batches["error"] = self.stats.batches.get("error", 0) + len(msgs)
+            log.error("cannot store %d batch(es), first from %s: %s", len(batches),
+                      batches[0].topic, err)
+            self.stats.batches["error"] = self.stats.batches.get("error", 0) + len(batches)
             return
-        pending = []
         for out in outs:
             key = out.reason if out.status == "rejected" and out.reason else out.status
             self.stats.batches[key] = self.stats.batches.get(key, 0) + 1
             if out.ack_topic is not None:
-                pending.append((out, client.publish_nowait(out.ack_topic, out.ack(), qos=1)))
-        failed: MqttError | None = None
-        for out, fut in pending:
-            try:
-                await fut
-                self.stats.acks += 1
-            except MqttError as err:
-                self.stats.ack_failures += 1
-                log.warning("ack for %s/%s not delivered: %s", out.gateway_id, out.seq, err)
-                failed = err
-        if failed is not None:
-            raise failed
+                fut = client.publish_nowait(out.ack_topic, out.ack(), qos=1)
+                fut.add_done_callback(functools.partial(self._acked, out))
+
+    def _acked(self, out: Outcome, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        err = fut.exception()
+        if err is None:
+            self.stats.acks += 1
+            return
+        # The session is ending (messages() raises next); the batch is sent again and
+        # stored once as a duplicate.
+        self.stats.ack_failures += 1
+        log.warning("ack for %s/%s not delivered: %s", out.gateway_id, out.seq, err)
 
     async def _report(self, msg: Message) -> None:
         from matcher.dashboard_queries import consume_message

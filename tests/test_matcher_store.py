@@ -258,3 +258,74 @@ def test_only_phone_shaped_subjects_count_as_phones() -> None:
     assert checkin_phone("P-1", {"phone": "84 912 345 678"}) == "0912345678"
     assert normalize_phone("+33 6 12 34 56 78") == "+33612345678"
     assert normalize_phone("call me") is None
+
+
+@pytest.mark.parametrize("n", [1, 7, 500, 1333])
+def test_large_batches_are_stored_whole_and_in_order(store: Store, n: int) -> None:
+    # SQLite inserts rows as multi-row statements in power-of-two chunks: every count must
+    # come out whole, with each row's own values.
+    idents = [os.urandom(12) for _ in range(n)]
+    b = Batch(sightings=[sighting(x, T0 + i) for i, x in enumerate(idents)])
+    assert store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), b) == "stored"
+    got = store.sightings_for_idents(idents)
+    assert sorted((i, r.first_seen) for i, r in got) == [(i, T0 + i) for i in range(n)]
+    assert store.row_counts()["sightings"] == n
+
+
+def test_inserts_respect_a_small_sqlite_variable_limit(tmp_path: Path) -> None:
+    import sqlite3
+
+    with temp_store("sqlite", tmp_path, None) as s:
+        s.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40)  # type: ignore[attr-defined]
+        s.db._max_variables = 40  # type: ignore[attr-defined]
+        idents = [os.urandom(12) for _ in range(37)]
+        b = Batch(sightings=[sighting(x, T0 + i) for i, x in enumerate(idents)])
+        assert s.add_batch(entry("gw-a"), Header("gw-a", 1, T0), b) == "stored"
+        assert len(s.sightings_for_idents(idents)) == 37
+
+
+def test_a_failed_outer_transaction_forgets_cached_ids(store: Store) -> None:
+    # The matcher stores a group of batches in one transaction; if it fails (disk full),
+    # gateway and epoch rows created inside it are gone and must not be reused from cache.
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.transaction():
+        assert store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), _batch(2)) == "stored"
+        raise Boom
+    assert store.row_counts()["sightings"] == 0
+    assert store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), _batch(2)) == "stored"
+    [g] = store.gateways()
+    assert (g.gateway_id, g.last_seq, g.batches) == ("gw-a", 1, 1)
+    [(_, row)] = store.sightings_for_idents([store.sightings_at(g.venue.id, 0, 2e9)[0][1]])
+    assert row.clock.boot_id == _batch(1).sightings[0].clock.boot_id
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_matchers_starting_together_on_a_new_database_all_open_it(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # Several `bzgw matcher serve` processes started at once by systemd or ansible: the
+    # schema (and PostgreSQL's schema namespace) must be created once, without a race.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matcher.testing import drop_schema, unique_schema
+
+    if kind == "postgres":
+        url, name = request.getfixturevalue("pg_url"), unique_schema()
+    else:
+        url, name = f"sqlite:///{tmp_path / 'shared.db'}", None
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            stores = list(pool.map(lambda _: open_store(url, schema_name=name), range(6)))
+        try:
+            versions = {int(s.db.scalar("SELECT MAX(version) FROM schema_migrations"))
+                        for s in stores}
+            assert versions == {schema.SCHEMA_VERSION}
+            stores[0].add_batch(entry("gw-a"), Header("gw-a", 1, T0), _batch(1))
+            assert stores[-1].row_counts()["sightings"] == 1
+        finally:
+            for s in stores:
+                s.close()
+    finally:
+        if name is not None:
+            drop_schema(url, name)
