@@ -138,6 +138,17 @@ class Ingestor:
                           detail=f"header names {header.gateway_id}")
         return Opened(topic, gw, ack_topic, payload, entry=entry, header=header, batch=batch)
 
+    def store_group(self, batches: list[Opened], *, now: float | None = None) -> list[Outcome]:
+        """Store several opened batches in one transaction (one commit); their outcomes.
+
+        Sorted by topic (province, venue, gateway) and sequence number first: every matcher
+        process then locks gateway rows in the same order, so concurrent groups on
+        PostgreSQL wait for each other instead of deadlocking.
+        """
+        ordered = sorted(batches, key=lambda b: (b.topic, b.header.seq if b.header else 0))
+        with self.store.transaction():
+            return [self.store_opened(b, now=now) for b in ordered]
+
     def store_opened(self, op: Opened, *, now: float | None = None) -> Outcome:
         """Steps 6–7 for an :meth:`open` result: count, check the window, store; the ack."""
         if op.reason == "bad_topic":

@@ -208,13 +208,9 @@ class MatcherService:
             if batches:
                 await self._batches(client, batches)
 
-    def _store_group(self, batches: list[Opened]) -> list[Outcome]:
-        with self.store.transaction():
-            return [self.ingestor.store_opened(b) for b in batches]
-
     async def _batches(self, client: MqttClient, batches: list[Opened]) -> None:
         try:
-            outs: list[Outcome] = await self.run_db(self._store_group, batches)
+            outs: list[Outcome] = await self.run_db(self.ingestor.store_group, batches)
         except self._store_errors as err:
             # The store failed (disk full, server gone): no ack, so the gateways send again.
             log.error("cannot store %d batch(es), first from %s: %s", len(batches),

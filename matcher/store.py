@@ -53,6 +53,9 @@ class Store(StoreReads):
         self._gw_ids: dict[str, tuple[int, int]] = {}  # gateway id -> (gw_id, venue_id)
         self._epoch_ids: dict[tuple[int, ClockEpoch], int] = {}
         self._stat_floor: dict[str, float] = {}  # values the stats table holds at least
+        self._pending_counts: dict[tuple[str, str], int] = {}  # written at transaction end
+        self._pending_stats: dict[str, float] = {}
+        self._tx_depth = 0
         self.migrate()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -171,15 +174,48 @@ class Store(StoreReads):
 
         Use this rather than ``db.transaction()`` around store calls: ids and figures cached
         inside a rolled-back transaction may not exist.
+
+        Counter and running-figure updates made inside are written at the end of the
+        outermost level, sorted, after every per-gateway row: two matcher processes storing
+        groups of batches on PostgreSQL then take row locks in one order (gateway rows by
+        venue and gateway, then counters, then figures) and cannot deadlock.
         """
+        outer = self._tx_depth == 0
+        saved = (dict(self._pending_counts), dict(self._pending_stats))
+        self._tx_depth += 1
         try:
             with self.db.transaction():
                 yield
+                if outer:
+                    self._flush_pending()
         except BaseException:
             self._gw_ids.clear()
             self._epoch_ids.clear()
             self._stat_floor.clear()
+            self._pending_counts, self._pending_stats = ({}, {}) if outer else saved
             raise
+        finally:
+            self._tx_depth -= 1
+
+    def _flush_pending(self) -> None:
+        counts, stats = self._pending_counts, self._pending_stats
+        self._pending_counts, self._pending_stats = {}, {}
+        now = time.time()
+        for (reason, gw), n in sorted(counts.items()):
+            self.db.execute(
+                "INSERT INTO ingest_counters (reason, gateway_id, n, updated_at) VALUES "
+                "(?,?,?,?) ON CONFLICT (reason, gateway_id) DO UPDATE SET n = "
+                "ingest_counters.n + excluded.n, updated_at = excluded.updated_at",
+                (reason, gw, n, now))
+        for key, value in sorted(stats.items()):
+            # stats only grow: a value not above what this store last wrote needs no statement
+            if value <= self._stat_floor.get(key, float("-inf")):
+                continue
+            self._stat_floor[key] = value
+            self.db.execute(
+                "INSERT INTO stats (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = CASE WHEN excluded.value > stats.value THEN excluded.value ELSE "
+                "stats.value END", (key, value))
 
     def _seq_verdict(self, gw_id: int, seq: int, digest: bytes) -> AddResult | None:
         row = self.db.execute("SELECT digest FROM batches WHERE gw_id = ? AND seq = ?",
@@ -195,6 +231,14 @@ class Store(StoreReads):
     def _insert_batch(self, gw_id: int, venue_id: int, header: HeaderLike, batch: Batch,
                       digest: bytes, size: int, now: float) -> None:
         db = self.db
+        seq = header.seq
+        # The gateway's row first: it is the per-gateway lock. Two matcher processes storing
+        # the same redelivered batch then queue on it, never on the batch key in the
+        # opposite order (a PostgreSQL deadlock; SQLite locks the whole database anyway).
+        db.execute(
+            "UPDATE gateways SET last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END, "
+            "batches = batches + 1, last_batch_at = ?, last_created_at = ? WHERE id = ?",
+            (seq, seq, now, header.created_at, gw_id))
         times = [s.last_seen for s in batch.sightings] + [c.ts for c in batch.checkins]
         db.execute(
             "INSERT INTO batches (gw_id, seq, digest, created_at, received_at, size, t_max, "
@@ -202,7 +246,6 @@ class Store(StoreReads):
             (gw_id, header.seq, digest, header.created_at, now, size,
              max(times) if times else None, len(batch.sightings), len(batch.checkins),
              len(batch.counts), len(batch.corrections)))
-        seq = header.seq
         epoch_of = _EpochMemo(self, gw_id)
         db.insert_rows("sightings", _SIGHTING_COLS, [
             (gw_id, venue_id, seq, epoch_of(s.clock), str(s.kind), bytes(s.ident),
@@ -223,10 +266,6 @@ class Store(StoreReads):
             "received_at"), [(gw_id, seq, k.boot_id, k.old_offset, k.new_offset, k.uncertainty,
                               k.source, now) for k in batch.corrections])
         retime.after_insert(db, gw_id, seq, bool(batch.corrections))
-        db.execute(
-            "UPDATE gateways SET last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END, "
-            "batches = batches + 1, last_batch_at = ?, last_created_at = ? WHERE id = ?",
-            (seq, seq, now, header.created_at, gw_id))
         span = _max_span(batch.sightings)
         if span > 0:
             self._raise_stat("max_span", span)
@@ -234,25 +273,20 @@ class Store(StoreReads):
             self._raise_stat("max_window_len", max(a.window_len for a in batch.counts))
 
     def _raise_stat(self, key: str, value: float) -> None:
-        # stats only grow: a value not above what this store last wrote needs no statement
-        if value <= self._stat_floor.get(key, float("-inf")):
-            return
-        self._stat_floor[key] = value
-        self.db.execute("INSERT INTO stats (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
-                        "UPDATE SET value = CASE WHEN excluded.value > stats.value THEN "
-                        "excluded.value ELSE stats.value END", (key, value))
+        if value > self._pending_stats.get(key, float("-inf")):
+            self._pending_stats[key] = value
 
     def count(self, reason: str, gateway_id: str = "", n: int = 1) -> None:
         """Add ``n`` to the ingest counter ``(reason, gateway_id)``.
 
         ``gateway_id`` comes from a topic and is not trusted: it is cut to 64 characters.
+        Inside :meth:`transaction` the update is written when the transaction ends.
         """
-        # one statement: atomic on its own, or part of the caller's transaction
-        self.db.execute(
-            "INSERT INTO ingest_counters (reason, gateway_id, n, updated_at) VALUES "
-            "(?,?,?,?) ON CONFLICT (reason, gateway_id) DO UPDATE SET n = "
-            "ingest_counters.n + excluded.n, updated_at = excluded.updated_at",
-            (reason[:64], gateway_id[:64], n, time.time()))
+        key = (reason[:64], gateway_id[:64])
+        self._pending_counts[key] = self._pending_counts.get(key, 0) + n
+        if not self._tx_depth:
+            with self.transaction():
+                pass
 
     def counters(self) -> list[Counter]:
         """Every ingest counter, by reason then gateway."""

@@ -152,3 +152,48 @@ def test_stored_batch_keeps_records_and_clock(ingestor: Ingestor,
     assert (row.clock.boot_id, row.clock.offset, row.clock.source) == ("boot-1", 1000.0, "ntp")
     [c] = ingestor.store.checkins_for_identity(["001099012345"])
     assert (c.ts, c.fields, c.clock.boot_id) == (T0 + 7, {"name": "Lê C"}, "boot-1")
+
+
+@pytest.mark.postgres
+def test_two_matchers_storing_groups_in_opposite_orders_do_not_deadlock(
+        pg_url: str, keys: tuple[bytes, bytes]) -> None:
+    # Two `bzgw matcher serve` processes on one PostgreSQL database, each committing groups
+    # of batches from many gateways; redeliveries make them store the same batches at once.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matcher.store import open_store
+    from matcher.testing import drop_schema, unique_schema
+
+    sites = {f"gw-{i}": Site(f"gw-{i}", f"cho-{i}", keys[1]) for i in range(8)}
+    reg = Registry(gateways={g: s.entry for g, s in sites.items()})
+    name = unique_schema()
+    stores = [open_store(pg_url, schema_name=name) for _ in range(2)]
+    try:
+        ingestors = [Ingestor(s, reg, keys[0]) for s in stores]
+        rounds = 12
+        wires = {(g, r): s.seal(r) for g, s in sites.items() for r in range(1, rounds + 1)}
+        barrier = threading.Barrier(2)
+
+        def work(k: int) -> list[str]:
+            statuses = []
+            for r in range(1, rounds + 1):
+                order = sorted(sites) if k == 0 else sorted(sites, reverse=True)
+                opened = [ingestors[k].open(sites[g].topic, wires[g, r]) for g in order]
+                barrier.wait(timeout=10)
+                statuses += [o.status for o in ingestors[k].store_group(opened)]
+            return statuses
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(work, k) for k in range(2)]
+            errors = [f.exception(timeout=120) for f in futures]
+            assert errors == [None, None], errors
+            results = [f.result() for f in futures]
+        assert sum(s == "stored" for r in results for s in r) == len(wires)
+        assert sum(s == "duplicate" for r in results for s in r) == len(wires)
+        assert stores[0].row_counts()["batches"] == len(wires)
+        assert stores[1].counter_totals() == {"duplicate": len(wires), "stored": len(wires)}
+    finally:
+        for s in stores:
+            s.close()
+        drop_schema(pg_url, name)
