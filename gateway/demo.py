@@ -145,23 +145,35 @@ async def _sync_all(lab: Lab, sites: list[Site], store: Any, private_key: bytes,
     stop = asyncio.Event()
     service = MatcherService(store=store, registry=lab.registry, private_key=private_key,
                              mqtt=lab.matcher_mqtt["matcher"], client_id="matcher")
-    tasks = [asyncio.create_task(service.run(stop))]
-    for s in sites:
-        sync = GatewaySync(s.outbox, lab.gateways[s.entry.id].mqtt, _identity(s.entry),
-                           health=None, health_interval_s=3600)
-        tasks.append(asyncio.create_task(sync.run(stop)))
+    tasks = [asyncio.create_task(service.run(stop), name="matcher")]
     deadline = time.monotonic() + timeout
     try:
+        # A shared subscription drops what is published before a matcher subscribes; a
+        # gateway would resend only after its ack timeout (a minute): gateways start after.
+        while not service.subscribed.is_set():
+            if time.monotonic() > deadline:
+                raise BzgwError("the matcher did not subscribe in time: see "
+                                + str(lab.broker.log))
+            _raise_failed(tasks)
+            await asyncio.sleep(0.02)
+        for s in sites:
+            sync = GatewaySync(s.outbox, lab.gateways[s.entry.id].mqtt, _identity(s.entry),
+                               health=None, health_interval_s=3600)
+            tasks.append(asyncio.create_task(sync.run(stop), name=f"sync {s.entry.id}"))
         while any(s.outbox.status().depth for s in sites):
             if time.monotonic() > deadline:
                 raise BzgwError("sync did not finish in time: see " + str(lab.broker.log))
-            for t in tasks:
-                if t.done() and t.exception() is not None:
-                    raise BzgwError(f"{t.get_name()} failed: {t.exception()}")
+            _raise_failed(tasks)
             await asyncio.sleep(0.05)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _raise_failed(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise BzgwError(f"{t.get_name()} failed: {t.exception()}")
 
 
 def _identity(entry: GatewayEntry) -> Any:
