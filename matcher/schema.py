@@ -7,7 +7,7 @@ recorded in ``schema_migrations`` and applied once, in order, inside one transac
 
 Indexes follow the match queries:
 
-- ``sightings(ident)``: the F0 join (a temp table of F0 IDs against this index);
+- ``sightings(ident)``: the F0 join (a table of sorted F0 IDs probing this index);
 - ``sightings(venue_id, first_seen)``, ``checkins(venue_id, ts)``: who else was at a venue in a
   time range (co-presence), and retention (purged venue by venue through the same index);
 - ``checkins(subject)``, ``checkins(phone)``: identity F0 (CCCD number or phone → that

@@ -12,17 +12,20 @@ the IDs by binary ``COPY`` and is kept to index probes (see ``_join_sorted``). M
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 from matcher.db import Database, PostgresDatabase, StoreError, pg_binary
 from matcher.rows import AdoptionSummary, CheckinRow, EpochInfo, SightingRow, VenueInfo
 
-_SIGHTING_SELECT = (
+_SIGHTING_COLUMNS = (
     "s.id, s.gw_id, s.venue_id, s.seq, s.kind, s.ident, s.slot_start, s.first_seen, "
-    "s.last_seen, s.count, s.rssi_max, s.rssi_median, s.proximity, e.boot_id, e.clock_offset, "
-    "e.synced, COALESCE(e.eff_source, e.source), COALESCE(e.eff_uncertainty, e.uncertainty), "
-    "e.eff_source")
+    "s.last_seen, s.count, s.rssi_max, s.rssi_median, s.proximity")
+_EPOCH_COLUMNS = (
+    "e.boot_id, e.clock_offset, e.synced, COALESCE(e.eff_source, e.source), "
+    "COALESCE(e.eff_uncertainty, e.uncertainty), e.eff_source")
+_SIGHTING_SELECT = f"{_SIGHTING_COLUMNS}, {_EPOCH_COLUMNS}"
 _CHECKIN_SELECT = (
     "c.id, c.gw_id, c.venue_id, c.seq, c.ts, c.kind, c.subject, c.masked, c.fields, "
     "e.boot_id, e.clock_offset, e.synced, COALESCE(e.eff_source, e.source), "
@@ -146,21 +149,33 @@ class StoreReads:
         if isinstance(db, PostgresDatabase):
             import numpy as np
 
+            table = f"f0_ids_{secrets.token_hex(8)}"
             with db.transaction():
                 # The planner expects every F0 ID to match a row and picks a hash join over a
                 # sequential scan of all sightings; almost none match, and probing the ident
                 # index in sorted order is several times faster (bench/bench_matcher.py).
                 for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
                     db.execute(f"SET LOCAL {setting} = off")
-                db.execute("CREATE TEMP TABLE IF NOT EXISTS f0_ids (ident BYTEA NOT NULL, "
-                           "idx INTEGER NOT NULL) ON COMMIT DELETE ROWS")
-                db.copy_binary("f0_ids", ("ident", "idx"), pg_binary([
+                # An unlogged table, not a temp table: parallel workers cannot read temp
+                # tables, and splitting the probes over workers halves the join on 2 cores.
+                # Created and dropped in this transaction, so a crash leaves nothing behind.
+                for setting in ("parallel_setup_cost", "parallel_tuple_cost"):
+                    db.execute(f"SET LOCAL {setting} = 0")
+                db.execute(f"CREATE UNLOGGED TABLE {table} (ident BYTEA NOT NULL, "
+                           "idx INTEGER NOT NULL)")
+                db.copy_binary(table, ("ident", "idx"), pg_binary([
                     ("bytea", np.frombuffer(packed, dtype=f"S{width}")),
                     ("int4", np.arange(n, dtype=np.int32))]))
-                db.execute("ANALYZE f0_ids")
-                rows = db.execute(
-                    f"SELECT f.idx, {_SIGHTING_SELECT} FROM f0_ids f JOIN sightings s ON "
-                    "s.ident = f.ident JOIN clock_epochs e ON e.id = s.epoch_id")
+                db.execute(f"ANALYZE {table}")
+                # Epochs are looked up afterwards: joined in here, with hash joins off, the
+                # planner may loop over every epoch around the parallel probe.
+                hits = db.execute(f"SELECT f.idx, {_SIGHTING_COLUMNS}, s.epoch_id FROM {table} "
+                                  "f JOIN sightings s ON s.ident = f.ident")
+                db.execute(f"DROP TABLE {table}")
+                epochs = {int(r[0]): tuple(r[1:]) for r in db.execute(
+                    f"SELECT e.id, {_EPOCH_COLUMNS} FROM clock_epochs e WHERE e.id = ANY(?)",
+                    (sorted({int(h[-1]) for h in hits}),))} if hits else {}
+                rows = [(*h[:-1], *epochs[int(h[-1])]) for h in hits]
         else:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS f0_ids (ident BLOB NOT NULL, "
                        "idx INTEGER NOT NULL)")
