@@ -328,10 +328,30 @@ def throughput_rows(sightings: list[Sighting], quick: bool) -> list[dict[str, An
     ]
 
 
+def speed_reference() -> dict[str, Any]:
+    """Chained SHA-256 calls per second in this process: how fast the machine is right now.
+
+    This machine's speed drifts by a third between minutes (shared host); the throughput
+    rows are only comparable across runs next to this figure.
+    """
+    import hashlib
+
+    x, n = bytes(32), 300_000
+    t = time.perf_counter()
+    for _ in range(n):
+        x = hashlib.sha256(x).digest()
+    return {"name": "machine speed reference: chained SHA-256 calls, one thread",
+            "value": round(n / (time.perf_counter() - t)), "unit": "calls/s"}
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Benchmark entry point for ``bzgw bench``."""
     sightings = simulated_sightings(quick)
-    return size_rows(sightings) + throughput_rows(sightings, quick)
+    before = speed_reference()
+    rows = size_rows(sightings) + throughput_rows(sightings, quick)
+    after = speed_reference()
+    return [*rows, {**before, "name": before["name"] + " (before the throughput rows)"},
+            {**after, "name": after["name"] + " (after)"}]
 
 
 if __name__ == "__main__":
