@@ -59,13 +59,10 @@ class Database(ABC):
     def close(self) -> None:
         """Close the connection."""
 
+    @abstractmethod
     def insert_rows(self, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows (inside the caller's transaction)."""
-        if not rows:
-            return
-        marks = ", ".join("?" for _ in columns)
-        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     @abstractmethod
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:

@@ -181,7 +181,8 @@ class Store(StoreReads):
         venue and gateway, then counters, then figures) and cannot deadlock.
         """
         outer = self._tx_depth == 0
-        saved = (dict(self._pending_counts), dict(self._pending_stats))
+        # a failed savepoint takes back only what was queued inside it
+        saved = ({}, {}) if outer else (dict(self._pending_counts), dict(self._pending_stats))
         self._tx_depth += 1
         try:
             with self.db.transaction():
@@ -192,7 +193,7 @@ class Store(StoreReads):
             self._gw_ids.clear()
             self._epoch_ids.clear()
             self._stat_floor.clear()
-            self._pending_counts, self._pending_stats = ({}, {}) if outer else saved
+            self._pending_counts, self._pending_stats = saved
             raise
         finally:
             self._tx_depth -= 1

@@ -28,8 +28,7 @@ _EPOCH_COLUMNS = (
 _SIGHTING_SELECT = f"{_SIGHTING_COLUMNS}, {_EPOCH_COLUMNS}"
 _CHECKIN_SELECT = (
     "c.id, c.gw_id, c.venue_id, c.seq, c.ts, c.kind, c.subject, c.masked, c.fields, "
-    "e.boot_id, e.clock_offset, e.synced, COALESCE(e.eff_source, e.source), "
-    "COALESCE(e.eff_uncertainty, e.uncertainty), e.eff_source")
+    + _EPOCH_COLUMNS)
 
 
 class StoreReads:

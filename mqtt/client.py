@@ -326,16 +326,6 @@ class MqttClient:
             if get.done() and not get.cancelled():
                 yield get.result()
 
-    def drain(self, limit: int) -> list[Message]:
-        """Up to ``limit`` messages that have already arrived, without waiting."""
-        out: list[Message] = []
-        while len(out) < limit:
-            try:
-                out.append(self._incoming.get_nowait())
-            except asyncio.QueueEmpty:
-                break
-        return out
-
     async def close(self) -> None:
         """Disconnect cleanly (no last will) and stop paho's thread."""
         with contextlib.suppress(Exception):
