@@ -8,15 +8,19 @@ Measured in one run, each against the alternative it replaces:
   called per key.
 - The F0 join: 1,000,000 F0 IDs (Bluezone, derived from 10,417 daily keys) against
   10,000,000 stored sightings, 1 % of the F0 IDs present, on SQLite and PostgreSQL:
-  :meth:`matcher.store.Store.sightings_for_idents` (a temp table of F0 IDs joined to the
-  ``sightings(ident)`` index) vs per-ID indexed lookups (SQLite, timed on a sample and
-  scaled) or one ``ident = ANY(array)`` query (PostgreSQL). Also :func:`matcher.match.match_f0`
-  end to end (join, windows, co-presence queries for every window).
+  :meth:`matcher.store.Store.sightings_for_packed` (sorted F0 ID keys probing the
+  ``sightings(ident_key)`` index) vs, on SQLite, the keys inserted unsorted by
+  ``executemany`` and per-ID indexed lookups (timed on a sample and scaled); on PostgreSQL,
+  the same probes on one connection instead of two, the planner's own plan for a table of
+  keys, and schema 3's join on the ID bytes (an extra index on ``sightings(ident)`` is built
+  in the bench schema for it). Also
+  :func:`matcher.match.match_f0` end to end (join, windows, co-presence queries for every
+  window).
 
 The 10M-row tables are built once (SQLite ``executemany`` in one transaction, PostgreSQL
 binary ``COPY``, indexes after the load) into ``$BZGW_BENCH_CACHE`` (default
-``/tmp/bzgw-bench``) and a ``bzgw_bench_*`` schema, and reused while their row count and seed
-match. ``--quick`` uses 100,000 F0 IDs and 1,000,000 sightings.
+``/tmp/bzgw-bench``) and a ``bzgw_bench_*`` schema, and reused while their row count, seed and
+schema version match. ``--quick`` uses 100,000 F0 IDs and 1,000,000 sightings.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from matcher import ids
+from matcher import ids, schema
 from matcher.db import PostgresDatabase, pg_binary
 from matcher.f0 import F0, F0Case
 from matcher.match import match_f0
@@ -48,6 +52,9 @@ DAYS = 21
 VENUES = 200
 HIT_EVERY = 100  # 1 % of the F0 IDs were seen somewhere
 CHUNK = 200_000
+# The store's sightings indexes, built after the load (faster than maintained row by row).
+INDEXES = {"sightings_ident_key": "ident_key", "sightings_venue_time": "venue_id, first_seen"}
+OLD_IDENT_INDEX = "bench_sightings_ident"  # the index on the ID bytes schema 3 joined on
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -171,6 +178,7 @@ def _split(ident: np.ndarray) -> list[bytes]:
 def _prepare(store: Store, n_rows: int, f0: F0, load: Callable[[Store, F0, int], None]) -> None:
     db = store.db
     if (store.stat("bench_rows") == n_rows and store.stat("bench_seed") == SEED
+            and store.stat("bench_schema") == schema.SCHEMA_VERSION
             and db.scalar("SELECT COUNT(*) FROM sightings") == n_rows):
         return
     t = time.perf_counter()
@@ -183,13 +191,16 @@ def _prepare(store: Store, n_rows: int, f0: F0, load: Callable[[Store, F0, int],
                    (i, f"gw-{i}", i))
     db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source, "
                "uncertainty, applied_offset) VALUES (1, 1, 'bench', 0, 1, 'ntp', 0, 0)")
-    for ix in ("sightings_ident", "sightings_venue_time"):
+    for ix in (*INDEXES, OLD_IDENT_INDEX):
         db.execute(f"DROP INDEX IF EXISTS {ix}")
     load(store, f0, n_rows)
-    db.execute("CREATE INDEX sightings_ident ON sightings (ident)")
-    db.execute("CREATE INDEX sightings_venue_time ON sightings (venue_id, first_seen)")
+    for ix, cols in INDEXES.items():
+        db.execute(f"CREATE INDEX {ix} ON sightings ({cols})")
+    if db.dialect == "postgres":  # for the schema-3 alternative only (see bench_postgres)
+        db.execute(f"CREATE INDEX {OLD_IDENT_INDEX} ON sightings (ident)")
     db.execute("ANALYZE")
-    for key, value in (("bench_rows", n_rows), ("bench_seed", SEED), ("max_span", 120.0)):
+    for key, value in (("bench_rows", n_rows), ("bench_seed", SEED), ("max_span", 120.0),
+                       ("bench_schema", schema.SCHEMA_VERSION)):
         db.execute("INSERT INTO stats (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
                    "SET value = excluded.value", (key, value))
     print(f"  built {n_rows:,} sightings ({db.dialect}) in {time.perf_counter() - t:.0f} s",
@@ -198,20 +209,21 @@ def _prepare(store: Store, n_rows: int, f0: F0, load: Callable[[Store, F0, int],
 
 def _load_sqlite(store: Store, f0: F0, n_rows: int) -> None:
     db = store.db
-    sql = ("INSERT INTO sightings (gw_id, venue_id, seq, epoch_id, kind, ident, slot_start, "
-           "first_seen, last_seen, count, rssi_max, rssi_median, proximity) VALUES "
-           "(?, ?, 1, 1, 'bluezone', ?, ?, ?, ?, 20, -60, -65, 'near')")
+    sql = ("INSERT INTO sightings (gw_id, venue_id, seq, epoch_id, kind, ident, ident_key, "
+           "slot_start, first_seen, last_seen, count, rssi_max, rssi_median, proximity) VALUES "
+           "(?, ?, 1, 1, 'bluezone', ?, ?, ?, ?, ?, 20, -60, -65, 'near')")
     with db.transaction():
         for ident, first, venue in _rows(f0, n_rows):
             v, f = venue.tolist(), first.tolist()
-            db.executemany(sql, zip(v, v, _split(ident), [int(x // 900 * 900) for x in f], f,
-                                    [x + 120 for x in f], strict=True))
+            keys = schema.ident_keys(ident.tobytes(), 12).tolist()
+            db.executemany(sql, zip(v, v, _split(ident), keys, [int(x // 900 * 900) for x in f],
+                                    f, [x + 120 for x in f], strict=True))
 
 
 def _load_pg(store: Store, f0: F0, n_rows: int) -> None:
     db = store.db
     assert isinstance(db, PostgresDatabase)
-    cols = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "slot_start",
+    cols = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "ident_key", "slot_start",
             "first_seen", "last_seen", "count", "rssi_max", "rssi_median", "proximity")
     for ident, first, venue in _rows(f0, n_rows):
         n = len(ident)
@@ -219,6 +231,7 @@ def _load_pg(store: Store, f0: F0, n_rows: int) -> None:
         db.copy_binary("sightings", cols, pg_binary([
             ("int8", venue), ("int8", venue), ("int8", one), ("int8", one),
             ("bytea", np.full(n, b"bluezone", dtype="S8")), ("bytea", ident),
+            ("int8", schema.ident_keys(ident.tobytes(), 12)),
             ("int8", (first // 900 * 900).astype(np.int64)), ("float8", first),
             ("float8", first + 120), ("int8", one * 20), ("int8", one * -60),
             ("int8", one * -65), ("bytea", np.full(n, b"near", dtype="S4"))]))
@@ -264,13 +277,14 @@ def bench_sqlite(quick: bool) -> list[dict[str, Any]]:
 
         def executemany_unsorted(packed: bytes, idents: list[bytes]) -> float:
             t = time.perf_counter()
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS alt_ids (ident BLOB, idx INTEGER)")
+            keys = schema.ident_keys(packed, 12).tolist()
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS alt_keys (k INTEGER, idx INTEGER)")
             conn.execute("BEGIN")
-            conn.execute("DELETE FROM alt_ids")
-            conn.executemany("INSERT INTO alt_ids VALUES (?, ?)",
-                             zip(idents, range(len(idents)), strict=True))
-            conn.execute("SELECT f.idx, s.* FROM alt_ids f CROSS JOIN sightings s ON "
-                         "s.ident = f.ident").fetchall()
+            conn.execute("DELETE FROM alt_keys")
+            conn.executemany("INSERT INTO alt_keys VALUES (?, ?)",
+                             zip(keys, range(len(keys)), strict=True))
+            conn.execute("SELECT f.idx, s.* FROM alt_keys f CROSS JOIN sightings s ON "
+                         "s.ident_key = f.k").fetchall()
             conn.execute("COMMIT")
             return time.perf_counter() - t
 
@@ -278,7 +292,8 @@ def bench_sqlite(quick: bool) -> list[dict[str, Any]]:
             sample = idents[:: max(1, len(idents) // 50_000)]
             t = time.perf_counter()
             for i in sample:
-                conn.execute("SELECT * FROM sightings WHERE ident = ?", (i,)).fetchall()
+                conn.execute("SELECT * FROM sightings WHERE ident_key = ? AND ident = ?",
+                             (schema.ident_key(i), i)).fetchall()
             return (time.perf_counter() - t) * len(idents) / len(sample)
 
         return _join_rows(store, f0, "SQLite", [
@@ -308,38 +323,47 @@ def bench_postgres(quick: bool) -> list[dict[str, Any]]:
         def planner_default(packed: bytes, idents: list[bytes]) -> float:
             t = time.perf_counter()
             with db.transaction():
-                db.execute("CREATE TEMP TABLE IF NOT EXISTS alt_ids (ident BYTEA, idx INTEGER)"
-                           " ON COMMIT DELETE ROWS")
-                db.copy_binary("alt_ids", ("ident", "idx"), pg_binary([
-                    ("bytea", np.frombuffer(packed, dtype="S12")),
-                    ("int4", np.arange(len(idents), dtype=np.int32))]))
-                db.execute("ANALYZE alt_ids")
-                db.execute("SELECT f.idx, s.* FROM alt_ids f JOIN sightings s ON "
-                           "s.ident = f.ident")
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS alt_keys (k BIGINT) ON COMMIT "
+                           "DELETE ROWS")
+                db.copy_binary("alt_keys", ("k",), pg_binary([
+                    ("int8", np.unique(schema.ident_keys(packed, 12)))]))
+                db.execute("ANALYZE alt_keys")
+                db.execute("SELECT s.* FROM alt_keys f JOIN sightings s ON s.ident_key = f.k")
             return time.perf_counter() - t
 
-        def serial_probes(packed: bytes, idents: list[bytes]) -> float:
-            # the previous plan: a temp table (workers cannot read it), index probes serially
+        def schema3_bytes(packed: bytes, idents: list[bytes]) -> float:
+            # schema 3's join: sorted ID bytes and their indices in an unlogged table, parallel
+            # probes of an index on the ID bytes (built for this comparison only)
             t = time.perf_counter()
             order = np.argsort(np.frombuffer(packed, dtype="S12"), kind="stable")
             with db.transaction():
                 for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
                     db.execute(f"SET LOCAL {setting} = off")
-                db.execute("CREATE TEMP TABLE IF NOT EXISTS alt_ids (ident BYTEA, idx INTEGER)"
-                           " ON COMMIT DELETE ROWS")
+                for setting in ("parallel_setup_cost", "parallel_tuple_cost"):
+                    db.execute(f"SET LOCAL {setting} = 0")
+                db.execute("CREATE UNLOGGED TABLE alt_ids (ident BYTEA, idx INTEGER)")
                 db.copy_binary("alt_ids", ("ident", "idx"), pg_binary([
                     ("bytea", np.frombuffer(packed, dtype="S12")[order]),
                     ("int4", order.astype(np.int32))]))
                 db.execute("ANALYZE alt_ids")
                 db.execute("SELECT f.idx, s.* FROM alt_ids f JOIN sightings s ON "
                            "s.ident = f.ident")
+                db.execute("DROP TABLE alt_ids")
             return time.perf_counter() - t
 
+        def one_connection(packed: bytes, idents: list[bytes]) -> float:
+            probes, db.probes = db.probes, 1
+            try:
+                return _timed(lambda: store.sightings_for_packed([(packed, 12)]))[0]
+            finally:
+                db.probes = probes
+
         return _join_rows(store, f0, "PostgreSQL", [
-            ("IDs in a temp table, planner's own plan (hash join over all sightings)",
+            ("the same keys probed on one connection", one_connection),
+            ("keys in a temp table, planner's own plan (hash join over all sightings)",
              planner_default),
-            ("sorted IDs in a temp table, index probes without parallel workers",
-             serial_probes)], 3)
+            ("schema 3: sorted ID bytes probing an index on the bytes, parallel workers",
+             schema3_bytes)], 3)
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

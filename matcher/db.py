@@ -8,8 +8,10 @@ URLs:
 
 - ``sqlite:///var/lib/x.db`` or ``sqlite:////var/lib/x.db`` → ``/var/lib/x.db``; a plain path
   (no scheme) is a SQLite file too; ``sqlite://`` or ``sqlite:///:memory:`` is in memory.
-- ``postgresql://user@host:5432/db?schema=name`` → PostgreSQL; the optional ``schema`` query
-  parameter (not a libpq option) selects, and creates, the schema the tables live in.
+- ``postgresql://user@host:5432/db?schema=name&probes=4`` → PostgreSQL. Two optional query
+  parameters (not libpq options): ``schema`` selects, and creates, the schema the tables live
+  in; ``probes`` is how many connections a large F0 join is split over (default 2; see
+  :meth:`PostgresDatabase.probe_connections`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from gateway.errors import BzgwError
+from matcher import schema
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +104,13 @@ class SqliteDatabase(Database):
         # commit, so the commit must survive a power cut; WAL with NORMAL may lose it.
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA temp_store=MEMORY")
-        self.conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the ident index stays hot
+        self.conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the ident_key index stays hot
         self.conn.execute("PRAGMA mmap_size=1073741824")
         self._max_variables = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        # SQLite has no bytes-to-integer conversion; the schema's backfill of the join key
+        # calls this (rows written later carry the key computed on insert).
+        self.conn.create_function(schema.SQLITE_IDENT_KEY, 1, schema.ident_key,
+                                  deterministic=True)
         self._depth = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -189,17 +196,21 @@ class PostgresDatabase(Database):
 
     dialect = "postgres"
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, probes: int = 2) -> None:
         import psycopg
         from psycopg import sql
 
         self.integrity_errors = (psycopg.errors.IntegrityError,)
         self.errors = (psycopg.Error,)
         self.schema = schema
+        self.probes = probes
+        self._url = url
+        self._siblings: list[PostgresDatabase] = []
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as err:
             raise StoreError(f"cannot connect to PostgreSQL ({_redact(url)}): {err}") from err
+        self.conn.adapters.register_dumper(Int8Array, _int8_array_dumper())
         if schema:
             # IF NOT EXISTS is not safe against a concurrent CREATE (two matchers starting
             # together): serialise on the migration lock (see Store.migrate).
@@ -247,9 +258,68 @@ class PostgresDatabase(Database):
                 f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as cp:
             cp.write(payload)
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on this connection (its writes are not yet visible
+        to other connections)."""
+        from psycopg.pq import TransactionStatus
+
+        return self.conn.info.transaction_status != TransactionStatus.IDLE
+
+    def probe_connections(self) -> list[PostgresDatabase]:
+        """This connection and ``probes - 1`` more to the same database, to split one large
+        read over (opened on first use, kept until :meth:`close`).
+
+        Several backends each probing a slice of a sorted key list finish a million index
+        probes in about half the time one does, with no table to create (so a role with only
+        SELECT can run them): measured in bench/bench_matcher.py. PostgreSQL's own parallel
+        workers cannot split an ``= ANY(array)`` index scan, and a nested loop over a table of
+        keys that they can split costs a ``COPY`` first and is slower end to end.
+        """
+        while len(self._siblings) < self.probes - 1:
+            self._siblings.append(PostgresDatabase(self._url, schema=self.schema, probes=1))
+        return [self, *self._siblings[:max(0, self.probes - 1)]]
+
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and any probe connections)."""
+        for s in self._siblings:
+            s.close()
+        self._siblings.clear()
         self.conn.close()
+
+
+class Int8Array(bytes):
+    """An ``int8[]`` query parameter already in PostgreSQL's binary array format
+    (:func:`int8_array`): a million keys cross as one buffer, not a Python int each."""
+
+
+def int8_array(values: Any) -> Int8Array:
+    """An ``int8[]`` parameter from a one-dimensional integer array (numpy or sequence)."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError("int8_array takes a one-dimensional array")
+    rec = np.empty(len(arr), dtype=[("len", ">i4"), ("value", ">i8")])
+    rec["len"] = 8
+    rec["value"] = arr
+    # header: one dimension, no NULLs, element type int8 (OID 20), length, lower bound 1
+    return Int8Array(struct.pack(">iiiii", 1, 0, 20, len(arr), 1) + rec.tobytes())
+
+
+@functools.cache
+def _int8_array_dumper() -> type:
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class Int8ArrayDumper(Dumper):
+        oid = 1016  # int8[]
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    return Int8ArrayDumper
 
 
 @contextlib.contextmanager
@@ -270,13 +340,18 @@ def _redact(url: str) -> str:
     return url
 
 
-def split_schema(url: str) -> tuple[str, str | None]:
-    """Remove our ``schema`` query parameter from a PostgreSQL URL; return (url, schema)."""
+_URL_OPTIONS = ("schema", "probes")
+
+
+def split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Remove our query parameters (``schema``, ``probes``) from a PostgreSQL URL; return the
+    URL libpq gets and the non-empty options."""
     parts = urlsplit(url)
     q = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in q if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in q if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema or None
+    options = {k: v for k, v in q if k in _URL_OPTIONS and v}
+    rest = urlencode([(k, v) for k, v in q if k not in _URL_OPTIONS])
+    return urlunsplit(parts._replace(query=rest)), options
+
 
 
 def sqlite_path(url: str) -> str:
@@ -303,8 +378,15 @@ def connect(url: str, *, schema: str | None = None) -> Database:
     """
     scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
     if scheme in ("postgresql", "postgres"):
-        clean, from_url = split_schema(url)
-        return PostgresDatabase(clean, schema=schema or from_url)
+        clean, options = split_options(url)
+        try:
+            probes = int(options.get("probes") or 2)
+            if not 1 <= probes <= 64:
+                raise ValueError
+        except ValueError:
+            raise StoreError(f"probes={options['probes']!r} in the database URL: give a "
+                             "number of connections from 1 to 64") from None
+        return PostgresDatabase(clean, schema=schema or options.get("schema"), probes=probes)
     if scheme in ("sqlite", ""):
         return SqliteDatabase(sqlite_path(url))
     raise StoreError(f"unsupported database URL {_redact(url)!r}: use sqlite:///path or "

@@ -36,9 +36,9 @@ from matcher.store_read import StoreReads
 
 AddResult = Literal["stored", "duplicate", "replay"]
 DAY = 86400.0
-_SIGHTING_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "slot_start",
-                  "first_seen", "last_seen", "count", "rssi_max", "rssi_median", "tx_power",
-                  "proximity", "aem")
+_SIGHTING_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "ident_key",
+                  "slot_start", "first_seen", "last_seen", "count", "rssi_max", "rssi_median",
+                  "tx_power", "proximity", "aem")
 _CHECKIN_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "ts", "kind", "subject", "masked",
                  "fields", "phone")
 _COUNT_COLS = ("gw_id", "venue_id", "seq", "window_start", "window_len", "bluezone", "gaen",
@@ -250,8 +250,9 @@ class Store(StoreReads):
         epoch_of = _EpochMemo(self, gw_id)
         db.insert_rows("sightings", _SIGHTING_COLS, [
             (gw_id, venue_id, seq, epoch_of(s.clock), str(s.kind), bytes(s.ident),
-             int(s.slot_start), float(s.first_seen), float(s.last_seen), int(s.count),
-             s.rssi_max, s.rssi_median, s.tx_power, str(s.proximity), s.aem)
+             schema.ident_key(s.ident), int(s.slot_start), float(s.first_seen),
+             float(s.last_seen), int(s.count), s.rssi_max, s.rssi_median, s.tx_power,
+             str(s.proximity), s.aem)
             for s in batch.sightings])
         db.insert_rows("checkins", _CHECKIN_COLS, [
             (gw_id, venue_id, seq, self._epoch_id(gw_id, c.clock), float(c.ts), str(c.kind),

@@ -1,22 +1,24 @@
 """Read side of the store: the queries matching and the dashboard run.
 
-The F0 query is a join of a temporary table of F0 IDs against the index on
-``sightings(ident)``. The IDs arrive packed (one ``bytes`` of fixed-width IDs, no Python object
-per ID) and are sorted first, so consecutive probes land on neighbouring index pages. SQLite
-fills the temp table inside one statement from the bound blob (a recursive CTE slicing it) and
-is told to drive the join from it (``CROSS JOIN`` fixes SQLite's loop order); PostgreSQL gets
-the IDs by binary ``COPY`` and is kept to index probes (see ``_join_sorted``). Measured in
+The F0 query is a join of a table of F0 ID keys against the index on
+``sightings(ident_key)`` (:func:`matcher.schema.ident_key`). The IDs arrive packed (one
+``bytes`` of fixed-width IDs, no Python object per ID); their keys are computed with numpy and
+sorted, so consecutive probes land on neighbouring index pages. SQLite fills a temp table
+inside one statement from a bound JSON array and is told to drive the join from it;
+PostgreSQL takes the keys as one binary ``int8[]`` parameter per probe connection, each
+probing a slice of the sorted keys (see ``_pg_join_keys``). Measured in
 ``bench/bench_matcher.py``.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from matcher.db import Database, PostgresDatabase, StoreError, pg_binary
+from matcher import schema
+from matcher.db import Database, PostgresDatabase, Row, StoreError, int8_array
 from matcher.rows import AdoptionSummary, CheckinRow, EpochInfo, SightingRow, VenueInfo
 
 _SIGHTING_COLUMNS = (
@@ -100,99 +102,81 @@ class StoreReads:
     # -- F0 queries --------------------------------------------------------------------------
     def sightings_for_idents(self, idents: Sequence[bytes]) -> list[tuple[int, SightingRow]]:
         """Every stored sighting of any of ``idents``, as ``(index into idents, row)``."""
-        if not idents:
-            return []
-        widths = set(map(len, idents))
-        if len(widths) == 1:
-            return self.sightings_for_packed([(b"".join(idents), widths.pop())])
-        out: list[tuple[int, SightingRow]] = []
-        for w in widths:
-            pos = [i for i, x in enumerate(idents) if len(x) == w]
-            got = self.sightings_for_packed([(b"".join(idents[i] for i in pos), w)])
-            out += [(pos[i], row) for i, row in got]
-        return out
+        by_width: dict[int, list[int]] = {}
+        for i, x in enumerate(idents):
+            by_width.setdefault(len(x), []).append(i)
+        parts = [(b"".join(idents[i] for i in pos), w) for w, pos in by_width.items()]
+        order = [i for pos in by_width.values() for i in pos]
+        return [(order[j], row) for j, row in self.sightings_for_packed(parts)]
 
     def sightings_for_packed(self, parts: Sequence[tuple[bytes, int]]) -> list[
             tuple[int, SightingRow]]:
         """Sightings of packed IDs: ``parts`` are ``(IDs back to back, width)`` in order.
 
-        Returns ``(index, row)`` where the index counts IDs across all parts. The IDs are
-        sorted before the join so the index is walked in order (neighbouring probes share
-        pages), then mapped back.
+        Returns ``(index, row)`` where the index counts IDs across all parts (an ID listed
+        twice gets the row under each index). The join runs on the IDs' integer keys, sorted
+        and deduplicated so the index is walked in order (neighbouring probes share pages);
+        each row found is then checked against the whole ID, so IDs sharing a key prefix
+        never match each other.
         """
         import numpy as np
 
-        by_width: dict[int, list[tuple[bytes, int]]] = {}
-        base = 0
+        bases, base, keys = [], 0, []
         for packed, width in parts:
             if width <= 0 or len(packed) % width:
                 raise StoreError(f"packed IDs of {len(packed)} bytes are not {width}-byte IDs")
-            by_width.setdefault(width, []).append((packed, base))
+            bases.append(base)
             base += len(packed) // width
+            keys.append(schema.ident_keys(packed, width))
+        if not base:
+            return []
+        all_keys = np.concatenate(keys)
+        order = np.argsort(all_keys, kind="stable")
+        by_key = all_keys[order]
+        # Deduplicated by hand: the array is sorted already, and np.unique sorts again (or
+        # hashes, in numpy 2.3: ten times slower than this for a million keys).
+        distinct = np.ones(len(by_key), dtype=bool)
+        distinct[1:] = by_key[1:] != by_key[:-1]
+        hits = self._join_keys(by_key[distinct])
+        if not hits:
+            return []
+        found = np.fromiter((h[0] for h in hits), dtype=np.int64, count=len(hits))
+        first = np.searchsorted(by_key, found, side="left").tolist()
+        last = np.searchsorted(by_key, found, side="right").tolist()
         out: list[tuple[int, SightingRow]] = []
-        for width, items in by_width.items():
-            packed = b"".join(p for p, _ in items)
-            if not packed:
-                continue
-            gidx = np.concatenate([np.arange(b, b + len(p) // width) for p, b in items])
-            order = np.argsort(np.frombuffer(packed, dtype=f"S{width}"), kind="stable")
-            ordered = np.frombuffer(packed, dtype=f"V{width}")[order].tobytes()
-            back = gidx[order]
-            for pos, row in self._join_sorted(ordered, width):
-                out.append((int(back[pos]), row))
+        for h, lo, hi in zip(hits, first, last, strict=True):
+            row = self._sighting(h[1:])
+            for j in order[lo:hi].tolist():
+                k = bisect.bisect_right(bases, j) - 1
+                packed, width = parts[k]
+                at = (j - bases[k]) * width
+                if packed[at:at + width] == row.ident:
+                    out.append((j, row))
         return out
 
-    def _join_sorted(self, packed: bytes, width: int) -> list[tuple[int, SightingRow]]:
-        db = self.db
-        n = len(packed) // width
-        if isinstance(db, PostgresDatabase):
-            import numpy as np
+    def _join_keys(self, keys: Any) -> list[Row]:
+        """Rows ``(ident_key, sighting columns, epoch columns)`` whose key is in ``keys``.
 
-            table = f"f0_ids_{secrets.token_hex(8)}"
-            with db.transaction():
-                # The planner expects every F0 ID to match a row and picks a hash join over a
-                # sequential scan of all sightings; almost none match, and probing the ident
-                # index in sorted order is several times faster (bench/bench_matcher.py).
-                for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
-                    db.execute(f"SET LOCAL {setting} = off")
-                # An unlogged table, not a temp table: parallel workers cannot read temp
-                # tables, and splitting the probes over workers halves the join on 2 cores.
-                # Created and dropped in this transaction, so a crash leaves nothing behind.
-                for setting in ("parallel_setup_cost", "parallel_tuple_cost"):
-                    db.execute(f"SET LOCAL {setting} = 0")
-                db.execute(f"CREATE UNLOGGED TABLE {table} (ident BYTEA NOT NULL, "
-                           "idx INTEGER NOT NULL)")
-                db.copy_binary(table, ("ident", "idx"), pg_binary([
-                    ("bytea", np.frombuffer(packed, dtype=f"S{width}")),
-                    ("int4", np.arange(n, dtype=np.int32))]))
-                db.execute(f"ANALYZE {table}")
-                # Epochs are looked up afterwards: joined in here, with hash joins off, the
-                # planner may loop over every epoch around the parallel probe.
-                hits = db.execute(f"SELECT f.idx, {_SIGHTING_COLUMNS}, s.epoch_id FROM {table} "
-                                  "f JOIN sightings s ON s.ident = f.ident")
-                db.execute(f"DROP TABLE {table}")
-                epochs = {int(r[0]): tuple(r[1:]) for r in db.execute(
-                    f"SELECT e.id, {_EPOCH_COLUMNS} FROM clock_epochs e WHERE e.id = ANY(?)",
-                    (sorted({int(h[-1]) for h in hits}),))} if hits else {}
-                rows = [(*h[:-1], *epochs[int(h[-1])]) for h in hits]
-        else:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS f0_ids (ident BLOB NOT NULL, "
-                       "idx INTEGER NOT NULL)")
-            db.execute("BEGIN")  # deferred: reads plus temp writes take no lock on the store
-            try:
-                db.execute("DELETE FROM f0_ids")
-                # Filled inside SQLite from one bound blob: no Python object per F0 ID.
-                db.execute("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n "
-                           "WHERE i < ?) INSERT INTO f0_ids (ident, idx) "
-                           "SELECT substr(?, i * ? + 1, ?), i FROM n", (n - 1, packed, width,
-                                                                          width))
-                rows = db.execute(
-                    f"SELECT f.idx, {_SIGHTING_SELECT} FROM f0_ids f CROSS JOIN sightings s "
-                    "ON s.ident = f.ident JOIN clock_epochs e ON e.id = s.epoch_id")
-                db.execute("DELETE FROM f0_ids")
-            finally:
-                db.execute("COMMIT")
-        return [(int(r[0]), self._sighting(r[1:])) for r in rows]
+        ``keys`` is a sorted, duplicate-free int64 array.
+        """
+        db = self.db
+        if isinstance(db, PostgresDatabase):
+            return _pg_join_keys(db, keys)
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS f0_keys (k INTEGER NOT NULL)")
+        db.execute("BEGIN")  # deferred: reads plus temp writes take no lock on the store
+        try:
+            db.execute("DELETE FROM f0_keys")
+            # One bound JSON array, expanded inside SQLite: no statement per F0 key.
+            db.execute("INSERT INTO f0_keys (k) SELECT value FROM json_each(?)",
+                       (json.dumps(keys.tolist()),))
+            # CROSS JOIN fixes SQLite's loop order: the F0 keys drive, the index is probed.
+            rows = db.execute(
+                f"SELECT s.ident_key, {_SIGHTING_SELECT} FROM f0_keys f CROSS JOIN sightings s"
+                " ON s.ident_key = f.k JOIN clock_epochs e ON e.id = s.epoch_id")
+            db.execute("DELETE FROM f0_keys")
+        finally:
+            db.execute("COMMIT")
+        return rows
 
     def checkins_for_identity(self, subjects: Sequence[str], phones: Sequence[str] = (),
                               since: float | None = None,
@@ -258,3 +242,41 @@ class StoreReads:
             out.by_gateway[name] = max(out.by_gateway.get(name, 0), int(other))
         return out
 
+
+
+#: Fewer F0 keys than this are probed on one connection (more connections only pay off for
+#: large joins; bench/bench_matcher.py).
+PG_SPLIT_MIN_KEYS = 20_000
+
+# The array arrives through an init plan (``(SELECT ?)``), so the planner neither estimates the
+# selectivity of each of a million elements (seconds of planning) nor sees a huge row count
+# that would tempt it into a sequential scan: it probes the index once per key, in key order.
+# Epochs are looked up afterwards: joined in here, the planner, expecting a handful of rows,
+# may put the epochs outside and repeat the whole probe once per epoch.
+_PG_KEYS_SQL = (f"SELECT s.ident_key, {_SIGHTING_COLUMNS}, s.epoch_id FROM sightings s "
+                "WHERE s.ident_key = ANY((SELECT ?::int8[])::int8[])")
+
+
+def _pg_join_keys(db: PostgresDatabase, keys: Any) -> list[Row]:
+    """The F0 join on PostgreSQL: sorted keys split into contiguous slices, one per probe
+    connection (:meth:`PostgresDatabase.probe_connections`), probed at once."""
+    import numpy as np
+
+    # Inside an open transaction only this connection sees its own writes: keep to it.
+    conns = ([db] if db.in_transaction or len(keys) < PG_SPLIT_MIN_KEYS
+             else db.probe_connections())
+    if len(conns) == 1:
+        hits = db.execute(_PG_KEYS_SQL, (int8_array(keys),))
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(conns), thread_name_prefix="f0-probe") as pool:
+            hits = [h for part in pool.map(
+                lambda c, k: c.execute(_PG_KEYS_SQL, (int8_array(k),)), conns,
+                np.array_split(keys, len(conns))) for h in part]
+    if not hits:
+        return []
+    epochs = {int(r[0]): tuple(r[1:]) for r in db.execute(
+        f"SELECT e.id, {_EPOCH_COLUMNS} FROM clock_epochs e WHERE e.id = ANY(?)",
+        (sorted({int(h[-1]) for h in hits}),))}
+    return [(*h[:-1], *epochs[int(h[-1])]) for h in hits]

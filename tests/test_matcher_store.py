@@ -13,7 +13,7 @@ from ble.records import AdoptionCount
 from gateway.batch import Batch, ClockCorrection
 from gateway.clock import ClockEpoch, ClockSource
 from matcher import schema
-from matcher.db import StoreError, split_schema, sqlite_path
+from matcher.db import StoreError, split_options, sqlite_path
 from matcher.store import Store, open_store
 from matcher.testing import Header, checkin, entry, sighting, temp_store
 
@@ -204,10 +204,14 @@ def test_urls() -> None:
     assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
     assert sqlite_path("sqlite://") == ":memory:"
     assert sqlite_path("plain/file.db") == "plain/file.db"
-    assert split_schema("postgresql://u@h/db?schema=s1&sslmode=disable") == (
-        "postgresql://u@h/db?sslmode=disable", "s1")
+    assert split_options("postgresql://u@h/db?schema=s1&sslmode=disable&probes=4") == (
+        "postgresql://u@h/db?sslmode=disable", {"schema": "s1", "probes": "4"})
+    assert split_options("postgresql://u@h/db?schema=") == ("postgresql://u@h/db", {})
     with pytest.raises(StoreError, match="unsupported"):
         open_store("mysql://x/y")
+    for bad in ("0", "many", "65"):
+        with pytest.raises(StoreError, match=f"probes={bad!r}.*1 to 64"):
+            open_store(f"postgresql://u@127.0.0.1:1/db?probes={bad}")
 
 
 def test_unreachable_postgres_is_a_clear_error() -> None:
@@ -228,6 +232,95 @@ def test_packed_lookup_keeps_indices_across_parts_and_trailing_zero_bytes(store:
         store.sightings_for_packed([(b"x" * 13, 12)])
 
 
+def test_ids_sharing_a_join_key_are_told_apart_and_repeats_keep_their_index(
+        store: Store) -> None:
+    # The join probes the first 8 bytes (an integer key); the whole ID decides.
+    a, b, c = b"\x11" * 8 + b"AAAA", b"\x11" * 8 + b"BBBB", b"\x11" * 8 + b"C" * 8
+    assert schema.ident_key(a) == schema.ident_key(b) == schema.ident_key(c)
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0),
+                    Batch(sightings=[sighting(a, T0), sighting(c, T0 + 1)]))
+    got = store.sightings_for_idents([b, a, c, a])
+    assert sorted((i, r.ident) for i, r in got) == [(1, a), (2, c), (3, a)]
+    assert store.sightings_for_idents([b]) == []
+
+
+def test_join_keys_agree_between_python_numpy_and_the_database(store: Store) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    for width in (1, 7, 8, 12, 16):
+        packed = rng.bytes(width * 50) + b"\x80" + bytes(width - 1) + b"\x7f" * width
+        expect = [schema.ident_key(packed[i:i + width]) for i in range(0, len(packed), width)]
+        assert schema.ident_keys(packed, width).tolist() == expect
+    # the backfill expression each dialect runs over stored rows
+    probe = [b"\x80" + bytes(11), b"\xff" * 9, b"\x01\x02", bytes(8), b"\x7f" + b"\xee" * 15]
+    expr = schema.render("{ident_key}", store.db.dialect)
+    got = [store.db.scalar(f"SELECT {expr} FROM (SELECT ? AS ident) t", (x,)) for x in probe]
+    assert got == [schema.ident_key(x) for x in probe]
+
+
+@pytest.mark.postgres
+def test_large_postgres_joins_split_over_probe_connections(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matcher import store_read
+    from matcher.db import PostgresDatabase
+
+    with temp_store("postgres", tmp_path, pg_url) as store:
+        db = store.db
+        assert isinstance(db, PostgresDatabase)
+        db.probes = 3
+        idents = [os.urandom(12) for _ in range(300)]
+        store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), Batch(
+            sightings=[sighting(x, T0 + i) for i, x in enumerate(idents[::3])]))
+        want = [(3 * i, T0 + i) for i in range(100)]
+        assert sorted((i, r.first_seen) for i, r in store.sightings_for_idents(idents)) == want
+        assert len(db.probe_connections()) == 3  # opened only now, on request
+        probed: list[int] = []
+        real = store_read.int8_array
+        monkeypatch.setattr(store_read, "int8_array", lambda k: probed.append(len(k)) or real(k))
+        monkeypatch.setattr(store_read, "PG_SPLIT_MIN_KEYS", 10)
+        got = store.sightings_for_idents(idents)
+        assert sorted(probed) == [100, 100, 100]  # three slices, each on its own connection
+        assert sorted((i, r.first_seen, r.clock.boot_id) for i, r in got) == [
+            (i, t, "boot-synced") for i, t in want]
+        # inside a transaction the rows written there are only visible on its connection
+        probed.clear()
+        late = os.urandom(12)
+        with store.transaction():
+            store.add_batch(entry("gw-a"), Header("gw-a", 2, T0), Batch(
+                sightings=[sighting(late, T0 + 500)]))
+            got = store.sightings_for_idents([*idents, late])
+        assert probed == [301] and (300, late) in {(i, r.ident) for i, r in got}
+        siblings = db.probe_connections()[1:]
+    assert all(s.conn.closed for s in siblings)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sightings_stored_before_the_join_key_are_found_after_migrating(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    with temp_store(kind, tmp_path, url) as store:
+        db = store.db
+        db.execute("INSERT INTO venues (id, province, venue) VALUES (1, 'hn', 'old')")
+        db.execute("INSERT INTO gateways (id, gateway_id, venue_id) VALUES (1, 'gw-old', 1)")
+        db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source,"
+                   " uncertainty, applied_offset) VALUES (1, 1, 'b', 0, 1, 'ntp', 0.5, 0)")
+        idents = [b"\x80" + bytes(11), b"\x7f" + b"\xff" * 15, b"\x01\x02", os.urandom(12)]
+        for i, x in enumerate(idents):
+            db.execute("INSERT INTO sightings (gw_id, venue_id, seq, epoch_id, kind, ident, "
+                       "slot_start, first_seen, last_seen, count, proximity) VALUES "
+                       "(1, 1, 1, 1, 'bluezone', ?, 0, ?, ?, 1, 'near')", (x, T0 + i, T0 + i + 60))
+        monkeypatch.undo()
+        assert store.migrate() == [4]
+        got = store.sightings_for_idents([*idents, os.urandom(12)])
+        assert sorted((i, r.first_seen) for i, r in got) == [(i, T0 + i) for i in range(4)]
+        assert [r[0] for r in db.execute("SELECT ident_key FROM sightings ORDER BY id")] == [
+            schema.ident_key(x) for x in idents]
+
+
 def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     from matcher.db import connect
 
@@ -244,8 +337,8 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         names = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = "
                                              "'index'")}
         assert "adoption_counts_cover" in names and "adoption_counts_venue_time" not in names
-        assert [r[0] for r in s.db.execute("SELECT version FROM schema_migrations ORDER BY "
-                                           "version")] == [1, 2, 3]
+        versions = s.db.execute("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r[0] for r in versions] == [m.version for m in schema.MIGRATIONS]
 
 
 def test_only_phone_shaped_subjects_count_as_phones() -> None:
