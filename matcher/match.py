@@ -221,10 +221,11 @@ def _merge(case: str, venue: VenueInfo, visits: list[Visit], gap: float) -> list
     return out
 
 
-def _co_presence(store: StoreReads, w: ExposureWindow, own_checkins: set[int],
-                 own_subjects: set[str], own_idents: set[bytes], margin: float) -> None:
-    a, b = w.start - margin, w.end + margin
-    for c in store.checkins_at(w.venue.id, a, b):
+def _co_presence(w: ExposureWindow, checkins: list[CheckinRow],
+                 sightings: list[tuple[str, bytes, int]], adoption: AdoptionSummary,
+                 own_checkins: set[int], own_subjects: set[str],
+                 own_idents: set[bytes]) -> None:
+    for c in checkins:
         if c.id in own_checkins or c.subject in own_subjects:
             continue
         w.co_present.append(CoPresent(ts=c.ts, kind=c.kind, subject=c.subject,
@@ -232,7 +233,7 @@ def _co_presence(store: StoreReads, w: ExposureWindow, own_checkins: set[int],
                                       gateway_id=c.gateway_id))
     ids: dict[str, set[bytes]] = defaultdict(set)
     per_slot: dict[tuple[str, int], set[bytes]] = defaultdict(set)
-    for kind, ident, slot in store.sightings_at(w.venue.id, a, b):
+    for kind, ident, slot in sightings:
         if ident in own_idents:
             continue
         k = "gaen" if kind == "gaen" else "bluezone"
@@ -243,7 +244,7 @@ def _co_presence(store: StoreReads, w: ExposureWindow, own_checkins: set[int],
     for (k, _slot), v in per_slot.items():
         peaks[k] = max(peaks.get(k, 0), len(v))
     w.peak_phones = dict(sorted(peaks.items()))
-    w.adoption = store.adoption_at(w.venue.id, a, b)
+    w.adoption = adoption
 
 
 def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None) -> MatchResult:
@@ -259,6 +260,7 @@ def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None) -> Ma
         rows = store.checkins_for_identity(c.subjects, c.phones, c.since, c.until)
         result.cases[i].hits = len(rows)
         visits[i] = [_checkin_visit(r) for r in rows]
+    todo: list[tuple[ExposureWindow, set[int], set[str], set[bytes]]] = []
     for i, c in enumerate(f0.cases):
         vs = visits.get(i, [])
         by_venue: dict[int, list[Visit]] = defaultdict(list)
@@ -269,7 +271,12 @@ def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None) -> Ma
         windows: list[ExposureWindow] = []
         for vid, group in by_venue.items():
             windows += _merge(c.label, store.venue(vid), group, p.merge_gap_s)
-        for w in windows:
-            _co_presence(store, w, own_checkins, set(c.subjects), own_idents, p.margin_s)
+        todo += [(w, own_checkins, set(c.subjects), own_idents) for w in windows]
         result.cases[i].windows = sorted(windows, key=lambda w: (w.start, w.venue.key))
+    # co-presence of every window of every case at once (a few statements, not a few each)
+    ranges = [(w.venue.id, w.start - p.margin_s, w.end + p.margin_s) for w, *_ in todo]
+    for (w, own_checkins, own_subjects, own_idents), checkins, sightings, adoption in zip(
+            todo, store.checkins_in(ranges), store.sightings_in(ranges),
+            store.adoption_in(ranges), strict=True):
+        _co_presence(w, checkins, sightings, adoption, own_checkins, own_subjects, own_idents)
     return result

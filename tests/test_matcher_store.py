@@ -125,6 +125,45 @@ def test_co_presence_queries_respect_venue_and_overlap(store: Store) -> None:
     assert adoption.windows == 0
 
 
+def test_many_co_presence_ranges_at_once_match_a_scan_of_what_was_stored(
+        store: Store) -> None:
+    # A match asks for every window at once, several statements' worth of ranges.
+    import random
+
+    rng = random.Random(5)
+    gws = [entry("gw-a", venue="cho-a"), entry("gw-b", venue="ben-xe-b")]
+    stored: list[tuple[int, bytes, float, float, str, float]] = []  # venue, id, first, last...
+    for n, gw in enumerate(gws):
+        sightings, checkins = [], []
+        for k in range(40):
+            t, dwell = T0 + rng.uniform(0, 20000), rng.uniform(10, 900)
+            sightings.append(sighting(os.urandom(12), t, dwell=dwell))
+            checkins.append(checkin(f"0010990{n}{k:04d}", T0 + rng.uniform(0, 20000)))
+        counts = [AdoptionCount(window_start=int(T0 + 900 * k), window_len=900, bluezone=k,
+                                other_phones=n) for k in range(20)]
+        store.add_batch(gw, Header(gw.id, 1, T0), Batch(sightings=sightings, checkins=checkins,
+                                                        counts=counts))
+        vid = store.ensure_gateway(gw)[1]
+        stored += [(vid, x.ident, x.first_seen, x.last_seen, "", 0.0) for x in sightings]
+        stored += [(vid, b"", 0.0, 0.0, c.subject, c.ts) for c in checkins]
+    venues = sorted({v for v, *_ in stored})
+    ranges = [(rng.choice(venues), a, a + rng.uniform(0, 3000))
+              for a in (T0 + rng.uniform(-1000, 21000) for _ in range(500))]
+    seen = store.sightings_in(ranges)
+    ins = store.checkins_in(ranges)
+    adoption = store.adoption_in(ranges)
+    assert len(seen) == len(ins) == len(adoption) == len(ranges)
+    for (v, a, b), got_s, got_c, got_a in zip(ranges, seen, ins, adoption, strict=True):
+        assert sorted(x[1] for x in got_s) == sorted(
+            i for vv, i, f, last, _, _ in stored if i and vv == v and f <= b and last >= a)
+        assert [c.subject for c in got_c] == [sub for _, sub in sorted(
+            (ts, sub) for vv, _, _, _, sub, ts in stored if sub and vv == v and a <= ts <= b)]
+        overlapping = [k for k in range(20) if T0 + 900 * k < b + 1e-9 and T0 + 900 * (k + 1) > a]
+        assert got_a.windows == len(overlapping)
+        assert got_a.max_bluezone == max(overlapping, default=0)
+    assert any(seen) and any(ins)  # the ranges do hit something
+
+
 def test_adoption_windows_overlapping_a_range(store: Store) -> None:
     gw = entry("gw-a")
     store.add_batch(gw, Header("gw-a", 1, T0), Batch(counts=[
