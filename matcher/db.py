@@ -196,7 +196,8 @@ class PostgresDatabase(Database):
 
     dialect = "postgres"
 
-    def __init__(self, url: str, *, schema: str | None = None, probes: int = 2) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, probes: int = 2,
+                 create_schema: bool = True) -> None:
         import psycopg
         from psycopg import sql
 
@@ -212,12 +213,13 @@ class PostgresDatabase(Database):
             raise StoreError(f"cannot connect to PostgreSQL ({_redact(url)}): {err}") from err
         self.conn.adapters.register_dumper(Int8Array, _int8_array_dumper())
         if schema:
-            # IF NOT EXISTS is not safe against a concurrent CREATE (two matchers starting
-            # together): serialise on the migration lock (see Store.migrate).
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(schema)))
+            if create_schema:
+                # IF NOT EXISTS is not safe against a concurrent CREATE (two matchers starting
+                # together): serialise on the migration lock (see Store.migrate).
+                with self.conn.transaction():
+                    self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                    self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        sql.Identifier(schema)))
             self.conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 
     @staticmethod
@@ -277,7 +279,13 @@ class PostgresDatabase(Database):
         keys that they can split costs a ``COPY`` first and is slower end to end.
         """
         while len(self._siblings) < self.probes - 1:
-            self._siblings.append(PostgresDatabase(self._url, schema=self.schema, probes=1))
+            try:
+                self._siblings.append(PostgresDatabase(
+                    self._url, schema=self.schema, probes=1, create_schema=False))
+            except StoreError as err:  # e.g. max_connections reached: slower, not failed
+                self.probes = 1 + len(self._siblings)
+                log.warning("F0 joins use %d connection(s): no more could be opened (%s)",
+                            self.probes, err)
         return [self, *self._siblings[:max(0, self.probes - 1)]]
 
     def close(self) -> None:

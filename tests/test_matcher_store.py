@@ -334,6 +334,20 @@ def test_large_postgres_joins_split_over_probe_connections(
     assert all(s.conn.closed for s in siblings)
 
 
+@pytest.mark.postgres
+def test_probe_connections_that_cannot_be_opened_leave_fewer_not_an_error(
+        pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from matcher.db import PostgresDatabase
+
+    with temp_store("postgres", tmp_path, pg_url) as store:
+        db = store.db
+        assert isinstance(db, PostgresDatabase)
+        db.probes, db._url = 4, "postgresql://nobody@127.0.0.1:1/none"  # refused
+        with caplog.at_level("WARNING"):
+            assert db.probe_connections() == [db]
+        assert db.probes == 1 and "no more could be opened" in caplog.text
+
+
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_sightings_stored_before_the_join_key_are_found_after_migrating(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest,
