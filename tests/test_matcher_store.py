@@ -13,7 +13,7 @@ from ble.records import AdoptionCount
 from gateway.batch import Batch, ClockCorrection
 from gateway.clock import ClockEpoch, ClockSource
 from matcher import schema
-from matcher.db import StoreError, split_options, sqlite_path
+from matcher.db import PostgresDatabase, StoreError, split_options, sqlite_path
 from matcher.store import Store, open_store
 from matcher.testing import Header, checkin, entry, sighting, temp_store
 
@@ -298,54 +298,56 @@ def test_join_keys_agree_between_python_numpy_and_the_database(store: Store) -> 
     assert got == [schema.ident_key(x) for x in probe]
 
 
+@pytest.fixture
+def pg_store(pg_url: str, tmp_path: Path) -> Iterator[tuple[Store, PostgresDatabase]]:
+    """A PostgreSQL store and its database object."""
+    with temp_store("postgres", tmp_path, pg_url) as store:
+        assert isinstance(store.db, PostgresDatabase)
+        yield store, store.db
+
+
 @pytest.mark.postgres
 def test_large_postgres_joins_split_over_probe_connections(
-        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_store: tuple[Store, PostgresDatabase], monkeypatch: pytest.MonkeyPatch) -> None:
     from matcher import store_read
-    from matcher.db import PostgresDatabase
 
-    with temp_store("postgres", tmp_path, pg_url) as store:
-        db = store.db
-        assert isinstance(db, PostgresDatabase)
-        db.probes = 3
-        idents = [os.urandom(12) for _ in range(300)]
-        store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), Batch(
-            sightings=[sighting(x, T0 + i) for i, x in enumerate(idents[::3])]))
-        want = [(3 * i, T0 + i) for i in range(100)]
-        assert sorted((i, r.first_seen) for i, r in store.sightings_for_idents(idents)) == want
-        assert len(db.probe_connections()) == 3  # opened only now, on request
-        probed: list[int] = []
-        real = store_read.int8_array
-        monkeypatch.setattr(store_read, "int8_array", lambda k: probed.append(len(k)) or real(k))
-        monkeypatch.setattr(store_read, "PG_SPLIT_MIN_KEYS", 10)
-        got = store.sightings_for_idents(idents)
-        assert sorted(probed) == [100, 100, 100]  # three slices, each on its own connection
-        assert sorted((i, r.first_seen, r.clock.boot_id) for i, r in got) == [
-            (i, t, "boot-synced") for i, t in want]
-        # inside a transaction the rows written there are only visible on its connection
-        probed.clear()
-        late = os.urandom(12)
-        with store.transaction():
-            store.add_batch(entry("gw-a"), Header("gw-a", 2, T0), Batch(
-                sightings=[sighting(late, T0 + 500)]))
-            got = store.sightings_for_idents([*idents, late])
-        assert probed == [301] and (300, late) in {(i, r.ident) for i, r in got}
-        siblings = db.probe_connections()[1:]
+    store, db = pg_store
+    db.probes = 3
+    idents = [os.urandom(12) for _ in range(300)]
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), Batch(
+        sightings=[sighting(x, T0 + i) for i, x in enumerate(idents[::3])]))
+    want = [(3 * i, T0 + i) for i in range(100)]
+    assert sorted((i, r.first_seen) for i, r in store.sightings_for_idents(idents)) == want
+    assert len(db.probe_connections()) == 3  # opened only now, on request
+    probed: list[int] = []
+    real = store_read.int8_array
+    monkeypatch.setattr(store_read, "int8_array", lambda k: probed.append(len(k)) or real(k))
+    monkeypatch.setattr(store_read, "PG_SPLIT_MIN_KEYS", 10)
+    got = store.sightings_for_idents(idents)
+    assert sorted(probed) == [100, 100, 100]  # three slices, each on its own connection
+    assert sorted((i, r.first_seen, r.clock.boot_id) for i, r in got) == [
+        (i, t, "boot-synced") for i, t in want]
+    # inside a transaction the rows written there are only visible on its connection
+    probed.clear()
+    late = os.urandom(12)
+    with store.transaction():
+        store.add_batch(entry("gw-a"), Header("gw-a", 2, T0), Batch(
+            sightings=[sighting(late, T0 + 500)]))
+        got = store.sightings_for_idents([*idents, late])
+    assert probed == [301] and (300, late) in {(i, r.ident) for i, r in got}
+    siblings = db.probe_connections()[1:]
+    store.close()
     assert all(s.conn.closed for s in siblings)
 
 
 @pytest.mark.postgres
 def test_probe_connections_that_cannot_be_opened_leave_fewer_not_an_error(
-        pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from matcher.db import PostgresDatabase
-
-    with temp_store("postgres", tmp_path, pg_url) as store:
-        db = store.db
-        assert isinstance(db, PostgresDatabase)
-        db.probes, db._url = 4, "postgresql://nobody@127.0.0.1:1/none"  # refused
-        with caplog.at_level("WARNING"):
-            assert db.probe_connections() == [db]
-        assert db.probes == 1 and "no more could be opened" in caplog.text
+        pg_store: tuple[Store, PostgresDatabase], caplog: pytest.LogCaptureFixture) -> None:
+    _, db = pg_store
+    db.probes, db._url = 4, "postgresql://nobody@127.0.0.1:1/none"  # refused
+    with caplog.at_level("WARNING"):
+        assert db.probe_connections() == [db]
+    assert db.probes == 1 and "no more could be opened" in caplog.text
 
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
