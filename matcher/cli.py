@@ -10,6 +10,9 @@ from gateway.errors import BzgwError
 from matcher import ids as idmod
 from matcher.config import MatcherConfig
 
+DB_HELP = ("sqlite:///path or postgresql://user@host/db[?schema=NAME&probes=N] "
+           "(docs/OPERATIONS.md)")
+
 
 def _hex(value: str, n: int, what: str) -> bytes:
     try:
@@ -93,7 +96,7 @@ def _db_url(db: str | None, cfg: MatcherConfig | None) -> str:
               help="Signed F0 input: bzgw-f0/v1 envelope (Bluezone InfoF or upload, EN TEK "
                    "JSON, identities), a file with a detached .sig, or a signed EN export "
                    "zip.")
-@click.option("--db", default=None, help="sqlite:///path or postgresql://... (default: config)")
+@click.option("--db", default=None, help=DB_HELP + " (default: config)")
 @click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
               default=None, help="Matcher config: database and F0 signer keys.")
 @click.option("--signer", "signers", multiple=True,
@@ -178,7 +181,7 @@ def matcher_serve(config: Path) -> None:
 @matcher_group.command("status")
 @click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
               default=None)
-@click.option("--db", default=None, help="sqlite:///path or postgresql://...")
+@click.option("--db", default=None, help=DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def matcher_status(config: Path | None, db: str | None, as_json: bool) -> None:
     """Ingest counters (stored, duplicates, every rejection reason) and gateway states.
@@ -221,7 +224,7 @@ def matcher_status(config: Path | None, db: str | None, as_json: bool) -> None:
 @matcher_group.command("purge")
 @click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
               default=None)
-@click.option("--db", default=None, help="sqlite:///path or postgresql://...")
+@click.option("--db", default=None, help=DB_HELP)
 @click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Retention window (default: the config's retention_days, else 21).")
 def matcher_purge(config: Path | None, db: str | None, days: float | None) -> None:

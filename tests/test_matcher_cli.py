@@ -187,3 +187,48 @@ def test_help_has_examples() -> None:
                  ["matcher", "sign-f0"]):
         res = CliRunner().invoke(cli, [*args, "--help"])
         assert res.exit_code == 0 and "Example:" in res.output, args
+
+
+@pytest.mark.postgres
+def test_match_a_large_f0_on_postgresql_with_url_options(pg_url: str, tmp_path: Path) -> None:
+    # 210 daily keys: over 20,000 IDs, so the join is split over the URL's probe connections
+    # (the split itself is tested in test_matcher_store.py).
+    from matcher.store import open_store
+    from matcher.testing import Header, drop_schema, entry, unique_schema
+
+    authority = Ed25519PrivateKey.generate()
+    (tmp_path / "moh.key").write_bytes(authority.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "moh.pem").write_bytes(authority.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    keys = [os.urandom(32) for _ in range(210)]
+    seen = bluezone_day_ids(keys[123])[40]
+    name = unique_schema()
+    url = f"{pg_url}?schema={name}&probes=3"
+    try:
+        with open_store(url) as store:
+            store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), Batch(
+                sightings=[sighting(seen, T0 + 36010, 600), sighting(os.urandom(12), T0 + 5)]))
+        infof = tmp_path / "infof.json"
+        infof.write_text(json.dumps({"data": [
+            {"daily_key": k.hex(), "time_start": T0, "time_end": T0 + 86399, "max": 96}
+            for k in keys]}))
+        runner = CliRunner()
+        res = runner.invoke(cli, ["matcher", "sign-f0", str(infof), "--key",
+                                  str(tmp_path / "moh.key"), "--case", "HN-10"])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(cli, ["match", "--f0", str(tmp_path / "infof.json.signed.json"),
+                                  "--db", url, "--signer", str(tmp_path / "moh.pem"),
+                                  "--out", str(tmp_path / "rep")])
+        assert res.exit_code == 0, res.output
+        assert "20,160 IDs" in res.output  # one case per daily key, one join for all
+        assert "HN-10 #124: 1 hit(s), 1 window(s)" in res.output, res.output
+        doc = json.loads((tmp_path / "rep" / "report.json").read_text(encoding="utf-8"))
+        assert [i for i, c in enumerate(doc["cases"]) if c["windows"]] == [123]
+        res = runner.invoke(cli, ["match", "--f0", str(tmp_path / "infof.json.signed.json"),
+                                  "--db", f"{pg_url}?schema={name}&probes=lots",
+                                  "--signer", str(tmp_path / "moh.pem")])
+        assert res.exit_code == 1 and "probes='lots'" in res.output
+    finally:
+        drop_schema(pg_url, name)
