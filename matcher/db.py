@@ -361,7 +361,6 @@ def split_options(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=rest)), options
 
 
-
 def sqlite_path(url: str) -> str:
     """The file path (or ``:memory:``) of a ``sqlite:`` URL or a plain path."""
     if not url.startswith("sqlite:"):
