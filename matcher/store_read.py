@@ -137,7 +137,11 @@ class StoreReads:
         # hashes, in numpy 2.3: ten times slower than this for a million keys).
         distinct = np.ones(len(by_key), dtype=bool)
         distinct[1:] = by_key[1:] != by_key[:-1]
-        hits = self._join_keys(by_key[distinct])
+        probe = by_key[distinct]
+        # In slices, so a national EN export (millions of RPIs) does not become one
+        # gigabyte-sized parameter or JSON text.
+        hits = [h for lo in range(0, len(probe), JOIN_SLICE)
+                for h in self._join_keys(probe[lo:lo + JOIN_SLICE])]
         if not hits:
             return []
         found = np.fromiter((h[0] for h in hits), dtype=np.int64, count=len(hits))
@@ -297,6 +301,9 @@ class StoreReads:
                 f"WITH w (i, venue, a, b) AS (VALUES {', '.join([row] * len(chunk))}) {body}",
                 (*values, *params))
         return out
+
+#: F0 keys per join statement (or per set of probe connections on PostgreSQL).
+JOIN_SLICE = 2_000_000
 
 #: Ranges per co-presence statement: 4 parameters each, under SQLite's oldest limit of 999.
 _RANGES_PER_STATEMENT = 240

@@ -283,6 +283,19 @@ def test_ids_sharing_a_join_key_are_told_apart_and_repeats_keep_their_index(
     assert store.sightings_for_idents([b]) == []
 
 
+def test_a_join_in_many_slices_finds_what_one_join_finds(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matcher import store_read
+
+    idents = [os.urandom(12) for _ in range(60)]
+    store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), Batch(
+        sightings=[sighting(x, T0 + i) for i, x in enumerate(idents[::4])]))
+    whole = sorted((i, r.id) for i, r in store.sightings_for_idents(idents))
+    monkeypatch.setattr(store_read, "JOIN_SLICE", 7)
+    assert sorted((i, r.id) for i, r in store.sightings_for_idents(idents)) == whole
+    assert [i for i, _ in whole] == list(range(0, 60, 4))
+
+
 def test_join_keys_agree_between_python_numpy_and_the_database(store: Store) -> None:
     import numpy as np
 
