@@ -149,3 +149,45 @@ def test_no_match_gives_empty_cases(store: Store, key: Ed25519PrivateKey) -> Non
                      "time_end": T0 + 86399}]}
     r = match_f0(store, _f0(key, "bluezone-infof", doc))
     assert (r.cases[0].hits, r.cases[0].windows, r.windows) == (0, [], [])
+
+
+def test_other_phone_counts_equal_a_count_of_the_stored_rows(store: Store,
+                                                             key: Ed25519PrivateKey) -> None:
+    # The database counts distinct IDs per window and the case's own IDs are taken back out
+    # afterwards: the result must equal counting the rows themselves, own IDs skipped.
+    import random
+
+    rng = random.Random(11)
+    dk = os.urandom(32)
+    ids = bluezone_day_ids(dk)
+    gws = [entry("gw-a", venue="cho-a"), entry("gw-b", venue="ben-xe-b")]
+    pool = [os.urandom(12) for _ in range(40)] + [os.urandom(16) for _ in range(15)]
+    for gw in gws:
+        rows = []
+        for slot in rng.sample(range(30, 60), 8):  # the case, in its slots
+            rows.append(sighting(ids[slot], T0 + slot * 900 + rng.uniform(0, 800), 60))
+            if rng.random() < 0.4:  # the same ID again, replayed hours later
+                rows.append(sighting(ids[slot], T0 + slot * 900 + 5 * 3600, 60))
+        for _ in range(150):  # other phones, some seen several times
+            rows.append(sighting(rng.choice(pool), T0 + rng.uniform(25, 65) * 900,
+                                 rng.uniform(10, 1200)))
+        store.add_batch(gw, Header(gw.id, 1, T0), Batch(sightings=rows))
+    doc = {"data": [{"daily_key": dk.hex(), "time_start": T0, "time_end": T0 + 86399,
+                     "max": 96}]}
+    [case] = match_f0(store, _f0(key, "bluezone-infof", doc)).cases
+    own = set(ids)
+    assert len(case.windows) >= 2
+    for w in case.windows:
+        seen = store.sightings_at(w.venue.id, w.start - 1800, w.end + 1800)
+        others = [(k, i, s) for k, i, s in seen if i not in own]
+        by_kind: dict[str, set[bytes]] = {}
+        by_slot: dict[tuple[str, int], set[bytes]] = {}
+        for k, i, s in others:
+            by_kind.setdefault(k, set()).add(i)
+            by_slot.setdefault((k, s), set()).add(i)
+        assert w.other_ids == {k: len(v) for k, v in sorted(by_kind.items())}
+        peaks: dict[str, int] = {}
+        for (k, _), v in by_slot.items():
+            peaks[k] = max(peaks.get(k, 0), len(v))
+        assert w.peak_phones == dict(sorted(peaks.items()))
+        assert any(i in own for _, i, _ in seen)  # own IDs were there to be taken out
