@@ -1,8 +1,8 @@
 """Database connections for the store: SQLite (default) and PostgreSQL, one small interface.
 
 SQL is written once with ``?`` placeholders; the PostgreSQL side rewrites them to ``%s``. Bulk
-loads differ on purpose: SQLite takes ``executemany`` in one transaction, PostgreSQL takes
-``COPY`` (binary, built with numpy where the rows are fixed-width).
+inserts differ on purpose: SQLite takes multi-row ``INSERT`` statements, PostgreSQL takes
+``COPY`` (see ``insert_rows``).
 
 URLs:
 
@@ -254,12 +254,6 @@ class PostgresDatabase(Database):
             for r in rows:
                 cp.write_row(r)
 
-    def copy_binary(self, table: str, columns: Sequence[str], payload: bytes) -> None:
-        """``COPY ... FROM STDIN (FORMAT BINARY)`` of a payload built by :func:`pg_binary`."""
-        with self.conn.cursor() as cur, cur.copy(
-                f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as cp:
-            cp.write(payload)
-
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open on this connection (its writes are not yet visible
@@ -336,10 +330,6 @@ def _discard(cm: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
         yield
 
 
-PG_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-PG_COPY_TRAILER = struct.pack(">h", -1)
-
-
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -398,32 +388,3 @@ def connect(url: str, *, schema: str | None = None) -> Database:
         return SqliteDatabase(sqlite_path(url))
     raise StoreError(f"unsupported database URL {_redact(url)!r}: use sqlite:///path or "
                      "postgresql://...")
-
-
-def pg_binary(columns: Sequence[tuple[str, Any]]) -> bytes:
-    """A binary ``COPY`` payload for fixed-width, non-null columns, built without a Python loop.
-
-    Args:
-        columns: ``(pg_type, numpy array)`` pairs of equal length; types ``bytea`` (array of
-            dtype ``S<n>``), ``int4``, ``int8`` and ``float8``.
-    """
-    import numpy as np
-
-    n = len(columns[0][1]) if columns else 0
-    fields: list[tuple[str, Any]] = [("nf", ">i2")]
-    widths = []
-    for i, (typ, arr) in enumerate(columns):
-        if len(arr) != n:
-            raise ValueError("columns differ in length")
-        if typ == "bytea":
-            dt = np.dtype(f"S{arr.dtype.itemsize}")
-        else:
-            dt = np.dtype({"int4": ">i4", "int8": ">i8", "float8": ">f8"}[typ])
-        fields += [(f"l{i}", ">i4"), (f"v{i}", dt)]
-        widths.append(dt.itemsize)
-    rec = np.empty(n, dtype=np.dtype(fields))
-    rec["nf"] = len(columns)
-    for i, (_typ, arr) in enumerate(columns):
-        rec[f"l{i}"] = widths[i]
-        rec[f"v{i}"] = arr
-    return PG_COPY_HEADER + rec.tobytes() + PG_COPY_TRAILER
