@@ -212,8 +212,8 @@ def _seal(sealer: Sealer, batch: Batch, seq: int) -> bytes:
 
 
 async def _drain_rate(lab: Any, outboxes: dict[str, Outbox],
-                      inflight: int) -> tuple[float, float]:
-    """Drain every outbox at once, one :class:`GatewaySync` each; sightings/s, batches/s."""
+                      inflight: int) -> float:
+    """Drain every outbox at once, one :class:`GatewaySync` each; sightings/s."""
     n_batches = sum(ob.status().depth for ob in outboxes.values())
     syncs = []
     for gw_id, outbox in outboxes.items():
@@ -234,13 +234,13 @@ async def _drain_rate(lab: Any, outboxes: dict[str, Outbox],
     await asyncio.gather(*tasks)
     stored = sum(sync.counters.stored for sync in syncs)
     assert stored == n_batches, [sync.stats() for sync in syncs]
-    return n_batches * PER_BATCH / dt, n_batches / dt
+    return n_batches * PER_BATCH / dt
 
 
 def _drain_through(script: str, root: Path, lab: Any, outboxes: dict[str, Outbox],
-                   inflight: int = 8) -> tuple[float, float, str]:
-    """Run the matcher ``script`` as a process and time the drain; returns rates and the
-    matcher's final line."""
+                   inflight: int = 8) -> tuple[float, str]:
+    """Run the matcher ``script`` as a process and time the drain; returns sightings/s and
+    the matcher's final line."""
     proc = subprocess.Popen([sys.executable, "-c", script, str(root)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -248,7 +248,7 @@ def _drain_through(script: str, root: Path, lab: Any, outboxes: dict[str, Outbox
         assert proc.stdout is not None and proc.stdin is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("matcher process did not start")
-        rate, batch_rate = asyncio.run(_drain_rate(lab, outboxes, inflight))
+        rate = asyncio.run(_drain_rate(lab, outboxes, inflight))
         proc.stdin.close()
         last = proc.stdout.readline().strip()
         proc.wait(timeout=30)
@@ -258,7 +258,7 @@ def _drain_through(script: str, root: Path, lab: Any, outboxes: dict[str, Outbox
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    return rate, batch_rate, last
+    return rate, last
 
 
 def throughput_rows(sightings: list[Sighting], quick: bool) -> list[dict[str, Any]]:
@@ -292,16 +292,16 @@ def throughput_rows(sightings: list[Sighting], quick: bool) -> list[dict[str, An
 
             one = {"gw-0": outboxes["gw-0"]}
             seal_rate = fill_outboxes(list(outboxes), per_gateway)
-            fleet, _, stats = _drain_through(MATCHER, root, lab, outboxes)
+            fleet, stats = _drain_through(MATCHER, root, lab, outboxes)
             assert json.loads(stats or "{}").get("stored") == GATEWAYS * per_gateway, stats
             fill_outboxes(["gw-0"], n_single)
-            single, _, stats = _drain_through(MATCHER, root, lab, one)
+            single, stats = _drain_through(MATCHER, root, lab, one)
             assert json.loads(stats or "{}").get("stored") == n_single, stats
             fill_outboxes(["gw-0"], n_single)
-            minimal, _, seen = _drain_through(MINIMAL, root, lab, one)
+            minimal, seen = _drain_through(MINIMAL, root, lab, one)
             assert int(seen) == n_single, seen
             fill_outboxes(["gw-0"], n_single)
-            wide, _, seen = _drain_through(MINIMAL, root, lab, one, inflight=32)
+            wide, seen = _drain_through(MINIMAL, root, lab, one, inflight=32)
             assert int(seen) == n_single, seen
             for ob in outboxes.values():
                 ob.close()

@@ -104,7 +104,8 @@ class Ingestor:
 
     def handle_batch(self, topic: str, payload: bytes, *,
                      now: float | None = None) -> Outcome:
-        """Process one message from the batch subscription (:meth:`open`, then :meth:`store`)."""
+        """Process one message from the batch subscription (:meth:`open`, then
+        :meth:`store_opened`)."""
         return self.store_opened(self.open(topic, payload), now=now)
 
     def open(self, topic: str, payload: bytes) -> Opened:

@@ -255,7 +255,7 @@ class Store(StoreReads):
              str(s.proximity), s.aem)
             for s in batch.sightings])
         db.insert_rows("checkins", _CHECKIN_COLS, [
-            (gw_id, venue_id, seq, self._epoch_id(gw_id, c.clock), float(c.ts), str(c.kind),
+            (gw_id, venue_id, seq, epoch_of(c.clock), float(c.ts), str(c.kind),
              c.subject, c.masked, json.dumps(c.fields, ensure_ascii=False, sort_keys=True),
              checkin_phone(c.subject, c.fields))
             for c in batch.checkins])
