@@ -34,7 +34,7 @@ from ble.config import ProximityThresholds
 from ble.decoders import advert_of, decode, decode_uncached
 from ble.replay import build_legacy_event, read_reports, write_btsnoop
 from ble.simulator import Crowd
-from gateway.clock import ReplayClock
+from core.clock import ReplayClock
 
 Report = tuple[float, str, int | None, bytes]
 T0 = 1_627_790_400

@@ -24,7 +24,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     sys.path.insert(0, str(TESTS))
     from crashkit import crash_loop
 
-    from mqtt.lab import make_lab
+    from bzgw.lab import make_lab
 
     kills = 40 if quick else 400
     with tempfile.TemporaryDirectory(prefix="bzgw-bench-crash-") as tmp:

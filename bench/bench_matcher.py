@@ -4,7 +4,7 @@ Measured in one run, each against the alternative it replaces:
 
 - Bluezone IDs derived per second: :func:`matcher.ids.bluezone_block` (one process, and spread
   over every core with the pool start-up included) vs the per-ID reference loop.
-- EN RPIs derived per second: :func:`matcher.ids.en_block` vs :func:`matcher.ids.en_rpis`
+- EN RPIs derived per second: :func:`matcher.ids.en_block` vs :func:`ble.ids.en_rpis`
   called per key.
 - The F0 join: 1,000,000 F0 IDs (Bluezone, derived from 10,417 daily keys) against
   10,000,000 stored sightings, 1 % of the F0 IDs present, on SQLite and PostgreSQL:
@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ble import ids as ref_ids
 from matcher import ids, schema
 from matcher.db import PostgresDatabase
 from matcher.f0 import F0, F0Case
@@ -121,9 +122,9 @@ def _reference_bluezone(keys: list[bytes], n: int) -> list[bytes]:
     """The straightforward per-ID loop (the code :mod:`matcher.ids` started from)."""
     out = []
     for dk in keys:
-        sk = hashlib.sha256(dk + ids.BLUEZONE_SALT).digest()
+        sk = hashlib.sha256(dk + ref_ids.BLUEZONE_SALT).digest()
         for _ in range(n):
-            out.append(bytes(sk[i] for i in ids.BLUEZONE_PICK))
+            out.append(bytes(sk[i] for i in ref_ids.BLUEZONE_PICK))
             sk = hashlib.sha256(sk).digest()
     return out
 
@@ -167,7 +168,7 @@ def bench_rpis(quick: bool) -> list[dict[str, Any]]:
     n_keys = 2_000 if quick else 20_000
     teks = [(rng.randbytes(16), 2_833_000 + 144 * (i % 14), 144) for i in range(n_keys)]
     with Cpu() as c_ref:
-        t_ref, ref = _timed(lambda: [r for t, s, c in teks for r in ids.en_rpis(t, s, c)])
+        t_ref, ref = _timed(lambda: [r for t, s, c in teks for r in ref_ids.en_rpis(t, s, c)])
     with Cpu() as c_blk:
         t_blk, block = _timed(lambda: ids.en_block(teks))
     assert block.idents()[:288] == ref[:288]

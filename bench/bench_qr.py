@@ -33,7 +33,7 @@ import numpy as np
 import segno
 from PIL import Image, ImageDraw, ImageFilter
 
-from gateway.clock import ReplayClock
+from core.clock import ReplayClock
 from qr.decoder import Decoder, ZbarQrReader, ZxingReader, fit_within, load_image
 from qr.records import DecodedCode
 

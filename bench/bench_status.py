@@ -20,10 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ble.records import AdoptionCount, Advert
+from ble.records import Advert
 from ble.simulator import Crowd
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
+from bzgw.labrecords import Header, entry
+from contract.batch import Batch
+from contract.records import AdoptionCount
+from core.clock import ClockEpoch, ClockSource
 from gateway.health import Component, LinkWatch, PhonesNow, build_health
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
@@ -31,7 +33,6 @@ from gateway.pipeline import PipelineStats
 from matcher.dashboard import Dashboard
 from matcher.dashboard_queries import adoption_series
 from matcher.store import Store, open_store
-from matcher.testing import Header, entry
 
 EPOCH = ClockEpoch("bench", 0.0, True, ClockSource.NTP, 0.0)
 T0 = 1_700_000_000

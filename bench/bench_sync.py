@@ -30,17 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from ble.aggregator import WindowAggregator
-from ble.records import IdKind, Sighting
 from ble.simulator import Crowd
-from gateway import codec
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
+from bzgw.lab import make_lab
+from contract import codec
+from contract.batch import Batch
+from contract.records import IdKind, Sighting
+from contract.sealing import SUITES, Sealer, generate_matcher_keypair, save_matcher_keypair
+from core.clock import ClockEpoch, ClockSource
 from gateway.config import IdentityConfig
 from gateway.outbox import Outbox
-from gateway.sealer import SUITES, Sealer, generate_matcher_keypair, save_matcher_keypair
 from mqtt import topics
 from mqtt.client import MqttClient
-from mqtt.lab import make_lab
 from mqtt.sync import GatewaySync
 
 PER_BATCH = 500
@@ -50,8 +50,8 @@ EPOCH = ClockEpoch("bench-boot", 0.0, True, ClockSource.NTP)
 MATCHER = r"""
 import asyncio, json, sys
 from pathlib import Path
-from gateway.registry import load_registry
-from gateway.sealer import load_matcher_private_key
+from contract.registry import load_registry
+from contract.sealing import load_matcher_private_key
 from matcher.service import MatcherService
 from matcher.store import open_store
 from mqtt.config import MqttConfig
@@ -80,8 +80,8 @@ asyncio.run(main())
 MINIMAL = r"""
 import asyncio, sys, time
 from pathlib import Path
-from gateway.registry import load_registry
-from gateway.sealer import load_matcher_private_key, open_batch
+from contract.registry import load_registry
+from contract.sealing import load_matcher_private_key, open_batch
 from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.config import MqttConfig

@@ -32,12 +32,12 @@ from typing import Any
 
 from ble.config import ProximityThresholds
 from ble.decoders import BLUEZONE_BEACON, Decoded, decode
+from ble.ids import BLUEZONE_SLOT_S, EN_INTERVAL
 from ble.proximity import proximity_of
-from ble.records import AdoptionCount, Advert, IdKind, Sighting
-from gateway.clock import ClockEpoch
+from ble.records import Advert
+from contract.records import PHONE_CLASS, AdoptionCount, IdKind, PhoneClass, Sighting
+from core.clock import ClockEpoch
 
-BLUEZONE_SLOT_S = 900
-EN_SLOT_S = 600
 _BINS = 256  # RSSI histogram over every signed-byte value
 _STRONGEST_FIRST = range(127, -129, -1)
 _RECENT_MAX = 8192  # per-address cache entries (MACs, memory only, emptied every window)
@@ -51,6 +51,9 @@ _RANK = {IdKind.OTHER: _R_OTHER, IdKind.IBEACON: _R_IBEACON, IdKind.APPLE: _R_AP
          IdKind.BLUEZONE: _R_ID}
 _RANK_NAMES = {_R_OTHER: "other", _R_IBEACON: "ibeacon", _R_BZ_BEACON: "bluezone_beacon",
                _R_APPLE: "apple", _R_PHONE: "phone", _R_IOS: "bluezone_ios"}
+# by_kind names → the shared phone classification; "bluezone_beacon" has none: the Android
+# phone sending Bluezone's wake-up iBeacon is already counted by its ID
+_CLASS_OF_NAME = {k.value: c for k, c in PHONE_CLASS.items()}
 
 
 class _Track:
@@ -143,7 +146,7 @@ class WindowAggregator:
         self.count_window_s = count_window_s
         self.clock = clock
         self._slot_len = {IdKind.BLUEZONE: bluezone_slot_s, IdKind.BLUEZONE_IOS: bluezone_slot_s,
-                          IdKind.GAEN: EN_SLOT_S}
+                          IdKind.GAEN: EN_INTERVAL}
         self._tracks: dict[tuple[bytes, int], _Track] = {}
         self._ready: list[Sighting] = []
         self._counts: list[AdoptionCount] = []
@@ -399,11 +402,15 @@ class WindowAggregator:
         zeros = _OVERFLOW_BITS - int.from_bytes(win.refused, "big").bit_count()
         overflow = round(_OVERFLOW_BITS * math.log(_OVERFLOW_BITS / max(zeros, 1))) \
             if zeros < _OVERFLOW_BITS else 0
+        fig = [0] * len(PhoneClass)
+        for name, n in by.items():
+            cls = _CLASS_OF_NAME.get(name)
+            if cls is not None:
+                fig[cls] += n
         self._counts.append(AdoptionCount(
             window_start=win.start, window_len=self.count_window_s,
-            bluezone=bz_android + by.get("bluezone_ios", 0), gaen=gaen,
-            other_phones=by.get("apple", 0) + by.get("phone", 0),
-            other_devices=by.get("other", 0) + by.get("ibeacon", 0),
+            bluezone=fig[PhoneClass.BLUEZONE], gaen=fig[PhoneClass.GAEN],
+            other_phones=fig[PhoneClass.OTHER_PHONE], other_devices=fig[PhoneClass.DEVICE],
             overflow=overflow, by_kind=dict(sorted(by.items()))))
 
     def _sighting(self, tr: _Track) -> Sighting:

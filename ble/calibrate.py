@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ble.config import ProximityThresholds
 from ble.proximity import MIN_SAMPLES, Calibration, compute_thresholds
-from ble.records import IdKind
 from ble.sources.base import AdvertSource
-from gateway.errors import ConfigError
+from contract.records import IdKind
+from core.errors import ConfigError
 
 PHONE_KINDS = frozenset({IdKind.BLUEZONE, IdKind.BLUEZONE_IOS, IdKind.GAEN, IdKind.APPLE,
                          IdKind.PHONE})

@@ -25,7 +25,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ble.parser import AdFields, uuid128_wire
-from ble.records import Advert, IdKind
+from ble.records import Advert
+from contract.records import IdKind
 
 BLUEZONE_COMPANY = 0x22B5
 BLUEZONE_ID_LEN = 12

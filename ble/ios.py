@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ble.decoders import BLUEZONE_ID_LEN, BLUEZONE_IOS_CHARACTERISTIC
-from ble.records import Advert, IdKind
+from ble.ids import BLUEZONE_SLOT_S
+from ble.records import Advert
+from contract.records import IdKind
 
 log = logging.getLogger(__name__)
 
-SLOT_S = 900
 _CACHE_MAX = 4096
 
 
@@ -92,7 +93,7 @@ class IosResolver:
     """
 
     def __init__(self, reader: GattReader, *, reads_per_minute: int = 6,
-                 slot_s: int = SLOT_S) -> None:
+                 slot_s: int = BLUEZONE_SLOT_S) -> None:
         self._reader = reader
         self._rate = reads_per_minute / 60.0
         self._burst = float(max(1, reads_per_minute))

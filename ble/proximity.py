@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ble.config import ProximityThresholds
-from ble.records import Proximity
-from gateway.errors import BzgwError
+from contract.records import Proximity
+from core.errors import BzgwError
 
 MEDIUM_RANGE_M = 5.0  # the medium class ends where the fitted model puts ~5 m
 MIN_SAMPLES = 5

@@ -10,7 +10,7 @@ Formats (byte layouts in the corpora's FORMATS.md):
   (Linux monitor header: adapter index, opcode).
 
 The capture's own timestamps are the clock of a replay. A malformed file or record header is a
-:class:`~gateway.errors.CaptureFormatError` naming the byte offset; a final record cut off by
+:class:`~core.errors.CaptureFormatError` naming the byte offset; a final record cut off by
 a crash or copy is logged as a warning, counted in :class:`ReplayStats`, and everything before
 it is still returned.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from ble.decoders import advert_of, decode
 from ble.hci import AdvReport, HciParser, HciStats
 from ble.records import Advert
-from gateway.errors import CaptureFormatError
+from core.errors import CaptureFormatError
 
 log = logging.getLogger(__name__)
 

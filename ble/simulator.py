@@ -1,9 +1,9 @@
 """A seeded crowd of phones and devices that advertise like the real ones, for tests and demos.
 
-* Bluezone Android phones carry a real key chain (``matcher.ids``): 96 IDs a day from a 32-byte
+* Bluezone Android phones carry a real key chain (``ble.ids``): 96 IDs a day from a 32-byte
   base key, in manufacturer data ``0x22B5``; they advertise 15 s on / 15 s off, and their
   random address rotates every 15 min, out of step with the ID.
-* Exposure Notification phones derive RPIs from one TEK per UTC day (``matcher.ids.en_rpis``);
+* Exposure Notification phones derive RPIs from one TEK per UTC day (``ble.ids.en_rpis``);
   RPI and random address change together every 10-minute interval; the AEM encrypts the
   metadata (version, TX power).
 * Bluezone iPhones advertise without their ID (Apple overflow area in the background, the
@@ -26,11 +26,18 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ble.decoders import BLUEZONE_IOS_SERVICE_WIRE
+from ble.ids import (
+    BLUEZONE_SLOT_S,
+    DAY,
+    EN_INTERVAL,
+    bluezone_day_ids,
+    en_decrypt_aem,
+    en_rpis,
+    next_daily_key,
+)
 from ble.records import Advert
-from gateway.clock import Clock
-from matcher.ids import DAY, EN_INTERVAL, bluezone_day_ids, en_decrypt_aem, en_rpis, next_daily_key
+from core.clock import Clock
 
-BLUEZONE_SLOT = 900
 DUTY_BLOCK = 15.0  # Bluezone Android: 15 s advertising, 15 s sleeping
 ADDRESS_ROTATION = 900.0  # typical random-address lifetime (Android and iOS)
 
@@ -192,11 +199,11 @@ class BluezonePhone(SimDevice):
         ids = self._ids.get(day)
         if ids is None:
             ids = self._ids[day] = bluezone_day_ids(self.daily_key(day))
-        return ids[int((t - day) // BLUEZONE_SLOT)]
+        return ids[int((t - day) // BLUEZONE_SLOT_S)]
 
     def epochs(self, t: float) -> tuple[int, int]:
         """Address rotation and ID slot change independently."""
-        return math.floor((t - self.phase) / self.rotation), math.floor(t / BLUEZONE_SLOT)
+        return math.floor((t - self.phase) / self.rotation), math.floor(t / BLUEZONE_SLOT_S)
 
     def payload_at(self, t: float) -> bytes:
         """Flags, 16-bit service 0x4E56, manufacturer 0x22B5 + ID (23 bytes, as AOSP sends)."""

@@ -1,37 +1,29 @@
-"""Configuration: one pydantic model per section, parsing kept apart from file handling.
+"""The gateway's config sections: identity, sealing, outbox, status page.
 
-``parse(dict)`` validates plain data (tests use it); ``load(path)`` reads YAML and turns
-validation errors into ``file:line: a -> b: message`` lines.
+A whole file is read by the shell (``bzgw.config``), which adds the matcher's section.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from ble.config import BleConfig
-from gateway.errors import ConfigError
-from gateway.yamlloc import line_of, load_yaml
-from matcher.config import MatcherConfig
+from contract import names
+from core.settings import Section
 from mqtt.config import MqttConfig
 from qr.config import QrConfig
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class IdentityConfig(Section):
     """Who this gateway is; also its MQTT topic path ``bz/v1/{province}/{venue}/{id}``."""
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="gateway id (cert CN)")
-    province: str = Field(pattern=r"^[a-z0-9-]{1,32}$", description="province code")
+    id: str = Field(pattern=names.GATEWAY_ID, description="gateway id (cert CN)")
+    province: str = Field(pattern=names.PROVINCE, description="province code")
     district: str = Field(default="", description="district, for dashboards")
-    venue: str = Field(pattern=r"^[a-z0-9-]{1,64}$", description="venue code")
+    venue: str = Field(pattern=names.VENUE, description="venue code")
     venue_name: str = Field(default="", description="human-readable venue name")
 
 
@@ -66,8 +58,8 @@ class StatusConfig(Section):
     refresh_s: float = Field(default=5, gt=0, le=300, description="status page refresh period")
 
 
-class Config(Section):
-    """A whole config file: gateway sections, matcher section, or both."""
+class GatewayConfig(Section):
+    """The gateway's sections of a config file (the shell's ``Config`` adds ``matcher``)."""
 
     gateway: IdentityConfig | None = None
     ble: BleConfig = Field(default_factory=BleConfig)
@@ -76,60 +68,3 @@ class Config(Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     mqtt: MqttConfig | None = None
     status: StatusConfig = Field(default_factory=StatusConfig)
-    matcher: MatcherConfig | None = None
-
-
-def parse(data: dict[str, Any]) -> Config:
-    """Validate plain data. Raises pydantic's ``ValidationError``."""
-    return Config.model_validate(data)
-
-
-def format_errors(err: ValidationError, file: str,
-                  lines: dict[tuple[str | int, ...], int]) -> list[tuple[str, str]]:
-    """One ``(file:line: a -> b, message)`` per pydantic error."""
-    out = []
-    for e in err.errors():
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and "[" in x))
-        line = line_of(lines, loc)
-        where = f"{file}:{line}" if line else file
-        path = " -> ".join(str(x) for x in loc) or "(top)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
-        out.append((f"{where}: {path}", f"{e['msg']}{shown}"))
-    return out
-
-
-def load(path: Path | str) -> Config:
-    """Read and validate a YAML config file.
-
-    Relative paths inside the file are resolved against the file's folder.
-
-    Raises:
-        ConfigError: with every problem located by line and key path.
-    """
-    p = Path(path)
-    data, lines = load_yaml(p)
-    try:
-        cfg = parse(data)
-    except ValidationError as err:
-        raise ConfigError(format_errors(err, str(p), lines)) from err
-    return resolve_paths(cfg, p.parent)
-
-
-def resolve_paths(cfg: Config, base: Path) -> Config:
-    """Make every relative ``Path`` field absolute against ``base``."""
-
-    def fix(model: BaseModel) -> None:
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if isinstance(value, Path) and not value.is_absolute():
-                object.__setattr__(model, name, (base / value).resolve())
-            elif isinstance(value, BaseModel):
-                fix(value)
-            elif isinstance(value, list) and any(isinstance(v, Path) for v in value):
-                object.__setattr__(model, name, [  # e.g. matcher.f0_signers
-                    (base / v).resolve() if isinstance(v, Path) and not v.is_absolute()
-                    else v for v in value])
-
-    fix(cfg)
-    return cfg

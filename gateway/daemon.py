@@ -19,15 +19,16 @@ from typing import Any
 
 from ble.aggregator import WindowAggregator
 from ble.records import Advert
-from gateway.clock import Clock, ReplayClock, TrackedClock
-from gateway.config import Config
-from gateway.errors import BzgwError, ConfigError
+from contract.sealing import Sealer, load_matcher_public_key, load_signing_key
+from core.clock import Clock, ReplayClock
+from core.errors import BzgwError, ConfigError
+from gateway.clock import TrackedClock
+from gateway.config import GatewayConfig as Config
 from gateway.feedback import Feedback, FeedbackEvents
 from gateway.health import Component, LinkWatch, PhonesNow, build_health
 from gateway.notify import Notifier
 from gateway.outbox import Outbox
 from gateway.pipeline import CapturePipeline
-from gateway.sealer import Sealer, load_matcher_public_key, load_signing_key
 
 log = logging.getLogger(__name__)
 

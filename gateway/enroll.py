@@ -31,9 +31,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
+from pydantic import ConfigDict
 
-from gateway.errors import BzgwError
-from mqtt.pki import cert_pem, key_pem, make_csr, new_key, write_private
+from core.errors import BzgwError
+from core.keyfile import write_private
+from core.settings import Section, load_model
+from gateway.config import IdentityConfig, SealingConfig
+from mqtt.config import MqttConfig
+from mqtt.pki import cert_pem, key_pem, make_csr, new_key
 
 
 class EnrollError(BzgwError):
@@ -46,6 +51,22 @@ class EnrollError(BzgwError):
     def __init__(self, message: str, path: Path | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class _MatcherView(Section):
+    model_config = ConfigDict(extra="ignore")
+    mqtt: MqttConfig | None = None
+
+
+class _EnrollView(Section):
+    """What enrolment reads of a gateway or matcher config (the rest is ``bzgw config
+    check``'s job; the gateway does not load the matcher's section models)."""
+
+    model_config = ConfigDict(extra="ignore")
+    gateway: IdentityConfig | None = None
+    sealing: SealingConfig | None = None
+    mqtt: MqttConfig | None = None
+    matcher: _MatcherView | None = None
 
 
 @dataclass(frozen=True)
@@ -83,9 +104,7 @@ class EnrollPaths:
             ConfigError: the file is invalid.
             EnrollError: it names no identity or no MQTT client files.
         """
-        from gateway.config import load
-
-        cfg = load(config)
+        cfg = load_model(config, _EnrollView)
         mqtt = cfg.mqtt or (cfg.matcher.mqtt if cfg.matcher is not None else None)
         if mqtt is None:
             raise EnrollError("no mqtt section: cannot tell where the TLS key and certificate "

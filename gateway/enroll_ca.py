@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
+from core.errors import BzgwError
 from gateway.enroll import (
     EnrollError,
     check_certificate,
@@ -25,7 +26,6 @@ from gateway.enroll import (
     spki,
     write_public,
 )
-from gateway.errors import BzgwError
 from mqtt.pki import CA, cert_pem
 
 #: a certificate (or CRL) that expires sooner than this is re-signed

@@ -16,20 +16,11 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
+from qr.records import FeedbackState
+
 log = logging.getLogger(__name__)
-
-
-class FeedbackState(StrEnum):
-    """What staff are told."""
-
-    ACCEPTED = "accepted"
-    ALREADY = "already checked in"
-    UNREADABLE = "unreadable"
-    CAMERA_FAULT = "camera fault"
-    CAMERA_OK = "camera ok"
 
 
 @dataclass(frozen=True, slots=True)

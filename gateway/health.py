@@ -14,69 +14,32 @@ address masked.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import re
 import shutil
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ble.records import Advert, IdKind
-from gateway.clock import ClockEpoch
-from gateway.errors import BzgwError
+from ble.records import Advert
+from contract.health import (
+    CAMERA_STATES,
+    HEALTH_VERSION,
+    RADIO_STATES,
+    conditions,
+    describe_state,
+    scrub,
+)
+from contract.records import PHONE_CLASS, PhoneClass
+from core.clock import ClockEpoch
 
 if TYPE_CHECKING:
     from gateway.outbox import OutboxStatus
 
-HEALTH_VERSION = 1
-# Asia/Ho_Chi_Minh has kept UTC+7 without daylight saving since 1975: a fixed offset needs no
-# tz database on the Pi.
-VENUE_TZ = timezone(timedelta(hours=7), "ICT")
-DISK_WARN = 0.80  # shown as a warning line below the state
-DISK_FULL = 0.95  # a state of its own: the outbox will soon drop batches
-CONNECT_GRACE_S = 60.0  # right after start "connecting", not yet "offline"
-MAX_DOC_BYTES = 64 * 1024  # a health document from the network larger than this is refused
-_MAX_TEXT = 200
-# BlueZ writes addresses as AA:BB:.. and inside object paths as dev_AA_BB_..
-_MAC = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])")
-
-# What can be wrong, most urgent first: a dead radio or camera loses data now, a full outbox or
-# disk will lose it soon, offline and an unsynced clock only delay or blur it.
-PRECEDENCE = ("radio_fault", "no_camera", "outbox_full", "disk_full", "offline", "connecting",
-              "clock_not_synced", "working")
-LABELS: dict[str, tuple[str, str]] = {
-    "radio_fault": ("Không thấy Bluetooth", "No Bluetooth radio"),
-    "no_camera": ("Không thấy camera", "No camera"),
-    "outbox_full": ("Bộ nhớ đệm đầy", "Outbox full"),
-    "disk_full": ("Ổ đĩa đầy {pct} %", "Disk {pct} % full"),
-    "offline": ("Mất kết nối từ {time}", "Offline since {time}"),
-    "connecting": ("Đang kết nối", "Connecting"),
-    "clock_not_synced": ("Chưa đồng bộ giờ", "Clock not synced"),
-    "working": ("Đang hoạt động", "Working"),
-}
-RADIO_STATES = frozenset({"starting", "scanning", "restarting", "fault", "off", "finished",
-                          "unknown"})
-CAMERA_STATES = frozenset({"starting", "capturing", "restarting", "fault", "off", "unknown"})
 # The QR stage's source states (qr.sources.base.SourceState) in the health vocabulary.
 _CAMERA_ALIASES = {"ok": "capturing", "camera fault": "fault", "ended": "off"}
-
-
-class HealthError(BzgwError):
-    """A health document is malformed.
-
-    Attributes:
-        problems: one ``path: what is wrong`` line each.
-    """
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid health document: " + "; ".join(problems[:5]))
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -130,10 +93,6 @@ class LinkWatch:
             self.down_since = last_sync
 
 
-_PHONE_RANK = {IdKind.OTHER: 0, IdKind.IBEACON: 0, IdKind.APPLE: 1, IdKind.PHONE: 1,
-               IdKind.GAEN: 2, IdKind.BLUEZONE_IOS: 3, IdKind.BLUEZONE: 3}
-
-
 class PhonesNow:
     """Distinct phones heard in the last ``window_s`` seconds, by kind (memory only).
 
@@ -171,7 +130,7 @@ class PhonesNow:
                                      digest_size=8).digest()
             if len(self._digests) < self.max_entries:
                 self._digests[adv.address] = digest
-        rank = _PHONE_RANK.get(adv.kind, 0)
+        rank = int(PHONE_CLASS.get(adv.kind, PhoneClass.DEVICE))
         seen = self._seen
         old = seen.get(digest)
         if old is not None:
@@ -196,23 +155,18 @@ class PhonesNow:
     def snapshot(self, now: float) -> dict[str, Any]:
         """Counts over ``[now - window_s, now]`` and the Bluezone share of phones."""
         self._expire(now)
-        by = [0, 0, 0, 0]
+        by = [0] * len(PhoneClass)
         for _, rank in self._seen.values():
             by[rank] += 1
-        phones = by[1] + by[2] + by[3]
-        return {"window_s": self.window_s, "phones": phones, "bluezone": by[3], "gaen": by[2],
-                "other_phones": by[1], "devices": by[0],
-                "bluezone_share": round(by[3] / phones, 4) if phones else None}
+        bz, gaen = by[PhoneClass.BLUEZONE], by[PhoneClass.GAEN]
+        other = by[PhoneClass.OTHER_PHONE]
+        phones = bz + gaen + other
+        return {"window_s": self.window_s, "phones": phones, "bluezone": bz, "gaen": gaen,
+                "other_phones": other, "devices": by[PhoneClass.DEVICE],
+                "bluezone_share": round(bz / phones, 4) if phones else None}
 
 
 # -- building ----------------------------------------------------------------------------------
-
-def scrub(text: str | None) -> str:
-    """An error text safe to publish: MAC-shaped substrings masked, length bounded."""
-    if not text:
-        return ""
-    return _MAC.sub(lambda m: "**:**:**:**:**:" + m.group(0)[-2:], text)[:_MAX_TEXT]
-
 
 def disk_figures(folder: Path) -> dict[str, Any]:
     """``shutil.disk_usage`` of the outbox folder (or its nearest existing parent)."""
@@ -306,192 +260,4 @@ def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: Outbox
         "phones": phones.snapshot(now) if phones is not None else None,
     }
     doc["state"] = describe_state(conditions(doc), now)
-    return doc
-
-
-# -- state -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """One thing that is wrong (or ``working``), with what its label needs."""
-
-    code: str
-    since: float | None = None
-    fill: float | None = None
-
-
-def _get(doc: Mapping[str, Any], *path: str) -> Any:
-    cur: Any = doc
-    for p in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(p)
-    return cur
-
-
-def conditions(doc: Mapping[str, Any]) -> list[Condition]:
-    """Everything wrong in a health document, most urgent first; ``[working]`` if nothing.
-
-    Works on any mapping (missing or odd fields count as "not wrong"), so the matcher can call
-    it on a stored document from an older gateway.
-    """
-    out: list[Condition] = []
-    if _get(doc, "radio", "state") == "fault":
-        out.append(Condition("radio_fault"))
-    if _get(doc, "camera", "state") == "fault":
-        out.append(Condition("no_camera"))
-    if _get(doc, "outbox", "full") is True:
-        out.append(Condition("outbox_full"))
-    fill = _get(doc, "disk", "fill")
-    if isinstance(fill, int | float) and not isinstance(fill, bool) and fill >= DISK_FULL:
-        out.append(Condition("disk_full", fill=float(fill)))
-    if _get(doc, "link", "connected") is False:
-        uptime = _get(doc, "uptime_s")
-        never = _get(doc, "link", "ever_connected") is False
-        if never and isinstance(uptime, int | float) and uptime < CONNECT_GRACE_S:
-            out.append(Condition("connecting"))
-        else:
-            since = _get(doc, "link", "offline_since")
-            out.append(Condition("offline", since=since if isinstance(since, int | float)
-                                 else None))
-    if _get(doc, "clock", "synced") is False:
-        out.append(Condition("clock_not_synced"))
-    out.sort(key=lambda c: PRECEDENCE.index(c.code))
-    return out or [Condition("working")]
-
-
-def venue_time(ts: float, now: float | None = None) -> str:
-    """``10:42`` in venue local time; ``10:42 12/03`` when not the same local day as ``now``."""
-    t = datetime.fromtimestamp(ts, VENUE_TZ)
-    ref = datetime.fromtimestamp(time.time() if now is None else now, VENUE_TZ)
-    return t.strftime("%H:%M") if t.date() == ref.date() else t.strftime("%H:%M %d/%m")
-
-
-def label(cond: Condition, now: float | None = None) -> tuple[str, str]:
-    """``(vietnamese, english)`` text of a condition."""
-    vi, en = LABELS[cond.code]
-    when = venue_time(cond.since, now) if cond.since is not None else "?"
-    pct = f"{cond.fill * 100:.0f}" if cond.fill is not None else "?"
-    return vi.format(time=when, pct=pct), en.format(time=when, pct=pct)
-
-
-def describe_state(conds: list[Condition], now: float | None = None) -> dict[str, Any]:
-    """The ``state`` block: the top condition's code, time and labels, and the others."""
-    top = conds[0]
-    vi, en = label(top, now)
-    also = []
-    for c in conds[1:]:
-        cvi, cen = label(c, now)
-        also.append({"code": c.code, "vi": cvi, "en": cen})
-    return {"code": top.code, "since": top.since, "vi": vi, "en": en, "also": also}
-
-
-# -- schema ------------------------------------------------------------------------------------
-
-# Leaf types: "int" (>= 0), "num" (finite, >= 0), "time" (finite epoch s > 0), "str" (<= 200
-# characters), "bool", "list" (short); a trailing "?" allows null; a frozenset is an enum of
-# strings; a dict is a nested object (null only where wrapped in Nullable). Unknown keys are
-# allowed (the sync adds its own "sync" block; newer gateways add fields).
-@dataclass(frozen=True)
-class Nullable:
-    """An object that may be null."""
-
-    spec: dict[str, Any]
-
-
-SCHEMA: dict[str, Any] = {
-    "v": "int", "gateway": "str", "ts": "time", "uptime_s": "num",
-    "outbox": {"depth": "int", "bytes": "int", "max_bytes": "int?", "fill": "num?",
-               "oldest_age_s": "num?", "dropped_batches": "int", "full": "bool"},
-    "disk": {"total_bytes": "int?", "free_bytes": "int?", "fill": "num?", "error": "str"},
-    "link": {"connected": "bool", "ever_connected": "bool", "last_sync": "time?",
-             "offline_since": "time?"},
-    "radio": {"state": RADIO_STATES, "detail": "str", "restarts": "int", "adverts": "int",
-              "last_advert_at": "time?"},
-    "camera": {"state": CAMERA_STATES, "detail": "str", "restarts": "int"},
-    "clock": {"synced": "bool", "source": "str", "uncertainty_s": "num?"},
-    "counts": {"checkins": "int", "batches": "int"},
-    "dropped": {"outbox_batches": "int", "lost_records": "int", "feedback_events": "int",
-                "phones_untracked": "int"},
-    "phones": Nullable({"window_s": "num", "phones": "int", "bluezone": "int", "gaen": "int",
-                        "other_phones": "int", "devices": "int", "bluezone_share": "num?"}),
-    "state": {"code": frozenset(PRECEDENCE), "since": "time?", "vi": "str", "en": "str",
-              "also": "list"},
-}
-
-
-def _is_num(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_LEAVES = {
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63,
-            "a non-negative integer"),
-    "num": (lambda v: _is_num(v) and v >= 0, "a non-negative number"),
-    "time": (lambda v: _is_num(v) and v > 0, "an epoch time in seconds"),
-    "str": (lambda v: isinstance(v, str) and len(v) <= _MAX_TEXT, "a short string"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "list": (lambda v: isinstance(v, list) and len(v) <= len(PRECEDENCE), "a short list"),
-}
-
-
-def _check(value: object, spec: Any, path: str, out: list[str]) -> None:
-    if isinstance(spec, Nullable):
-        if value is not None:
-            _check(value, spec.spec, path, out)
-        return
-    if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            out.append(f"{path or '(top)'}: expected an object, got {type(value).__name__}")
-            return
-        for key, sub in spec.items():
-            if key not in value:
-                out.append(f"{path + '.' if path else ''}{key}: missing")
-            else:
-                _check(value[key], sub, f"{path + '.' if path else ''}{key}", out)
-        return
-    if isinstance(spec, frozenset):
-        if not (isinstance(value, str) and value in spec):
-            out.append(f"{path}: expected one of {', '.join(sorted(spec))}, got {_show(value)}")
-        return
-    nullable = spec.endswith("?")
-    test, what = _LEAVES[spec.rstrip("?")]
-    if value is None and nullable:
-        return
-    if not test(value):
-        out.append(f"{path}: expected {what}{' or null' if nullable else ''}, "
-                   f"got {_show(value)}")
-
-
-def _show(v: object) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def validate_health(doc: object) -> list[str]:
-    """Every problem of a document against :data:`SCHEMA`; empty when valid. Never raises."""
-    out: list[str] = []
-    _check(doc, SCHEMA, "", out)
-    if not out and isinstance(doc, dict) and doc["v"] != HEALTH_VERSION:
-        out.append(f"v: unsupported health version {doc['v']} (this reader knows "
-                   f"{HEALTH_VERSION})")
-    return out
-
-
-def parse_health(payload: bytes | str) -> dict[str, Any]:
-    """Decode and validate a health document received from the network.
-
-    Raises:
-        HealthError: too large, not JSON, or not valid against the schema.
-    """
-    if len(payload) > MAX_DOC_BYTES:
-        raise HealthError([f"(top): {len(payload)} bytes is over the {MAX_DOC_BYTES} limit"])
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
-        raise HealthError([f"(top): not JSON: {err}"]) from err
-    problems = validate_health(doc)
-    if problems:
-        raise HealthError(problems)
-    assert isinstance(doc, dict)
     return doc

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.health import CAMERA_STATES, PRECEDENCE, RADIO_STATES
+from contract.health import CAMERA_STATES, PRECEDENCE, RADIO_STATES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 HealthProvider = Callable[[], Mapping[str, Any]]

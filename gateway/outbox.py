@@ -32,8 +32,8 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from gateway.clock import Clock, SystemClock
-from gateway.errors import BzgwError, OutboxFullError
+from core.clock import Clock, SystemClock
+from core.errors import BzgwError, OutboxFullError
 
 log = logging.getLogger(__name__)
 

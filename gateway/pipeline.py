@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 from ble.aggregator import WindowAggregator
 from ble.records import Advert
-from gateway.batch import Batch, ClockCorrection
-from gateway.clock import Clock, TrackedClock
-from gateway.errors import OutboxFullError
+from contract.batch import Batch, ClockCorrection
+from contract.records import CheckIn
+from contract.sealing import Sealer
+from core.clock import Clock
+from core.errors import OutboxFullError
+from gateway.clock import TrackedClock
 from gateway.outbox import Outbox
-from gateway.sealer import Sealer
-from qr.records import CheckIn
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import BzgwError
-from gateway.health import DISK_FULL, DISK_WARN, VENUE_TZ
+from contract.health import DISK_FULL, DISK_WARN, VENUE_TZ
+from core.errors import BzgwError
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 
 log = logging.getLogger(__name__)

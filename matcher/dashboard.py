@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from gateway.errors import BzgwError
-from gateway.health import DISK_FULL, DISK_WARN, VENUE_TZ
+from contract.health import DISK_FULL, DISK_WARN, VENUE_TZ
+from core.errors import BzgwError
 from matcher.config import MatcherConfig
 from matcher.dashboard_queries import (
     AdoptionPoint,

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.health import HealthError, conditions, describe_state, parse_health
-from gateway.registry import Registry
+from contract import names
+from contract.health import HealthError, conditions, describe_state, parse_health
+from contract.registry import Registry
 from matcher.rows import GatewayState, VenueInfo
 from matcher.store import Store
 from mqtt import topics
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 STATUS_STATES = ("online", "offline")
 MAX_STATUS_BYTES = 4096
-_CODE = re.compile(r"^[a-z0-9-]{1,64}$")
+_CODE = names.VENUE_RE  # venue, province and district codes
 
 
 # -- consumer (status and health topics) --------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from gateway.errors import BzgwError
+from core.errors import BzgwError
 from matcher import schema
 
 log = logging.getLogger(__name__)

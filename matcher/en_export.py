@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.errors import F0InputError
+from core.errors import F0InputError
 
 HEADER = b"EK Export v1    "
 ECDSA_SHA256_OID = "1.2.840.10045.4.3.2"

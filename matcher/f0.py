@@ -31,7 +31,7 @@ Inner files:
 - ``identity``: ``{"identities": [{"case", "cccd" | "phone" | "subject", "since", "until"}]}``;
   each identity is one case matched against check-in subjects and phones.
 
-Every malformed input raises :class:`~gateway.errors.F0InputError` naming what is wrong.
+Every malformed input raises :class:`~core.errors.F0InputError` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.errors import F0InputError
+from core.errors import F0InputError
 from matcher import en_export, f0_parse
 from matcher.f0_parse import EN_TOLERANCE_S, MAX_SPAN_DAYS
 from matcher.ids import IdBlock

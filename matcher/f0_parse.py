@@ -1,7 +1,7 @@
 """Parsers for the inner F0 files (after :mod:`matcher.f0` has verified their signature).
 
 Each returns :class:`~matcher.f0.F0Case` objects or raises
-:class:`~gateway.errors.F0InputError` naming the entry and field that is wrong.
+:class:`~core.errors.F0InputError` naming the entry and field that is wrong.
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import F0InputError
+from ble.ids import BLUEZONE_DEFAULT_MAX, DAY, EN_ROLLING_PERIOD, next_daily_key
+from core.errors import F0InputError
 from matcher import en_export
 from matcher.identity import normalize_cccd, normalize_phone
-from matcher.ids import (
-    BLUEZONE_DEFAULT_MAX,
-    DAY,
-    EN_ROLLING_PERIOD,
-    bluezone_block,
-    bluezone_count,
-    en_block,
-    next_daily_key,
-)
+from matcher.ids import bluezone_block, bluezone_count, en_block
 
 if TYPE_CHECKING:
     from matcher.f0 import F0Case

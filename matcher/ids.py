@@ -1,11 +1,8 @@
-"""Tracing-ID derivation: Bluezone daily-key chains and Exposure Notification TEK → RPI.
+"""Fast batch derivation of tracing IDs for matching: many keys at once, packed.
 
-Exact facts: Bluezone IDs are 12 bytes picked from a SHA-256 subkey chain; EN RPIs are
-AES-128-ECB of a padded interval number under a key HKDF'd from the TEK.
-
-The per-key functions (:func:`bluezone_day_ids`, :func:`en_rpis`...) are the reference; the
-batch functions (:func:`bluezone_block`, :func:`en_block`) derive many keys at once into one
-packed buffer for matching. Where the time goes, measured in ``bench/bench_matcher.py``:
+The per-key protocols are in :mod:`ble.ids`, the one reference; :func:`bluezone_block` and
+:func:`en_block` derive many keys into one packed buffer and are tested against it. Where the
+time goes, measured in ``bench/bench_matcher.py``:
 
 - A Bluezone chain is sequential per key, so the cost is one SHA-256 call per ID; the batch
   path keeps the loop body to that call (no per-ID slicing or picking: the 12 bytes of every
@@ -22,15 +19,15 @@ import functools
 import hashlib
 import multiprocessing
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ble.ids import BLUEZONE_SALT, DAY, EN_INTERVAL, EN_ROLLING_PERIOD, next_daily_key
 
 try:  # For 32-byte inputs call overhead dominates; CPython's builtin SHA-256 has less of it
     from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]
@@ -39,52 +36,6 @@ except ImportError:  # pragma: no cover - depends on the interpreter build
         from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
     except ImportError:
         _sha256 = hashlib.sha256
-
-BLUEZONE_SALT = b"bluzonesubkey"  # 13 bytes, spelled so in the app
-BLUEZONE_PICK = (0, 4, 8, 12, 16, 18, 20, 22, 24, 26, 28, 30)
-BLUEZONE_DEFAULT_MAX = 96
-DAY = 86400
-EN_INTERVAL = 600
-EN_ROLLING_PERIOD = 144
-
-
-def bluezone_id_from_subkey(sk: bytes) -> bytes:
-    """The 12 bytes of a subkey that make the broadcast ID."""
-    return bytes(sk[i] for i in BLUEZONE_PICK)
-
-
-def bluezone_day_ids(daily_key: bytes, max_ids: int = BLUEZONE_DEFAULT_MAX) -> list[bytes]:
-    """The ``max_ids`` IDs one daily key broadcasts, slot 0 first."""
-    if len(daily_key) != 32:
-        raise ValueError(f"Bluezone daily key must be 32 bytes, got {len(daily_key)}")
-    packed = _pick_ids(_subkeys([(daily_key, max_ids)]))
-    return [packed[i:i + 12] for i in range(0, len(packed), 12)]
-
-
-def next_daily_key(daily_key: bytes) -> bytes:
-    """DK(d+1) = SHA-256(DK(d))."""
-    return hashlib.sha256(daily_key).digest()
-
-
-def bluezone_ids(daily_key: bytes, time_start: int, time_end: int,
-                 max_ids: int = BLUEZONE_DEFAULT_MAX) -> Iterator[tuple[int, bytes]]:
-    """Every ``(slot_start_epoch, id)`` from ``time_start`` while slot start ≤ ``time_end``.
-
-    ``time_start`` is the UTC midnight the daily key belongs to, as in the app's
-    ``checkContactF``; the chain moves to the next day's key after ``max_ids`` slots.
-    """
-    if max_ids <= 0 or DAY % max_ids:
-        raise ValueError(f"max must divide 86400 evenly, got {max_ids}")
-    step = DAY // max_ids
-    t = time_start
-    dk = daily_key
-    while t <= time_end:
-        for sid in bluezone_day_ids(dk, max_ids):
-            if t > time_end:
-                return
-            yield t, sid
-            t += step
-        dk = next_daily_key(dk)
 
 
 def _subkeys(tasks: Sequence[tuple[bytes, int]]) -> bytes:
@@ -161,7 +112,7 @@ def bluezone_block(entries: Sequence[tuple[bytes, int, int, int]], *,
                    workers: int = 1) -> IdBlock:
     """Every Bluezone ID of many ``(daily_key, time_start, time_end, max)`` entries.
 
-    Each entry means what :func:`bluezone_ids` means by it (the InfoF ``data`` shape). With
+    Each entry means what :func:`ble.ids.bluezone_ids` means by it (the InfoF ``data`` shape). With
     ``workers`` > 1 and enough work, independent keys are spread over worker processes.
 
     Raises:
@@ -221,7 +172,7 @@ _ZERO_SALT_OUTER = _sha256(b"\x5c" * 64)
 
 
 def _hkdf16(tek: bytes, info: bytes) -> bytes:
-    """HKDF-SHA256(tek, salt=None, info, 16) as two HMACs; equals :func:`en_rpik` et al."""
+    """HKDF-SHA256(tek, salt=None, info, 16) as two HMACs; equals :func:`ble.ids.en_rpik` et al."""
     inner = _ZERO_SALT_INNER.copy()
     inner.update(tek)
     outer = _ZERO_SALT_OUTER.copy()
@@ -261,33 +212,3 @@ def en_block(teks: Sequence[tuple[bytes, int, int]]) -> IdBlock:
         return IdBlock.empty(16)
     s = np.concatenate(starts)
     return IdBlock(16, b"".join(parts), s, s + EN_INTERVAL)
-
-
-def en_rpik(tek: bytes) -> bytes:
-    """RPIK = HKDF-SHA256(TEK, salt=None, info="EN-RPIK", 16)."""
-    return HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=b"EN-RPIK").derive(tek)
-
-
-def en_aemk(tek: bytes) -> bytes:
-    """AEMK = HKDF-SHA256(TEK, salt=None, info="EN-AEMK", 16)."""
-    return HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=b"EN-AEMK").derive(tek)
-
-
-def en_rpis(tek: bytes, start_interval: int, count: int = EN_ROLLING_PERIOD) -> list[bytes]:
-    """RPIs for ``count`` consecutive intervals from ``start_interval``.
-
-    One AES-ECB call over all padded blocks instead of one per interval.
-    """
-    if len(tek) != 16:
-        raise ValueError(f"TEK must be 16 bytes, got {len(tek)}")
-    blocks = b"".join(b"EN-RPI" + bytes(6) + (start_interval + j).to_bytes(4, "little")
-                      for j in range(count))
-    enc = Cipher(algorithms.AES(en_rpik(tek)), modes.ECB()).encryptor()
-    data = enc.update(blocks) + enc.finalize()
-    return [data[16 * j:16 * j + 16] for j in range(count)]
-
-
-def en_decrypt_aem(tek: bytes, rpi: bytes, aem: bytes) -> bytes:
-    """Decrypt the Associated Encrypted Metadata of an advert with its TEK."""
-    dec = Cipher(algorithms.AES(en_aemk(tek)), modes.CTR(rpi)).decryptor()
-    return dec.update(aem) + dec.finalize()

@@ -6,7 +6,7 @@ gateway id):
 1. the topic is a ``bz/v1/{p}/{v}/{g}/batch`` topic;
 2. ``oversize``: larger than the limit, refused unread;
 3. ``unknown_gateway`` / ``topic_mismatch``: ``g`` is not registered, or not at ``p/v``;
-4. :func:`gateway.sealer.open_batch`: the Ed25519 signature is verified against the registry
+4. :func:`contract.sealing.open_batch`: the Ed25519 signature is verified against the registry
    before any decryption or decompression (``bad_signature``, ``decrypt_failed``,
    ``malformed``, ``unsupported_version``, ``decompression_bomb``);
 5. ``gateway_mismatch``: the signed header names another gateway than the topic;
@@ -26,24 +26,23 @@ address the ack to.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway import codec
-from gateway.batch import Batch
-from gateway.errors import RejectedBatchError
-from gateway.registry import GatewayEntry, Registry
-from gateway.sealer import (
+from contract import codec
+from contract.ack import ack_payload
+from contract.batch import Batch
+from contract.registry import GatewayEntry, Registry
+from contract.sealing import (
     DEFAULT_MAX_WIRE,
     BatchHeader,
     MatcherPrivateKey,
     open_batch,
     peek_header,
 )
+from core.errors import RejectedBatchError
 from matcher.store import Store
 from mqtt import topics
 
@@ -66,10 +65,10 @@ class Outcome:
     ack_topic: str | None = None
 
     def ack(self, matcher_time: float | None = None) -> bytes:
-        """The ack JSON: ``{"seq", "status", "reason", "matcher_time"}``."""
-        return json.dumps({"seq": self.seq, "status": self.status, "reason": self.reason,
-                           "matcher_time": time.time() if matcher_time is None
-                           else matcher_time}).encode()
+        """The ack message (:mod:`contract.ack`); only outcomes that name a batch have one."""
+        if self.seq is None:
+            raise ValueError("no sequence number to acknowledge")
+        return ack_payload(self.seq, self.status, reason=self.reason, matcher_time=matcher_time)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 
 class HeaderLike(Protocol):
-    """What the store needs of a batch header (``gateway.sealer.BatchHeader`` fits)."""
+    """What the store needs of a batch header (``contract.sealing.BatchHeader`` fits)."""
 
     @property
     def gateway_id(self) -> str:

@@ -15,9 +15,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import BzgwError, ConfigError
-from gateway.registry import load_registry
-from gateway.sealer import load_matcher_private_key
+from contract.registry import load_registry
+from contract.sealing import load_matcher_private_key
+from core.errors import BzgwError, ConfigError
 from matcher.config import MatcherConfig
 from matcher.service import MatcherService, default_client_id
 from matcher.store import open_store

@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway import codec
-from gateway.errors import BzgwError
-from gateway.registry import Registry
-from gateway.sealer import DEFAULT_MAX_WIRE, MatcherPrivateKey
+from contract import codec
+from contract.registry import Registry
+from contract.sealing import DEFAULT_MAX_WIRE, MatcherPrivateKey
+from core.errors import BzgwError
 from matcher.ingest import Ingestor, Opened, Outcome
 from matcher.store import Store
 from mqtt import topics

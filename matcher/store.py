@@ -24,10 +24,10 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
-from ble.records import Sighting
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch
-from gateway.registry import GatewayEntry
+from contract.batch import Batch
+from contract.records import Sighting
+from contract.registry import GatewayEntry
+from core.clock import ClockEpoch
 from matcher import retime, schema
 from matcher.db import MIGRATION_LOCK, Database, StoreError, connect
 from matcher.identity import checkin_phone

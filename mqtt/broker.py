@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from gateway.errors import BzgwError, DependencyMissingError
+from core.errors import BzgwError, DependencyMissingError
 
 
 def free_port() -> int:

@@ -13,15 +13,15 @@ certificates are refused at the handshake when a CRL is configured.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import ConfigError
-from gateway.registry import Registry
+from contract import names
+from contract.registry import Registry
+from core.errors import ConfigError
 from mqtt import topics
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = names.ACCOUNT_RE
 
 
 @dataclass(frozen=True)

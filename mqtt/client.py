@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.errors import BzgwError
+from core.errors import BzgwError
 from mqtt.config import MqttConfig
 
 log = logging.getLogger(__name__)

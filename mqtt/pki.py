@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.errors import BzgwError
+from core.errors import BzgwError
+from core.keyfile import write_private
 
 PrivateKey = ec.EllipticCurvePrivateKey
 
@@ -36,15 +36,6 @@ def key_pem(key: PrivateKey) -> bytes:
 def cert_pem(cert: x509.Certificate) -> bytes:
     """PEM of a certificate."""
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600 from the start (never world-readable, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def _name(cn: str) -> x509.Name:

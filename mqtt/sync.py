@@ -23,38 +23,57 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.errors import BzgwError
+from contract.ack import Ack, parse_ack
+from core.errors import BzgwError
 from mqtt import topics
 from mqtt.client import Message, MqttClient, MqttError, MqttPublishError, Will
 from mqtt.config import MqttConfig
 
 if TYPE_CHECKING:
-    from gateway.config import IdentityConfig
-    from gateway.outbox import Outbox
+    from core.clock import Clock
 
 log = logging.getLogger(__name__)
 
-ACK_STATUSES = ("stored", "duplicate", "rejected")
 AckTimeHook = Callable[[float, float, float], None]
 
 
-def ack_payload(seq: int, status: str, *, matcher_time: float, reason: str | None = None) -> bytes:
-    """The ack the matcher publishes on the gateway's ``.../ack`` topic (QoS 1).
+class PendingBatch(Protocol):
+    """A sealed batch waiting in the outbox."""
 
-    Args:
-        seq: the batch's sequence number.
-        status: ``stored``, ``duplicate`` or ``rejected``.
-        matcher_time: the matcher's wall clock (a time hint for the gateway).
-        reason: why, for ``rejected`` (``bad_signature``...).
-    """
-    if status not in ACK_STATUSES:
-        raise ValueError(f"ack status must be one of {ACK_STATUSES}, got {status!r}")
-    return json.dumps({"seq": seq, "status": status, "reason": reason,
-                       "matcher_time": matcher_time}).encode()
+    @property
+    def seq(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+class OutboxLike(Protocol):
+    """What the sync needs of the gateway's outbox (``gateway.outbox.Outbox``)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def pending(self, limit: int, *, exclude: Iterable[int] = ()) -> Sequence[PendingBatch]:
+        """Up to ``limit`` waiting batches, oldest first."""
+        ...
+
+    def settle(self, acked: Iterable[int], *, rejected: Iterable[int] = ()) -> int:
+        """Delete answered batches in one transaction."""
+        ...
+
+
+class GatewayIdentity(Protocol):
+    """Who is syncing: its client id and topic path ``bz/v1/{province}/{venue}/{id}``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def province(self) -> str: ...
+    @property
+    def venue(self) -> str: ...
 
 
 @dataclass
@@ -90,7 +109,8 @@ class GatewaySync:
         poll_s: how often to look for new batches when idle (``wake()`` cuts it short).
     """
 
-    def __init__(self, outbox: Outbox, mqtt_cfg: MqttConfig, identity: IdentityConfig, *,
+    def __init__(self, outbox: OutboxLike, mqtt_cfg: MqttConfig,
+                 identity: GatewayIdentity, *,
                  health: Callable[[], dict[str, Any]] | None = None,
                  health_interval_s: float = 60.0, on_ack_time: AckTimeHook | None = None,
                  ack_timeout_s: float = 60.0, poll_s: float = 1.0) -> None:
@@ -199,7 +219,7 @@ class GatewaySync:
             await client.close()
 
     async def _serve(self, client: MqttClient, stop: asyncio.Event) -> None:
-        acks: list[dict[str, Any]] = []
+        acks: list[tuple[Ack, float]] = []
         got_acks = asyncio.Event()
         tasks = [asyncio.create_task(self._read_acks(client, acks, got_acks), name="acks"),
                  asyncio.create_task(self._settle_loop(acks, got_acks), name="settle"),
@@ -228,7 +248,7 @@ class GatewaySync:
         while True:
             self._expire()
             free = window - len(self._inflight)
-            items = []
+            items: Sequence[PendingBatch] = []
             if free > 0:
                 items = await asyncio.to_thread(self.outbox.pending, free,
                                                 exclude=[*self._inflight, *self._settling])
@@ -264,56 +284,47 @@ class GatewaySync:
                 del self._inflight[seq]
                 self.counters.resent += 1
 
-    async def _read_acks(self, client: MqttClient, acks: list[dict[str, Any]],
+    async def _read_acks(self, client: MqttClient, acks: list[tuple[Ack, float]],
                          got: asyncio.Event) -> None:
         async for msg in client.messages():
             ack = self._parse_ack(msg)
             if ack is not None:
-                ack["_recv"] = time.monotonic()
-                acks.append(ack)
+                acks.append((ack, time.monotonic()))
                 got.set()
 
-    def _parse_ack(self, msg: Message) -> dict[str, Any] | None:
+    def _parse_ack(self, msg: Message) -> Ack | None:
         if msg.topic != self.topic_ack:
             return None
-        try:
-            ack = json.loads(msg.payload)
-        except (ValueError, UnicodeDecodeError):
-            ack = None
-        if (not isinstance(ack, dict) or type(ack.get("seq")) is not int
-                or ack.get("status") not in ACK_STATUSES):
+        ack = parse_ack(msg.payload)
+        if ack is None:
             self.counters.bad_acks += 1
             log.warning("ignoring a malformed ack on %s", msg.topic)
-            return None
         return ack
 
-    async def _settle_loop(self, acks: list[dict[str, Any]], got: asyncio.Event) -> None:
+    async def _settle_loop(self, acks: list[tuple[Ack, float]], got: asyncio.Event) -> None:
         while True:
             await got.wait()
             got.clear()
             await self._settle(acks)
 
-    async def _settle(self, acks: list[dict[str, Any]]) -> None:
+    async def _settle(self, acks: list[tuple[Ack, float]]) -> None:
         batch = acks[:]
         del acks[:len(batch)]
-        ok = [a["seq"] for a in batch if a["status"] != "rejected"]
-        bad = [a["seq"] for a in batch if a["status"] == "rejected"]
-        for a in batch:
-            seq, status = a["seq"], a["status"]
-            setattr(self.counters, status, getattr(self.counters, status) + 1)
-            if status == "rejected":
-                log.error("matcher rejected batch %d: %s", seq, a.get("reason"))
-            sent = self._inflight.pop(seq, None)
-            mt = a.get("matcher_time")
-            if (sent is not None and self.on_ack_time is not None
-                    and isinstance(mt, int | float) and not isinstance(mt, bool)):
-                self.on_ack_time(float(mt), sent, a["_recv"])
+        ok = [a.seq for a, _ in batch if a.status != "rejected"]
+        bad = [a.seq for a, _ in batch if a.status == "rejected"]
+        for a, recv in batch:
+            setattr(self.counters, a.status, getattr(self.counters, a.status) + 1)
+            if a.status == "rejected":
+                log.error("matcher rejected batch %d: %s", a.seq, a.reason)
+            sent = self._inflight.pop(a.seq, None)
+            if sent is not None and self.on_ack_time is not None and a.matcher_time is not None:
+                self.on_ack_time(a.matcher_time, sent, recv)
         if batch:
             self.last_sync = self.outbox.clock.now()
             self._wake.set()  # the window has room again
             # all answers of one round in one transaction (one fsync); if it fails the batch
             # stays, goes again and comes back as a duplicate
-            seqs = {a["seq"] for a in batch}
+            seqs = {a.seq for a, _ in batch}
             self._settling |= seqs
             try:
                 await asyncio.shield(asyncio.to_thread(self.outbox.settle, ok, rejected=bad))

@@ -7,7 +7,7 @@ product's own error on malformed text, which a parser of hostile input needs.
 
 from __future__ import annotations
 
-from gateway.errors import BzgwError
+from core.errors import BzgwError
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}

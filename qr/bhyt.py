@@ -13,9 +13,9 @@ import re
 import unicodedata
 from datetime import date
 
+from contract.records import CheckInKind
 from qr.mask import mask_person
 from qr.payload import Recognition
-from qr.records import CheckInKind
 
 _CODE = re.compile(r"[A-Z]{2}[1-5][0-9]{2}([0-9]{10})")
 _NAME = re.compile(r"[^\W\d_]+(?:[ '\-.][^\W\d_]+)*")

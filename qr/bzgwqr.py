@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from gateway.errors import ConfigError
+from contract.records import CheckInKind
+from core.errors import ConfigError
 from qr.base45 import Base45Error, b45decode, b45encode
 from qr.mask import mask_id, mask_person
 from qr.payload import PayloadRejected, Recognition, strict_cbor
-from qr.records import CheckInKind
 
 PREFIX = "BZ1:"
 VERSION = 1

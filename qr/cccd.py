@@ -11,9 +11,9 @@ import re
 import unicodedata
 from datetime import date
 
+from contract.records import CheckInKind
 from qr.mask import mask_person
 from qr.payload import PayloadRejected, Recognition
-from qr.records import CheckInKind
 
 _LOOKS_LIKE = re.compile(r"[0-9]{12}\|")
 _NAME = re.compile(r"[^\W\d_]+(?:[ '\-.][^\W\d_]+)*")

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.clock import Clock
-from gateway.feedback import FeedbackState
+from contract.records import CheckIn, CheckInKind
+from core.clock import Clock
 from qr.decoder import Decoder, DecodeResult
 from qr.recognizers import Recognizer
-from qr.records import CheckIn, CheckInKind, DecodedCode, Rejected
+from qr.records import DecodedCode, FeedbackState, Rejected
 
 log = logging.getLogger(__name__)
 

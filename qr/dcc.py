@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from gateway.errors import ConfigError
+from contract.records import CheckInKind
+from core.errors import ConfigError
 from qr.base45 import Base45Error, b45decode, b45encode
 from qr.mask import mask_person
 from qr.payload import PayloadRejected, Recognition, strict_cbor
-from qr.records import CheckInKind
 
 PREFIX = "HC1:"
 MAX_INFLATED = 64 * 1024  # real DCCs inflate to < 2 KiB; anything near this is a bomb

@@ -13,8 +13,8 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import BzgwError
-from qr.records import CheckInKind
+from contract.records import CheckInKind
+from core.errors import BzgwError
 
 # Public domain-separation key used when no token key is configured: opaque tokens are then
 # hashed the same way on every gateway and at the matcher, which is what matching needs.

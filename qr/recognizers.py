@@ -14,15 +14,16 @@ import unicodedata
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.clock import ClockEpoch
-from gateway.errors import ConfigError
+from contract.records import CheckIn, CheckInKind
+from core.clock import ClockEpoch
+from core.errors import ConfigError
 from qr.bhyt import parse_bhyt
 from qr.bzgwqr import Keys, load_checkin_keys, parse_bzgw
 from qr.cccd import parse_cccd
 from qr.config import QrConfig
 from qr.dcc import TrustList, load_trust_list, parse_dcc
 from qr.payload import DEFAULT_TOKEN_KEY, PayloadRejected, Recognition, token_hash
-from qr.records import CheckIn, CheckInKind, DecodedCode, Rejected
+from qr.records import DecodedCode, Rejected
 
 log = logging.getLogger(__name__)
 

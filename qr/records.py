@@ -1,22 +1,24 @@
-"""Records that flow out of the QR stage."""
+"""Records of the QR stage that stay in memory: decoded codes, rejections, staff feedback.
+
+The sealed :class:`~contract.records.CheckIn` is in :mod:`contract.records`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.clock import ClockEpoch
+from contract.records import CheckInKind
 
 
-class CheckInKind(StrEnum):
-    """What a QR payload was recognised as."""
+class FeedbackState(StrEnum):
+    """What staff are told about one event at the door (LED/buzzer pattern, recent list)."""
 
-    CCCD = "cccd"  # chip ID card
-    BHYT = "bhyt"  # health-insurance card
-    DCC = "dcc"  # EU digital COVID certificate (HC1:)
-    BZGW = "bzgw"  # this product's own signed venue/personal check-in QR
-    URL = "url"
-    OPAQUE = "opaque"  # e.g. the national app's personal QR, format not public
+    ACCEPTED = "accepted"
+    ALREADY = "already checked in"
+    UNREADABLE = "unreadable"
+    CAMERA_FAULT = "camera fault"
+    CAMERA_OK = "camera ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +39,6 @@ class DecodedCode:
     format: str
     decoder: str
     content: str = "text"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckIn:
-    """A person checked in at this venue. Sealed at once; only ``masked`` is ever shown.
-
-    Attributes:
-        ts: wall-clock estimate of the check-in.
-        clock: clock epoch ``ts`` was computed in.
-        kind: what the code was.
-        subject: the identity tracing matches on (CCCD number, phone, certificate id, or a
-            hash of an opaque token).
-        fields: the few other fields tracing needs (name, birth date, phone), never logged.
-        masked: a form safe to log and show (``NGUY*** V** A**, ***1234``).
-    """
-
-    ts: float
-    clock: ClockEpoch
-    kind: CheckInKind
-    subject: str
-    masked: str
-    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

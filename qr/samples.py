@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw, ImageFilter
 
-from gateway.clock import Clock
-from gateway.errors import BzgwError
+from contract.records import CheckIn
+from core.clock import Clock
+from core.errors import BzgwError
 from qr.bzgwqr import make_checkin_qr
 from qr.checkin import CheckInPipeline, CheckInStats, FeedbackSink
 from qr.decoder import Decoder, load_image
 from qr.recognizers import Recognizer
-from qr.records import CheckIn, Rejected
+from qr.records import Rejected
 
 CHECKIN_KEY_FILE = "bzgw-checkin-key.pem"
 _CENTURY_DIGIT = {1800: 8, 1900: 0, 2000: 2, 2100: 4, 2200: 6}

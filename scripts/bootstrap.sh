@@ -80,7 +80,7 @@ fi
 extras="test"
 stamp="$VENV/.bzgw-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)-$extras"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c 'import gateway.cli' 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c 'import bzgw.cli' 2>/dev/null; then
   say "installing bzgw and its dependencies into $VENV"
   # Build chatter (sdist warnings) goes to a log; it is shown only when the install fails.
   if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" \
@@ -95,7 +95,7 @@ export PATH="$VENV/bin:$PATH"
 case "$MODE" in
   demo) exec bzgw demo "$@" ;;
   test)
-    say "ruff"; ruff check ble qr gateway mqtt matcher tests bench
+    say "ruff"; ruff check core contract ble qr gateway mqtt matcher bzgw tests bench
     say "mypy"; mypy
     say "pytest"; exec python -m pytest -q "$@" ;;
   setup) say "ready: . $VENV/bin/activate" ;;

@@ -18,18 +18,19 @@ from typing import Any
 
 from crowd import crowd
 
-from ble.records import IdKind
-from gateway.clock import ClockEpoch, ClockSource
+from bzgw.lab import Lab
+from contract.ack import ack_payload
+from contract.records import IdKind
+from contract.registry import Registry
+from contract.sealing import Sealer, generate_matcher_keypair, open_batch
+from core.clock import ClockEpoch, ClockSource
+from core.errors import RejectedBatchError
 from gateway.config import IdentityConfig
-from gateway.errors import RejectedBatchError
 from gateway.outbox import Outbox
-from gateway.registry import Registry
-from gateway.sealer import Sealer, generate_matcher_keypair, open_batch
 from mqtt import topics
 from mqtt.client import MqttClient, MqttError
 from mqtt.config import MqttConfig
-from mqtt.lab import Lab
-from mqtt.sync import GatewaySync, ack_payload
+from mqtt.sync import GatewaySync
 
 Policy = Callable[[str, int], str | None]  # (gateway, seq) → forced status, None = no ack
 

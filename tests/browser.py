@@ -23,17 +23,18 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ble.aggregator import WindowAggregator
-from ble.records import AdoptionCount
 from ble.simulator import Crowd
-from gateway import sealer as sealing
-from gateway.clock import Clock, ClockEpoch, ClockSource, ReplayClock
-from gateway.config import Config
-from gateway.config import parse as parse_config
+from bzgw.config import Config
+from bzgw.config import parse as parse_config
+from bzgw.lab import Lab
+from contract import sealing
+from contract.records import AdoptionCount, CheckIn
+from contract.registry import GatewayEntry, Registry
+from contract.sealing import open_batch
+from core.clock import Clock, ClockEpoch, ClockSource, ReplayClock
 from gateway.health import Component, build_health
 from gateway.outbox import Outbox, OutboxStatus
 from gateway.pipeline import CapturePipeline, PipelineStats
-from gateway.registry import GatewayEntry, Registry
-from gateway.sealer import open_batch
 from matcher.dashboard_queries import consume_message
 from matcher.f0 import F0, F0Case
 from matcher.ingest import Ingestor
@@ -41,9 +42,7 @@ from matcher.match import match_f0
 from matcher.report import write_reports
 from matcher.store import Store
 from mqtt import topics
-from mqtt.lab import Lab
 from qr.recognizers import Recognizer
-from qr.records import CheckIn
 
 T = TypeVar("T")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

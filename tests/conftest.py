@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt.lab import Lab, make_lab
+from bzgw.lab import Lab, make_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = Path(os.environ.get("BZGW_CORPORA", ROOT.parent / "shared" / "corpora"))

@@ -24,23 +24,23 @@ from typing import Any
 import yaml
 from ackmatcher import AckMatcher
 
-from gateway import sealer
+from bzgw.lab import Lab
+from contract import sealing as sealer
 from gateway.outbox import read_status
-from mqtt.lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 
 ZYGOTE = r"""
 import importlib, os, sys
-for m in ("gateway.cli", "gateway.daemon", "gateway.pipeline", "gateway.outbox",
-          "gateway.sealer", "mqtt.sync", "mqtt.client", "ble.aggregator", "ble.simulator",
+for m in ("bzgw.cli", "gateway.daemon", "gateway.pipeline", "gateway.outbox",
+          "contract.sealing", "mqtt.sync", "mqtt.client", "ble.aggregator", "ble.simulator",
           "ble.sources", "ble.sources.simulator_source", "qr.sources", "gateway.health",
           "gateway.feedback", "gateway.notify"):
     try:
         importlib.import_module(m)
     except ImportError:
         pass
-import gateway.cli
+import bzgw.cli
 log = sys.argv[1]
 for line in sys.stdin:
     cmd = line.split()
@@ -53,7 +53,7 @@ for line in sys.stdin:
             sys.argv = ["bzgw", "run", "--config", cmd[1]]
             code = 0
             try:
-                gateway.cli.main()
+                bzgw.cli.main()
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             os._exit(code)

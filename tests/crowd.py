@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from ble.records import IdKind, Proximity, Sighting
-from gateway import codec
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
+from contract import codec
+from contract.batch import Batch
+from contract.records import IdKind, Proximity, Sighting
+from core.clock import ClockEpoch, ClockSource
 
 
 def crowd(kind: IdKind, n: int, seed: int = 1) -> Batch:

@@ -33,8 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import load
-from gateway.registry import load_registry
+from bzgw.config import load
+from contract.registry import load_registry
 from mqtt import topics
 from mqtt.broker import MosquittoProcess, free_port
 from mqtt.client import MqttClient, MqttConnectError, MqttPublishError

@@ -10,9 +10,10 @@ from pathlib import Path
 from ble.aggregator import WindowAggregator
 from ble.config import ProximityThresholds
 from ble.decoders import BLUEZONE_BEACON, decode
-from ble.records import AdoptionCount, Advert, IdKind, Proximity, Sighting
+from ble.records import Advert
 from ble.simulator import Crowd, Visit
-from gateway.clock import ClockEpoch, ClockSource
+from contract.records import AdoptionCount, IdKind, Proximity, Sighting
+from core.clock import ClockEpoch, ClockSource
 
 DAY = 1_627_776_000  # 2021-08-01 00:00 UTC
 EP = ClockEpoch("boot-a", 0.0, True, ClockSource.NTP)

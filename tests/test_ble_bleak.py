@@ -16,10 +16,11 @@ from ble_fakebluez import (  # noqa: F401  (fixtures: dbus_system, fake_bluez)
 
 from ble.config import BleConfig
 from ble.ios import IosResolver
-from ble.records import Advert, IdKind
+from ble.records import Advert
 from ble.sources import ScannerStartError, open_source
 from ble.sources.bleak_source import BleakSource
-from gateway.clock import SystemClock
+from contract.records import IdKind
+from core.clock import SystemClock
 
 EXP = "0000fd6f-0000-1000-8000-00805f9b34fb"
 BZ_SERVICE = "00004e56-0000-1000-8000-00805f9b34fb"

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from ble.config import BleConfig
-from ble.records import Advert, IdKind
+from ble.records import Advert
 from ble.sources import ScannerStartError, SourceError, open_source
 from ble.sources.bluepy_source import BluepySource
-from gateway.clock import SystemClock
+from contract.records import IdKind
+from core.clock import SystemClock
 
 btle = pytest.importorskip("bluepy.btle", reason="bluepy is not installed")
 

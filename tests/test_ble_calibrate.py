@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from ble.calibrate import calibrate, collect_rssi, write_thresholds
 from ble.config import ProximityThresholds
 from ble.proximity import CalibrationError, compute_thresholds, proximity_of
-from ble.records import Proximity
 from ble.replay import build_legacy_event, write_btsnoop
 from ble.simulator import Crowd, Visit
 from ble.sources.base import AdvertSource
 from ble.sources.simulator_source import SimulatorSource
-from gateway.cli import cli
-from gateway.clock import ReplayClock
-from gateway.config import load
+from bzgw.cli import cli
+from bzgw.config import load
+from contract.records import Proximity
+from core.clock import ReplayClock
 
 T0 = 1_627_790_400
 PHASE = {"1m": (T0, T0 + 60), "2m": (T0 + 120, T0 + 180)}

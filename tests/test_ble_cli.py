@@ -8,11 +8,11 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from ble.aggregator import WindowAggregator
-from ble.cli import sighting_json
 from ble.replay import build_legacy_event, read_adverts, write_btsnoop
 from ble.simulator import Crowd, Visit
-from gateway.cli import cli
-from gateway.clock import ReplayClock
+from bzgw.cli import cli
+from bzgw.commands.ble import sighting_json
+from core.clock import ReplayClock
 
 T0 = 1_627_790_400
 CAPTURE = "scientistnobee__DSD6__btsnoop_hci.log.63758104325217312.btsnoop"

@@ -11,7 +11,7 @@ import pytest
 from ble.decoders import BLUEZONE_BEACON, decode, decode_parts, decode_uncached
 from ble.hci import HciParser
 from ble.parser import parse_ad, uuid16_str, uuid128_str
-from ble.records import IdKind
+from contract.records import IdKind
 
 # id → (kind, address, rssi, RPI, AEM) written out from the capture sources, as literals.
 GAEN = {

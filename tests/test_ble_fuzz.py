@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from ble.decoders import classify, decode_uncached
 from ble.hci import HciParser
 from ble.parser import parse_ad
-from ble.records import IdKind
 from ble.replay import ReplayStats, build_legacy_event, read_adverts, write_btsnoop
-from gateway.errors import CaptureFormatError
+from contract.records import IdKind
+from core.errors import CaptureFormatError
 
 SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 ROUNDS = int(os.environ.get("FUZZ_ROUNDS", "3000"))

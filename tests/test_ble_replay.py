@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ble.records import IdKind
 from ble.replay import ReplayStats, read_adverts, read_reports, write_btsnoop
 from ble.simulator import Crowd, Visit
-from gateway.errors import CaptureFormatError
+from contract.records import IdKind
+from core.errors import CaptureFormatError
 
 CAPTURES = [
     "choonkiatlee__wban-python__btsnoop_hci.log.btsnoop",

@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from ble.records import IdKind
+from ble.ids import bluezone_ids, en_decrypt_aem, en_rpis
 from ble.simulator import BackgroundDevice, BluezoneIPhone, Crowd, ENPhone, Visit
-from gateway.clock import ReplayClock
-from matcher.ids import bluezone_ids, en_decrypt_aem, en_rpis
+from contract.records import IdKind
+from core.clock import ReplayClock
 
 T0 = 1_627_790_400  # 2021-08-01 04:00 UTC
 

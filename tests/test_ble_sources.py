@@ -11,15 +11,16 @@ import pytest
 
 from ble.config import BleConfig
 from ble.ios import IosResolver
-from ble.records import Advert, IdKind
+from ble.records import Advert
 from ble.replay import build_legacy_event, read_adverts, write_btsnoop
 from ble.simulator import Crowd, Visit
 from ble.sources import SourceError, SourceKind, open_source, source_kind
 from ble.sources.base import AdvertSource, QueueSource
 from ble.sources.replay_source import ReplaySource
 from ble.sources.simulator_source import SimulatorSource
-from gateway.clock import ReplayClock, SystemClock
-from gateway.errors import CaptureFormatError
+from contract.records import IdKind
+from core.clock import ReplayClock, SystemClock
+from core.errors import CaptureFormatError
 
 T0 = 1_627_790_400
 
@@ -173,10 +174,10 @@ def test_importing_ble_needs_no_bluepy(tmp_path: Path) -> None:
     path, _ = _capture(tmp_path)
     code = (
         "import sys; sys.modules['bluepy'] = None; sys.modules['bluepy.btle'] = None\n"
-        "import ble, ble.sources, ble.aggregator, ble.simulator, ble.cli\n"
+        "import ble, ble.sources, ble.aggregator, ble.simulator\n"
         "from ble.config import BleConfig\n"
         "from ble.sources import open_source\n"
-        "from gateway.clock import ReplayClock\n"
+        "from core.clock import ReplayClock\n"
         f"src = open_source(BleConfig(source='replay', replay_file={str(path)!r}), "
         "ReplayClock())\n"
         "print(type(src).__name__, 'bluepy' in sys.modules and sys.modules['bluepy'])\n")
@@ -186,7 +187,7 @@ def test_importing_ble_needs_no_bluepy(tmp_path: Path) -> None:
 
 
 def test_bluepy_missing_is_a_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.errors import DependencyMissingError
+    from core.errors import DependencyMissingError
 
     monkeypatch.setitem(sys.modules, "bluepy", None)
     monkeypatch.setitem(sys.modules, "bluepy.btle", None)

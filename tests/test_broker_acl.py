@@ -13,16 +13,16 @@ from ackmatcher import Site, running, until
 from click.testing import CliRunner
 
 import mqtt.client
-from gateway.errors import ConfigError
-from gateway.registry import Registry
+from bzgw.lab import Lab
+from contract.ack import ack_payload
+from contract.registry import Registry
+from core.errors import ConfigError
 from mqtt import topics
 from mqtt.broker import MosquittoProcess, free_port
 from mqtt.broker_config import render_acl
 from mqtt.client import Message, MqttClient, MqttConnectError, MqttPublishError
 from mqtt.config import MqttConfig
-from mqtt.lab import Lab
 from mqtt.pki import CA, write_identity
-from mqtt.sync import ack_payload
 
 A = ("hn", "cho-a", "gw-a")
 B = ("hn", "ben-xe-b", "gw-b")
@@ -233,7 +233,7 @@ def test_acl_refuses_unsafe_matcher_names(lab: Lab) -> None:
 
 def test_broker_config_cli_output_runs_a_broker_that_enforces_it(lab: Lab,
                                                                  tmp_path: Path) -> None:
-    from gateway.cli import cli
+    from bzgw.cli import cli
 
     pki = lab.root / "pki"
     port = free_port()
@@ -271,7 +271,7 @@ def test_broker_config_cli_output_runs_a_broker_that_enforces_it(lab: Lab,
 
 
 def test_broker_config_cli_reports_bad_registry(tmp_path: Path) -> None:
-    from gateway.cli import cli
+    from bzgw.cli import cli
 
     reg = tmp_path / "r.yaml"
     reg.write_text("gateways:\n  - id: Bad_Id\n    province: hn\n    venue: v\n"

@@ -29,16 +29,18 @@ from browser import (
     site_health,
 )
 
-from gateway.clock import ClockEpoch, ClockSource, TrackedClock
+from bzgw.lab import Lab
+from contract.records import CheckIn
+from core.clock import ClockEpoch, ClockSource
+from gateway.clock import TrackedClock
 from gateway.daemon import Gateway
-from gateway.feedback import Feedback, FeedbackState
+from gateway.feedback import Feedback
 from gateway.health import Component
 from matcher.dashboard import Dashboard
 from matcher.dashboard_queries import load_exposure_venues
 from matcher.store import open_store
-from mqtt.lab import Lab
 from qr.recognizers import Recognizer
-from qr.records import CheckIn
+from qr.records import FeedbackState
 
 pytestmark = pytest.mark.slow
 VN = timezone(timedelta(hours=7))

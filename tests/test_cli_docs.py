@@ -8,8 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli import cli
-from gateway.clidocs import render, walk
+from bzgw.cli import cli
+from bzgw.clidocs import render, walk
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ["demo", "run", "matcher serve", "qr decode", "ble replay", "ble calibrate",
@@ -38,4 +38,4 @@ def test_version() -> None:
 def test_cli_reference_is_current() -> None:
     doc = ROOT / "docs" / "CLI.md"
     assert doc.read_text(encoding="utf-8") == render(), (
-        "docs/CLI.md is stale: run `python -m gateway.clidocs > docs/CLI.md`")
+        "docs/CLI.md is stale: run `python -m bzgw.clidocs > docs/CLI.md`")

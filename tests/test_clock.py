@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gateway.clock import ClockSource, TrackedClock, kernel_clock_synced
+from core.clock import ClockSource
+from gateway.clock import TrackedClock, kernel_clock_synced
 
 REAL = 1_700_000_000.0
 

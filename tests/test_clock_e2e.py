@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ble.aggregator import WindowAggregator
 from ble.config import ProximityThresholds
 from ble.simulator import Crowd, Visit
+from contract.registry import GatewayEntry, Registry
+from contract.sealing import Sealer, generate_matcher_keypair, open_batch, signing_public_hex
 from gateway.clock import TrackedClock
 from gateway.outbox import Outbox
 from gateway.pipeline import CapturePipeline
-from gateway.registry import GatewayEntry, Registry
-from gateway.sealer import Sealer, generate_matcher_keypair, open_batch, signing_public_hex
 from matcher.f0 import Signer, key_id, load_f0, sign_f0
 from matcher.match import ExposureWindow, match_f0
 from matcher.store import open_store

@@ -13,11 +13,10 @@ from crowd import crowd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ble.records import AdoptionCount, IdKind, Proximity, Sighting
-from gateway import codec
-from gateway.batch import Batch, ClockCorrection
-from gateway.clock import ClockEpoch, ClockSource
-from qr.records import CheckIn, CheckInKind
+from contract import codec
+from contract.batch import Batch, ClockCorrection
+from contract.records import AdoptionCount, CheckIn, CheckInKind, IdKind, Proximity, Sighting
+from core.clock import ClockEpoch, ClockSource
 
 # ---------------------------------------------------------------- strategies
 

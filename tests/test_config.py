@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli import cli
-from gateway.config import load
-from gateway.errors import ConfigError
+from bzgw.cli import cli
+from bzgw.config import load
+from core.errors import ConfigError
 
 GOOD = """\
 gateway:

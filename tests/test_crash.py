@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from crashkit import crash_loop
 
-from mqtt.lab import Lab
+from bzgw.lab import Lab
 
 KILLS = 120
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from gateway.cli import cli
+from bzgw.cli import cli
+from bzgw.lab import Lab, matcher_keys, write_gateway_config
 from gateway.outbox import Outbox
 from matcher.service import MatcherService
 from matcher.store import open_store
-from mqtt.lab import Lab, matcher_keys, write_gateway_config
 
-BZGW = [sys.executable, "-m", "gateway.cli"]
+BZGW = [sys.executable, "-m", "bzgw.cli"]
 
 
 def _serve_until(lab: Lab, store_url: str, done: Callable[[], bool], timeout: float) -> None:
-    from gateway.sealer import load_matcher_private_key
+    from contract.sealing import load_matcher_private_key
 
     priv, _ = matcher_keys(lab)
 

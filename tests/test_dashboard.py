@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from browser import SITE_GATEWAYS, ServedApp, Site, build_site
 
-from gateway.errors import BzgwError
+from bzgw.labrecords import temp_store
+from core.errors import BzgwError
 from matcher.config import MatcherConfig
 from matcher.dashboard import Dashboard, adoption_svg, start_dashboard
 from matcher.dashboard_queries import (
@@ -27,7 +28,6 @@ from matcher.dashboard_queries import (
     load_exposure_venues,
 )
 from matcher.store import open_store
-from matcher.testing import temp_store
 
 NOW = float(int(time.time()) // 60 * 60)
 SVG = "{http://www.w3.org/2000/svg}"

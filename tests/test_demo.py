@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 DAY = 86400
-BZGW = [sys.executable, "-m", "gateway.cli"]
+BZGW = [sys.executable, "-m", "bzgw.cli"]
 
 
 def _mosquittos(under: Path) -> list[str]:

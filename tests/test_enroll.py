@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from gateway.cli import cli
+from bzgw.cli import cli
+from bzgw.lab import Lab
 from gateway.enroll import EnrollError, EnrollPaths, install_certificate, prepare
 from gateway.enroll_ca import crl_path, init_ca, refresh_crl, revoke, sign_request
 from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.config import MqttConfig
-from mqtt.lab import Lab
 from mqtt.pki import CA, make_csr, new_key
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import F0InputError
+from core.errors import F0InputError
 from matcher import en_export, f0
 from matcher.en_export import Tek
 
@@ -79,7 +79,7 @@ def test_ecdsa_signer_and_infof_as_push_string(tmp_path: Path, p256_key:
     got = f0.load_f0(_write(tmp_path, "push.json", env), signers)
     assert [c.label for c in got.cases] == ["push #1", "push #2"]
     assert [c.n_ids for c in got.cases] == [5, 2]  # ms end time understood; slots inclusive
-    from matcher.ids import bluezone_ids
+    from ble.ids import bluezone_ids
 
     block = got.cases[1].block
     assert block is not None and got.cases[1].tolerance_s == 600
@@ -170,7 +170,7 @@ def test_gaen_json_publish_shape(tmp_path: Path, ed_key: Ed25519PrivateKey,
     got = f0.load_f0(_write(tmp_path, "teks.json", env), signers)
     block = got.cases[0].block
     assert block is not None and len(block) == 288
-    from matcher.ids import en_rpis
+    from ble.ids import en_rpis
 
     assert block.idents()[:144] == en_rpis(k1, 2_700_000)
     assert block.idents()[144:] == en_rpis(k2, 2_700_144)
@@ -179,7 +179,7 @@ def test_gaen_json_publish_shape(tmp_path: Path, ed_key: Ed25519PrivateKey,
 def test_bluezone_upload_expands_the_window_before_now(tmp_path: Path,
                                                        ed_key: Ed25519PrivateKey,
                                                        signers: list[f0.Signer]) -> None:
-    from matcher.ids import bluezone_ids, next_daily_key
+    from ble.ids import bluezone_ids, next_daily_key
 
     base = bytes.fromhex(DK)
     now = T0 + 30 * 86400 + 3600  # 30 days after install, 01:00 UTC

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ble.records import AdoptionCount, Proximity
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
+from ble.ids import bluezone_day_ids, en_rpis
+from bzgw.labrecords import Header, checkin, entry, sighting, temp_store
+from contract.batch import Batch
+from contract.records import AdoptionCount, Proximity
+from core.clock import ClockEpoch, ClockSource
 from matcher import f0 as f0mod
-from matcher.ids import bluezone_day_ids, en_rpis
 from matcher.match import MatchParams, match_f0
 from matcher.store import Store
-from matcher.testing import Header, checkin, entry, sighting, temp_store
 
 T0 = 1_700_006_400  # a UTC midnight
 ENIN0 = T0 // 600

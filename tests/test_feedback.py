@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from gateway.feedback import PATTERNS, Feedback, FeedbackEvents, FeedbackState
+from gateway.feedback import PATTERNS, Feedback, FeedbackEvents
 from qr.config import QrConfig
+from qr.records import FeedbackState
 
 FAST = 0.05  # patterns played 20× faster: same sequences, quicker tests
 

@@ -17,34 +17,32 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ble.aggregator import WindowAggregator
-from ble.records import Advert, IdKind
+from ble.records import Advert
 from ble.simulator import Crowd
-from gateway import sealer as sealing
-from gateway.clock import ClockEpoch, ClockSource, ReplayClock
-from gateway.config import IdentityConfig
-from gateway.health import (
+from bzgw.lab import Lab
+from bzgw.labrecords import entry
+from contract import sealing
+from contract.health import (
     PRECEDENCE,
-    Component,
     Condition,
     HealthError,
-    LinkWatch,
-    PhonesNow,
-    build_health,
     conditions,
     label,
     parse_health,
     scrub,
     validate_health,
 )
+from contract.records import IdKind
+from contract.registry import Registry
+from core.clock import ClockEpoch, ClockSource, ReplayClock
+from gateway.config import IdentityConfig
+from gateway.health import Component, LinkWatch, PhonesNow, build_health
 from gateway.outbox import Outbox, OutboxStatus
 from gateway.pipeline import CapturePipeline, PipelineStats
-from gateway.registry import Registry
 from matcher.dashboard_queries import consume_gateway_reports, consume_message
 from matcher.store import open_store
-from matcher.testing import entry
 from mqtt import topics
 from mqtt.client import MqttClient
-from mqtt.lab import Lab
 from mqtt.sync import GatewaySync
 from qr.sources.base import SourceState
 

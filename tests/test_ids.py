@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from gateway.cli import cli
-from matcher import ids
+from ble import ids
+from bzgw.cli import cli
 
 DK = bytes.fromhex("4C5224B397F8AB3896781D5AA0F3119F280513F1B592CA280EBDED6357E21084")
 T0 = 1596844800

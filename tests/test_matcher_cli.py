@@ -20,16 +20,16 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.batch import Batch
-from gateway.cli import cli
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.sealer import Sealer, generate_matcher_keypair, save_matcher_keypair
-from matcher.ids import bluezone_day_ids
-from matcher.testing import checkin, sighting
+from ble.ids import bluezone_day_ids
+from bzgw.cli import cli
+from bzgw.lab import Lab
+from bzgw.labrecords import checkin, sighting
+from contract.batch import Batch
+from contract.sealing import Sealer, generate_matcher_keypair, save_matcher_keypair
+from core.clock import ClockEpoch, ClockSource
 from mqtt import topics
 from mqtt.broker import free_port
 from mqtt.client import MqttClient
-from mqtt.lab import Lab
 
 T0 = int(time.time()) // 86400 * 86400 - 86400  # yesterday 00:00 UTC: inside retention
 CLOCK = ClockEpoch("boot-1", 0.0, True, ClockSource.NTP, 0.0)
@@ -38,7 +38,7 @@ CLOCK = ClockEpoch("boot-1", 0.0, True, ClockSource.NTP, 0.0)
 def _bzgw() -> list[str]:
     exe = Path(sys.executable).parent / "bzgw"
     return [str(exe)] if exe.exists() else [sys.executable, "-c",
-                                            "from gateway.cli import main; main()"]
+                                            "from bzgw.cli import main; main()"]
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -193,8 +193,8 @@ def test_help_has_examples() -> None:
 def test_match_a_large_f0_on_postgresql_with_url_options(pg_url: str, tmp_path: Path) -> None:
     # 210 daily keys: over 20,000 IDs, so the join is split over the URL's probe connections
     # (the split itself is tested in test_matcher_store.py).
+    from bzgw.labrecords import Header, drop_schema, entry, unique_schema
     from matcher.store import open_store
-    from matcher.testing import Header, drop_schema, entry, unique_schema
 
     authority = Ed25519PrivateKey.generate()
     (tmp_path / "moh.key").write_bytes(authority.private_bytes(

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ble.records import IdKind
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.registry import GatewayEntry, Registry
-from gateway.sealer import Sealer, generate_matcher_keypair
+from bzgw.labrecords import checkin, sighting, temp_store
+from contract.batch import Batch
+from contract.records import IdKind
+from contract.registry import GatewayEntry, Registry
+from contract.sealing import Sealer, generate_matcher_keypair
+from core.clock import ClockEpoch, ClockSource
 from matcher.ingest import Ingestor
 from matcher.store import Store
-from matcher.testing import checkin, sighting, temp_store
 from mqtt import topics
 
 T0 = 1_700_006_400.0
@@ -162,8 +162,8 @@ def test_two_matchers_storing_groups_in_opposite_orders_do_not_deadlock(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from bzgw.labrecords import drop_schema, unique_schema
     from matcher.store import open_store
-    from matcher.testing import drop_schema, unique_schema
 
     sites = {f"gw-{i}": Site(f"gw-{i}", f"cho-{i}", keys[1]) for i in range(8)}
     reg = Registry(gateways={g: s.entry for g, s in sites.items()})

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.sealer import Sealer, generate_matcher_keypair
+from bzgw.lab import Lab
+from bzgw.labrecords import checkin, sighting, temp_store
+from contract.batch import Batch
+from contract.sealing import Sealer, generate_matcher_keypair
+from core.clock import ClockEpoch, ClockSource
 from matcher.service import MatcherService
 from matcher.store import Store, open_store
-from matcher.testing import checkin, sighting, temp_store
 from mqtt import topics
 from mqtt.client import MqttClient
-from mqtt.lab import Lab
 
 T0 = 1_700_006_400.0
 CLOCK = ClockEpoch("boot-1", 0.0, True, ClockSource.NTP, 0.0)

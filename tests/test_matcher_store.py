@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ble.records import AdoptionCount
-from gateway.batch import Batch, ClockCorrection
-from gateway.clock import ClockEpoch, ClockSource
+from bzgw.labrecords import Header, checkin, entry, sighting, temp_store
+from contract.batch import Batch, ClockCorrection
+from contract.records import AdoptionCount
+from core.clock import ClockEpoch, ClockSource
 from matcher import schema
 from matcher.db import PostgresDatabase, StoreError, split_options, sqlite_path
 from matcher.store import Store, open_store
-from matcher.testing import Header, checkin, entry, sighting, temp_store
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -469,7 +469,7 @@ def test_matchers_starting_together_on_a_new_database_all_open_it(
     # schema (and PostgreSQL's schema namespace) must be created once, without a race.
     from concurrent.futures import ThreadPoolExecutor
 
-    from matcher.testing import drop_schema, unique_schema
+    from bzgw.labrecords import drop_schema, unique_schema
 
     if kind == "postgres":
         url, name = request.getfixturevalue("pg_url"), unique_schema()

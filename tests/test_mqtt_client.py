@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from bzgw.lab import Lab
 from mqtt import topics
 from mqtt.client import MqttClient, MqttConnectError, MqttPublishError
 from mqtt.config import MqttConfig
-from mqtt.lab import Lab
 from mqtt.pki import CA, write_identity
 
 

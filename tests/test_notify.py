@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bzgw.lab import Lab, write_gateway_config
 from gateway.notify import MAX_STATUS_CHARS, Notifier, run_watchdog, watchdog_interval
-from mqtt.lab import Lab, write_gateway_config
 
 
 class FakeSystemd:
@@ -199,7 +199,7 @@ def test_bzgw_run_speaks_the_protocol_the_unit_expects(
     env = {**os.environ, "NOTIFY_SOCKET": systemd_socket.address,
            "WATCHDOG_USEC": "1000000", "PYTHONUNBUFFERED": "1"}
     env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "bzgw.cli", "run", "--config", str(cfg)],
                             stderr=subprocess.PIPE, env=env)
     seen: list[dict[str, str]] = []
     try:

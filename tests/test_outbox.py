@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from crowd import crowd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ble.records import IdKind
-from gateway import sealer
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.errors import OutboxFullError
+from contract import sealing as sealer
+from contract.records import IdKind
+from core.clock import ClockEpoch, ClockSource
+from core.errors import OutboxFullError
 from gateway.outbox import Outbox, OutboxError, read_status
 
 
@@ -187,7 +187,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_status_command(tmp_path: Path) -> None:
-    from gateway.cli import cli
+    from bzgw.cli import cli
 
     path = tmp_path / "state" / "o.db"
     with make_outbox(path, max_bytes=2500) as ob:

@@ -11,12 +11,13 @@ import segno
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import ConfigError
+from contract.records import CheckInKind
+from core.errors import ConfigError
 from qr.base45 import b45decode, b45encode
 from qr.bzgwqr import PREFIX, key_id, keys_from, load_checkin_keys, make_checkin_qr, parse_bzgw
 from qr.decoder import Decoder
 from qr.recognizers import Recognizer
-from qr.records import CheckInKind, Rejected
+from qr.records import Rejected
 
 NOW = 1_700_000_000
 

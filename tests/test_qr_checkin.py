@@ -14,14 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
-from gateway.clock import ReplayClock
-from gateway.feedback import Feedback, FeedbackState
+from contract.records import CheckIn
+from core.clock import ReplayClock
+from gateway.feedback import Feedback
 from qr.bzgwqr import keys_from, make_checkin_qr
 from qr.checkin import CheckInPipeline, Cooldown
 from qr.dcc import encode_dcc
 from qr.decoder import Decoder
 from qr.recognizers import Recognizer
-from qr.records import CheckIn
+from qr.records import FeedbackState
 from qr.sources.folder import FolderSource
 
 T0 = 1_700_000_000.0

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
-from gateway.cli import cli
+from bzgw.cli import cli
 from qr.bzgwqr import make_checkin_qr
 
 CCCD = "001099012345|123456789|Nguyễn Văn An|01011999|Nam|Số 1, Hà Nội|15082021"

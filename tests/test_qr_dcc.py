@@ -15,11 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.errors import ConfigError
+from contract.records import CheckInKind
+from core.errors import ConfigError
 from qr.base45 import b45decode, b45encode
 from qr.dcc import PREFIX, TrustList, encode_dcc, load_trust_list, parse_dcc
 from qr.recognizers import Recognizer
-from qr.records import CheckInKind, Rejected
+from qr.records import Rejected
 
 NOW = 1_640_000_000  # 2021-12-20
 HCERT = {

@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.records import CheckInKind
 from qr.base45 import ALPHABET, Base45Error, b45decode, b45encode
 from qr.bzgwqr import keys_from, make_checkin_qr
 from qr.dcc import PREFIX as HC1
 from qr.dcc import TrustedSigner, TrustList, encode_dcc
 from qr.payload import PayloadRejected, strict_cbor
 from qr.recognizers import Recognizer
-from qr.records import CheckInKind, Rejected
+from qr.records import Rejected
 from qr.zbar import guess_text
 
 NOW = 1_700_000_000

@@ -6,11 +6,12 @@ import unicodedata
 
 import pytest
 
-from gateway.clock import ReplayClock
+from contract.records import CheckIn, CheckInKind
+from core.clock import ReplayClock
 from qr.mask import mask_id, mask_name, mask_person
 from qr.payload import DEFAULT_TOKEN_KEY, token_hash
 from qr.recognizers import Recognizer
-from qr.records import CheckIn, CheckInKind, DecodedCode, Rejected
+from qr.records import DecodedCode, Rejected
 
 TS = 1_630_000_000.0
 CCCD = "001099012345|123456789|Nguyễn Văn An|01011999|Nam|Số 1, Phường X, Hà Nội|15082021"

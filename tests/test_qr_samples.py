@@ -6,10 +6,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from gateway.clock import ReplayClock
+from contract.records import CheckIn
+from core.clock import ReplayClock
 from qr.bzgwqr import load_checkin_keys
 from qr.recognizers import Recognizer
-from qr.records import CheckIn, Rejected
+from qr.records import Rejected
 from qr.samples import (
     CHECKIN_KEY_FILE,
     cccd_payload,

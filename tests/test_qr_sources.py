@@ -22,14 +22,14 @@ import pytest
 import segno
 from PIL import Image
 
-from gateway.clock import ReplayClock, SystemClock
-from gateway.errors import BzgwError, CaptureFormatError, DependencyMissingError
+from contract.records import CheckIn
+from core.clock import ReplayClock, SystemClock
+from core.errors import BzgwError, CaptureFormatError, DependencyMissingError
 from gateway.feedback import Feedback
 from qr.checkin import CheckInPipeline
 from qr.config import QrConfig
 from qr.decoder import Decoder
 from qr.recognizers import Recognizer
-from qr.records import CheckIn
 from qr.sources import Frame, SourceKind, SourceState, open_source
 from qr.sources.folder import FolderSource
 from qr.sources.picam import Picamera2Source

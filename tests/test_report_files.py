@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from ble.records import Proximity
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
+from bzgw.labrecords import Header, checkin, entry, sighting, temp_store
+from contract.batch import Batch
+from contract.records import Proximity
+from core.clock import ClockEpoch, ClockSource
 from matcher.f0 import F0, F0Case
 from matcher.ids import bluezone_block
 from matcher.match import MatchResult, match_f0
 from matcher.report import public_venues, write_reports
 from matcher.store import Store
-from matcher.testing import Header, checkin, entry, sighting, temp_store
 
 T0 = 1_700_006_400
 HOSTILE = "<script>alert('x')</script> & Chợ \"A\""

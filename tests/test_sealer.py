@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ble.records import IdKind
-from gateway import codec, sealer
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.errors import RejectedBatchError, SealError
-from gateway.registry import GatewayEntry, Registry
-from gateway.sealer import BatchHeader, Sealer, open_batch, peek_header
+from contract import codec
+from contract import sealing as sealer
+from contract.batch import Batch
+from contract.records import IdKind
+from contract.registry import GatewayEntry, Registry
+from contract.sealing import BatchHeader, Sealer, open_batch, peek_header
+from core.clock import ClockEpoch, ClockSource
+from core.errors import RejectedBatchError, SealError
 
 EPOCH = ClockEpoch("boot-1", 1_699_990_000.5, False, ClockSource.NONE, float("inf"))
 

@@ -19,15 +19,16 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from ble.simulator import Crowd
+from bzgw.lab import Lab
+from contract.health import CAMERA_STATES, RADIO_STATES, validate_health
+from contract.records import CheckIn
 from gateway.clock import TrackedClock
 from gateway.daemon import DaemonState, Gateway
-from gateway.feedback import Feedback, FeedbackState
-from gateway.health import CAMERA_STATES, RADIO_STATES, validate_health
+from gateway.feedback import Feedback
 from gateway.metrics import GatewayMetrics
 from gateway.status import StatusPage, checkin_rows
-from mqtt.lab import Lab
 from qr.recognizers import Recognizer
-from qr.records import CheckIn
+from qr.records import FeedbackState
 
 CCCD = "079190001234||Trần Thị Bình|02021990|Nữ|12 Lê Lợi, Quận 1, TP. Hồ Chí Minh|01012022"
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from ackmatcher import Site, running, until
 
-from gateway.errors import OutboxFullError
+from bzgw.lab import Lab
+from contract.ack import ack_payload
+from core.errors import OutboxFullError
 from mqtt import topics
 from mqtt.client import MqttClient
-from mqtt.lab import Lab
-from mqtt.sync import ack_payload
 
 
 class Watcher:

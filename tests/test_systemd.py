@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli import cli
+from bzgw.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ble.config import BleConfig
 from ble.ios import GattReader, IosResolver
 from ble.sources.base import AdvertSource, QueueSource, ScannerStartError, SourceError
-from gateway.clock import Clock
+from core.clock import Clock
 
 if TYPE_CHECKING:
     from ble.simulator import Crowd

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ble.records import Advert
-from gateway.clock import Clock
-from gateway.errors import BzgwError
+from core.clock import Clock
+from core.errors import BzgwError
 
 if TYPE_CHECKING:
     from ble.ios import IosResolver

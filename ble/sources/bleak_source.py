@@ -23,7 +23,7 @@ from ble.config import BleConfig
 from ble.decoders import BLUEZONE_IOS_SERVICE_WIRE, Decoded, advert_of, decode_parts
 from ble.ios import IosResolver
 from ble.sources.base import QueueSource, ScannerStartError
-from gateway.clock import Clock
+from core.clock import Clock
 
 if TYPE_CHECKING:
     from bleak import BleakScanner

@@ -17,8 +17,8 @@ from ble.decoders import advert_of, decode
 from ble.ios import IosResolver
 from ble.records import Advert
 from ble.sources.base import QueueSource, ScannerStartError, SourceError
-from gateway.clock import Clock
-from gateway.errors import DependencyMissingError
+from core.clock import Clock
+from core.errors import DependencyMissingError
 
 log = logging.getLogger(__name__)
 

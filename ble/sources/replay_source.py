@@ -9,7 +9,7 @@ from ble.ios import IosResolver
 from ble.records import Advert
 from ble.replay import ReplayStats, read_adverts
 from ble.sources.base import TimedFeed
-from gateway.clock import Clock
+from core.clock import Clock
 
 
 class ReplaySource:

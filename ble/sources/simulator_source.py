@@ -9,7 +9,7 @@ from ble.ios import IosResolver
 from ble.records import Advert
 from ble.simulator import Crowd
 from ble.sources.base import TimedFeed
-from gateway.clock import Clock
+from core.clock import Clock
 
 
 def crowd_from_settings(s: SimulatorSettings, *, now: float) -> Crowd:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.clock import Clock
-from gateway.errors import BzgwError
+from core.clock import Clock
+from core.errors import BzgwError
 from qr.config import QrConfig
 from qr.sources.base import Frame, FrameSource, SourceKind, SourceState, SourceStatus
 

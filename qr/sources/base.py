@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.clock import Clock
+from core.clock import Clock
 
 log = logging.getLogger(__name__)
 

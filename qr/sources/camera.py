@@ -16,8 +16,8 @@ from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
-from gateway.clock import Clock
-from gateway.errors import BzgwError
+from core.clock import Clock
+from core.errors import BzgwError
 from qr.sources.base import Frame, FrameSource, SourceState, fit, monotonic, to_gray
 
 log = logging.getLogger(__name__)

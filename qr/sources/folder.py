@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
-from gateway.clock import Clock
-from gateway.errors import BzgwError
+from core.clock import Clock
+from core.errors import BzgwError
 from qr.decoder import fit_within, load_image
 from qr.sources.base import Frame, FrameSource, SourceKind, SourceState
 

@@ -8,8 +8,8 @@ from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
-from gateway.clock import Clock
-from gateway.errors import DependencyMissingError
+from core.clock import Clock
+from core.errors import DependencyMissingError
 from qr.sources.base import SourceKind
 from qr.sources.camera import CameraOptions, CameraSource, CameraUnavailableError, Grabber
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
-from gateway.clock import Clock
-from gateway.errors import CaptureFormatError, DependencyMissingError
+from core.clock import Clock
+from core.errors import CaptureFormatError, DependencyMissingError
 from qr.sources.base import Frame, FrameSource, SourceKind, SourceState, fit, to_gray
 
 

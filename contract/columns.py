@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from gateway.errors import SealError
+from core.errors import SealError
 
 TIME_SCALE = 10  # deciseconds: finer than any BLE or QR timing the matcher can use
 _LITTLE = sys.byteorder == "little"

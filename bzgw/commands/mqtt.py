@@ -48,7 +48,7 @@ def broker_config(registry: Path, out: Path, port: int, bind: str, ca: str, cert
 
         bzgw broker config --registry registry.yaml --out /etc/mosquitto/conf.d/
     """
-    from gateway.registry import load_registry
+    from contract.registry import load_registry
     from mqtt.broker_config import TlsFiles, write_broker_config
 
     reg = load_registry(registry)

@@ -1,4 +1,4 @@
-"""Compact plaintext of a :class:`~gateway.batch.Batch`: columnar CBOR, zstd, size buckets.
+"""Compact plaintext of a :class:`~contract.batch.Batch`: columnar CBOR, zstd, size buckets.
 
 Sightings dominate a batch, so they are stored by column, not by row: every ID concatenated
 in one byte string, each integer field as a fixed-width little-endian array offset from the
@@ -29,10 +29,8 @@ from typing import Any, NoReturn
 import cbor2
 import zstandard
 
-from ble.records import AdoptionCount, IdKind, Proximity, Sighting
-from gateway.batch import Batch, ClockCorrection
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.columns import (
+from contract.batch import Batch, ClockCorrection
+from contract.columns import (
     CodecError,
     DecompressionBombError,
     as_float,
@@ -52,7 +50,8 @@ from gateway.columns import (
     quantize_time,
     times,
 )
-from qr.records import CheckIn, CheckInKind
+from contract.records import AdoptionCount, CheckIn, CheckInKind, IdKind, Proximity, Sighting
+from core.clock import ClockEpoch, ClockSource
 
 FORMAT = 1
 ZSTD_LEVEL = 19  # bench/bench_sync.py: smallest output; one batch a minute affords it

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from gateway.errors import BzgwError, ConfigError
+from core.errors import BzgwError, ConfigError
 
 
 def _version() -> str:
@@ -68,7 +68,7 @@ def config_check(file: Path) -> None:
 
         bzgw config check /etc/bzgw/gateway.yaml
     """
-    from gateway.config import load
+    from bzgw.config import load
 
     cfg = load(file)
     sections = [name for name in ("gateway", "sealing", "mqtt", "matcher")
@@ -78,11 +78,11 @@ def config_check(file: Path) -> None:
 
 def _register() -> None:
     # Imported here so `bzgw --help` stays fast and a broken optional stage cannot break others.
-    from ble.cli import ble_group
-    from gateway.commands import bench, demo, enroll, outbox_group, run
-    from matcher.cli import ids_group, match, matcher_group
-    from mqtt.cli import broker_group
-    from qr.cli import qr_group
+    from bzgw.commands.ble import ble_group
+    from bzgw.commands.gateway import bench, demo, enroll, outbox_group, run
+    from bzgw.commands.matcher import ids_group, match, matcher_group
+    from bzgw.commands.mqtt import broker_group
+    from bzgw.commands.qr import qr_group
 
     for cmd in (demo, run, bench, enroll, outbox_group, ble_group, qr_group, ids_group, match,
                 matcher_group, broker_group):
@@ -101,5 +101,5 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":  # `python -m gateway.cli`, used by tests to run the real process
+if __name__ == "__main__":  # `python -m bzgw.cli`, used by tests to run the real process
     main()

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import ConfigError
+from core.errors import ConfigError
 
 Loc = tuple[str | int, ...]
 

@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ble.aggregator import WindowAggregator
 from ble.config import ProximityThresholds
 from ble.records import Advert
-from gateway.clock import ReplayClock
-from gateway.errors import BzgwError
+from bzgw.lab import Lab, make_lab
+from contract.registry import GatewayEntry
+from contract.sealing import Sealer, generate_matcher_keypair, save_matcher_keypair
+from core.clock import ReplayClock
+from core.errors import BzgwError
 from gateway.outbox import Outbox
 from gateway.pipeline import CapturePipeline
-from gateway.registry import GatewayEntry
-from gateway.sealer import Sealer, generate_matcher_keypair, save_matcher_keypair
-from mqtt.lab import Lab, make_lab
 
 DAY = 86400
 VENUES = [

@@ -23,17 +23,18 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.errors import ConfigError
+from contract import names
+from core.errors import ConfigError
 
 
 class GatewayEntry(BaseModel):
     """One registered gateway."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
-    province: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
+    id: str = Field(pattern=names.GATEWAY_ID)
+    province: str = Field(pattern=names.PROVINCE)
     district: str = ""
-    venue: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
+    venue: str = Field(pattern=names.VENUE)
     venue_name: str = ""
     signing_key: str = Field(description="Ed25519 public key, 32 bytes hex")
 
@@ -96,8 +97,8 @@ class Registry:
 
 def load_registry(path: Path) -> Registry:
     """Read and validate a registry file; errors are located like config errors."""
-    from gateway.config import format_errors
-    from gateway.yamlloc import load_yaml
+    from core.settings import format_errors
+    from core.yamlloc import load_yaml
 
     data, lines = load_yaml(path)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gateway.errors import BzgwError
+from core.errors import BzgwError
 
 
 @click.command("demo")
@@ -30,7 +30,7 @@ def demo(capture: Path | None, qr_dir: Path | None, f0: Path | None, out: Path |
 
         bzgw demo --out /tmp/bzgw-demo
     """
-    from gateway.demo import run_demo
+    from bzgw.demo import run_demo
 
     run_demo(capture=capture, qr_dir=qr_dir, f0=f0, out=out, seed=seed)
 
@@ -44,7 +44,7 @@ def run(config: Path) -> None:
 
         bzgw run --config /etc/bzgw/gateway.yaml
     """
-    from gateway.config import load
+    from bzgw.config import load
     from gateway.daemon import run_daemon
 
     run_daemon(load(config))
@@ -62,7 +62,7 @@ def bench(only: tuple[str, ...], as_json: Path | None, quick: bool) -> None:
 
         bzgw bench --only ble
     """
-    from gateway.benchrun import main
+    from bzgw.benchrun import main
 
     main(only, as_json, quick)
 
@@ -147,7 +147,7 @@ def outbox_status(config: Path | None, db: Path | None, as_json: bool = False) -
     if (config is None) == (db is None):
         raise BzgwError("give exactly one of --config FILE or --db PATH")
     if db is None:
-        from gateway.config import load
+        from bzgw.config import load
 
         assert config is not None
         db = load(config).outbox.path

@@ -8,7 +8,7 @@ Wire format of one sealed batch (all lengths big-endian)::
 The header (gateway id, sequence number, created-at, clock state, suite) travels in clear so
 the matcher can route, verify and dedupe before decrypting. It is bound twice: as HPKE
 ``info`` (a ciphertext cannot be moved under another header) and under the device's Ed25519
-signature, which covers everything before it. The plaintext is :mod:`gateway.codec`'s padded
+signature, which covers everything before it. The plaintext is :mod:`contract.codec`'s padded
 columnar encoding; sealing happens in memory, so the gateway's disk only ever holds this
 ciphertext, which the gateway itself cannot open.
 """
@@ -16,7 +16,6 @@ ciphertext, which the gateway itself cannot open.
 from __future__ import annotations
 
 import functools
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,11 +28,12 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway import codec
-from gateway.batch import Batch
-from gateway.clock import ClockEpoch
-from gateway.errors import RejectedBatchError, SealError
-from gateway.registry import Registry
+from contract import codec
+from contract.batch import Batch
+from contract.registry import Registry
+from core.clock import ClockEpoch
+from core.errors import RejectedBatchError, SealError
+from core.keyfile import write_private
 
 VERSION = 1
 MAGIC = b"BZ"
@@ -279,16 +279,6 @@ def open_batch(wire: bytes, *, registry: Registry,
 # ---------------------------------------------------------------- key files
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret with mode 0600 from the first byte on."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
-
-
 def generate_matcher_keypair(suite: str = DEFAULT_SUITE) -> tuple[bytes, bytes]:
     """A new matcher HPKE key pair as raw ``(private, public)`` bytes.
 
@@ -346,7 +336,7 @@ def load_matcher_private_key(path: Path) -> bytes:
 def save_matcher_keypair(private: bytes, public: bytes, private_path: Path,
                          public_path: Path) -> None:
     """Write raw key files (private 0600)."""
-    _write_private(private_path, private)
+    write_private(private_path, private)
     Path(public_path).parent.mkdir(parents=True, exist_ok=True)
     Path(public_path).write_bytes(public)
 
@@ -371,7 +361,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def save_signing_key(path: Path, key: Ed25519PrivateKey) -> None:
     """Write the device key as unencrypted PKCS#8 PEM, mode 0600."""
-    _write_private(path, key.private_bytes(serialization.Encoding.PEM,
+    write_private(path, key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
 

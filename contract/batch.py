@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ble.records import AdoptionCount, Sighting
-from gateway.clock import ClockCorrection, ClockEpoch
-from qr.records import CheckIn
+from contract.records import AdoptionCount, CheckIn, Sighting
+from core.clock import ClockCorrection, ClockEpoch
 
 __all__ = ["Batch", "ClockCorrection"]
 

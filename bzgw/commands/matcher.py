@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from gateway.errors import BzgwError
-from matcher import ids as idmod
+from ble import ids as idmod
+from core.errors import BzgwError
 from matcher.config import MatcherConfig
 
 DB_HELP = ("sqlite:///path or postgresql://user@host/db[?schema=NAME&probes=N] "
@@ -74,7 +74,7 @@ def ids_gaen(tek: str, start_interval: int, count: int) -> None:
 def _matcher_config(config: Path | None) -> MatcherConfig | None:
     if config is None:
         return None
-    from gateway.config import load
+    from bzgw.config import load
 
     cfg = load(config)
     if cfg.matcher is None:

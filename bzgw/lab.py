@@ -13,8 +13,8 @@ from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.registry import GatewayEntry, Registry
-from gateway.sealer import signing_public_hex
+from contract.registry import GatewayEntry, Registry
+from contract.sealing import signing_public_hex
 from mqtt.broker import MosquittoProcess, free_port
 from mqtt.broker_config import TlsFiles, write_broker_config
 from mqtt.config import MqttConfig
@@ -104,7 +104,7 @@ def make_lab(root: Path, gateways: list[dict[str, str]], matchers: tuple[str, ..
 
 def matcher_keys(lab: Lab) -> tuple[Path, Path]:
     """The lab's matcher HPKE key files (made on first use): ``(private, public)``."""
-    from gateway.sealer import generate_matcher_keypair, save_matcher_keypair
+    from contract.sealing import generate_matcher_keypair, save_matcher_keypair
 
     priv, pub = lab.root / "matcher" / "matcher.key", lab.root / "matcher" / "matcher.pub"
     if not priv.exists():
@@ -120,7 +120,7 @@ def write_gateway_config(lab: Lab, gid: str, folder: Path, **sections: dict[str,
     """
     import yaml
 
-    from gateway.sealer import save_signing_key
+    from contract.sealing import save_signing_key
 
     folder.mkdir(parents=True, exist_ok=True)
     lg = lab.gateways[gid]

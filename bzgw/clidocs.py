@@ -21,11 +21,11 @@ def walk(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[
 
 def render() -> str:
     """Markdown with one section per command holding its ``--help`` output."""
-    from gateway.cli import cli
+    from bzgw.cli import cli
 
     runner = CliRunner()
     out = ["# `bzgw` command reference", "",
-           "Generated from `--help` by `python -m gateway.clidocs > docs/CLI.md`; a test keeps "
+           "Generated from `--help` by `python -m bzgw.clidocs > docs/CLI.md`; a test keeps "
            "it current.", ""]
     for path, _cmd in [((), cli), *walk(cli)]:
         res = runner.invoke(cli, [*path, "--help"], prog_name="bzgw", terminal_width=100)

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from gateway.errors import BzgwError
+from core.errors import BzgwError
 
 
 def bench_dir() -> Path:

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from ble.records import AdoptionCount, Advert, Sighting
+from ble.records import Advert
+from contract.records import AdoptionCount, Sighting
 
 _FLUSH_EVERY_S = 60.0  # replay: hand out finished sightings as capture time passes
 
@@ -72,11 +73,11 @@ def ble_replay(file: Path, adverts: bool, counts: bool, config: Path | None) -> 
     from ble.aggregator import WindowAggregator
     from ble.config import BleConfig
     from ble.replay import ReplayStats, read_adverts
-    from gateway.clock import ReplayClock
+    from core.clock import ReplayClock
 
     ble = BleConfig()
     if config is not None:
-        from gateway.config import load
+        from bzgw.config import load
 
         ble = load(config).ble
     stats = ReplayStats()
@@ -149,8 +150,8 @@ def ble_calibrate(config: Path, seconds: float, at_1m: Path | None, at_2m: Path 
     from ble.sources import open_source
     from ble.sources.base import AdvertSource
     from ble.sources.replay_source import ReplaySource
-    from gateway.clock import ReplayClock, SystemClock
-    from gateway.config import load
+    from bzgw.config import load
+    from core.clock import ReplayClock, SystemClock
 
     if (at_1m is None) != (at_2m is None):
         raise click.UsageError("give both --at-1m and --at-2m, or neither")

@@ -62,7 +62,7 @@ def qr_decode(images: tuple[Path, ...], config: Path | None, budget_ms: float | 
 
     cfg = QrConfig()
     if config is not None:
-        from gateway.config import load
+        from bzgw.config import load
 
         cfg = load(config).qr
     decoder = Decoder(budget_ms=budget_ms if budget_ms is not None else cfg.frame_budget_ms,

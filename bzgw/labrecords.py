@@ -15,11 +15,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ble.records import IdKind, Proximity, Sighting
-from gateway.clock import ClockEpoch, ClockSource
-from gateway.registry import GatewayEntry
+from contract.records import CheckIn, CheckInKind, IdKind, Proximity, Sighting
+from contract.registry import GatewayEntry
+from core.clock import ClockEpoch, ClockSource
 from matcher.store import Store, open_store
-from qr.records import CheckIn, CheckInKind
 
 SYNCED = ClockEpoch(boot_id="boot-synced", offset=1_000_000.0, synced=True,
                     source=ClockSource.NTP, uncertainty=0.0)

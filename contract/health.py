@@ -1,0 +1,351 @@
+"""The health document a gateway publishes and the matcher reads: its schema, its states.
+
+One dict shared by the gateway's status page, ``/metrics`` and health topic, and by the
+provincial dashboard. :class:`HealthDoc` is its schema (pydantic; unknown keys allowed, so
+newer gateways can add fields and the sync adds its own block); :func:`validate_health` checks
+any document and never raises, so the matcher can take health from the network;
+:func:`conditions` derives what is wrong, in a fixed order of precedence, and
+:func:`describe_state` words the first one in Vietnamese and English for staff ("Mất kết nối
+từ 10:42 / Offline since 10:42", venue local time). The gateway builds documents in
+:mod:`gateway.health`.
+
+Nothing about a person is in it: counts only, and error texts with anything shaped like a MAC
+address masked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
+from pydantic_core import PydanticCustomError
+
+from core.errors import BzgwError
+
+HEALTH_VERSION = 1
+# Asia/Ho_Chi_Minh has kept UTC+7 without daylight saving since 1975: a fixed offset needs no
+# tz database on the Pi.
+VENUE_TZ = timezone(timedelta(hours=7), "ICT")
+DISK_WARN = 0.80  # shown as a warning line below the state
+DISK_FULL = 0.95  # a state of its own: the outbox will soon drop batches
+CONNECT_GRACE_S = 60.0  # right after start "connecting", not yet "offline"
+MAX_DOC_BYTES = 64 * 1024  # a health document from the network larger than this is refused
+_MAX_TEXT = 200
+# BlueZ writes addresses as AA:BB:.. and inside object paths as dev_AA_BB_..
+_MAC = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])")
+
+# What can be wrong, most urgent first: a dead radio or camera loses data now, a full outbox or
+# disk will lose it soon, offline and an unsynced clock only delay or blur it.
+PRECEDENCE = ("radio_fault", "no_camera", "outbox_full", "disk_full", "offline", "connecting",
+              "clock_not_synced", "working")
+LABELS: dict[str, tuple[str, str]] = {
+    "radio_fault": ("Không thấy Bluetooth", "No Bluetooth radio"),
+    "no_camera": ("Không thấy camera", "No camera"),
+    "outbox_full": ("Bộ nhớ đệm đầy", "Outbox full"),
+    "disk_full": ("Ổ đĩa đầy {pct} %", "Disk {pct} % full"),
+    "offline": ("Mất kết nối từ {time}", "Offline since {time}"),
+    "connecting": ("Đang kết nối", "Connecting"),
+    "clock_not_synced": ("Chưa đồng bộ giờ", "Clock not synced"),
+    "working": ("Đang hoạt động", "Working"),
+}
+RADIO_STATES = frozenset({"starting", "scanning", "restarting", "fault", "off", "finished",
+                          "unknown"})
+CAMERA_STATES = frozenset({"starting", "capturing", "restarting", "fault", "off", "unknown"})
+
+
+class HealthError(BzgwError):
+    """A health document is malformed.
+
+    Attributes:
+        problems: one ``path: what is wrong`` line each.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid health document: " + "; ".join(problems[:5]))
+
+
+
+# -- text ----------------------------------------------------------------------------------
+
+def scrub(text: str | None) -> str:
+    """An error text safe to publish: MAC-shaped substrings masked, length bounded."""
+    if not text:
+        return ""
+    return _MAC.sub(lambda m: "**:**:**:**:**:" + m.group(0)[-2:], text)[:_MAX_TEXT]
+
+
+
+# -- state -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One thing that is wrong (or ``working``), with what its label needs."""
+
+    code: str
+    since: float | None = None
+    fill: float | None = None
+
+
+def _get(doc: Mapping[str, Any], *path: str) -> Any:
+    cur: Any = doc
+    for p in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def conditions(doc: Mapping[str, Any]) -> list[Condition]:
+    """Everything wrong in a health document, most urgent first; ``[working]`` if nothing.
+
+    Works on any mapping (missing or odd fields count as "not wrong"), so the matcher can call
+    it on a stored document from an older gateway.
+    """
+    out: list[Condition] = []
+    if _get(doc, "radio", "state") == "fault":
+        out.append(Condition("radio_fault"))
+    if _get(doc, "camera", "state") == "fault":
+        out.append(Condition("no_camera"))
+    if _get(doc, "outbox", "full") is True:
+        out.append(Condition("outbox_full"))
+    fill = _get(doc, "disk", "fill")
+    if isinstance(fill, int | float) and not isinstance(fill, bool) and fill >= DISK_FULL:
+        out.append(Condition("disk_full", fill=float(fill)))
+    if _get(doc, "link", "connected") is False:
+        uptime = _get(doc, "uptime_s")
+        never = _get(doc, "link", "ever_connected") is False
+        if never and isinstance(uptime, int | float) and uptime < CONNECT_GRACE_S:
+            out.append(Condition("connecting"))
+        else:
+            since = _get(doc, "link", "offline_since")
+            out.append(Condition("offline", since=since if isinstance(since, int | float)
+                                 else None))
+    if _get(doc, "clock", "synced") is False:
+        out.append(Condition("clock_not_synced"))
+    out.sort(key=lambda c: PRECEDENCE.index(c.code))
+    return out or [Condition("working")]
+
+
+def venue_time(ts: float, now: float | None = None) -> str:
+    """``10:42`` in venue local time; ``10:42 12/03`` when not the same local day as ``now``."""
+    t = datetime.fromtimestamp(ts, VENUE_TZ)
+    ref = datetime.fromtimestamp(time.time() if now is None else now, VENUE_TZ)
+    return t.strftime("%H:%M") if t.date() == ref.date() else t.strftime("%H:%M %d/%m")
+
+
+def label(cond: Condition, now: float | None = None) -> tuple[str, str]:
+    """``(vietnamese, english)`` text of a condition."""
+    vi, en = LABELS[cond.code]
+    when = venue_time(cond.since, now) if cond.since is not None else "?"
+    pct = f"{cond.fill * 100:.0f}" if cond.fill is not None else "?"
+    return vi.format(time=when, pct=pct), en.format(time=when, pct=pct)
+
+
+def describe_state(conds: list[Condition], now: float | None = None) -> dict[str, Any]:
+    """The ``state`` block: the top condition's code, time and labels, and the others."""
+    top = conds[0]
+    vi, en = label(top, now)
+    also = []
+    for c in conds[1:]:
+        cvi, cen = label(c, now)
+        also.append({"code": c.code, "vi": cvi, "en": cen})
+    return {"code": top.code, "since": top.since, "vi": vi, "en": en, "also": also}
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+def _show(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _leaf(test: Callable[[Any], bool], what: str, *, nullable: bool = False) -> PlainValidator:
+    # A plain validator per leaf keeps the document strict (no "1" for 1, no true for 1) and
+    # words every problem as "expected <what>, got <value>" for the dashboard's log.
+    expected = f"expected {what}{' or null' if nullable else ''}"
+
+    def check(v: Any) -> Any:
+        if (v is None and nullable) or (v is not None and test(v)):
+            return v
+        raise PydanticCustomError("health_leaf", "{expected}, got {got}",
+                                  {"expected": expected, "got": _show(v)})
+
+    return PlainValidator(check)
+
+
+def _one_of(values: frozenset[str]) -> PlainValidator:
+    return _leaf(lambda v: isinstance(v, str) and v in values,
+                 f"one of {', '.join(sorted(values))}")
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+Int = Annotated[int, _leaf(_is_count, "a non-negative integer")]
+OptInt = Annotated[int | None, _leaf(_is_count, "a non-negative integer", nullable=True)]
+Num = Annotated[float, _leaf(lambda v: _is_num(v) and v >= 0, "a non-negative number")]
+OptNum = Annotated[float | None, _leaf(lambda v: _is_num(v) and v >= 0, "a non-negative number",
+                                       nullable=True)]
+Time = Annotated[float, _leaf(lambda v: _is_num(v) and v > 0, "an epoch time in seconds")]
+OptTime = Annotated[float | None, _leaf(lambda v: _is_num(v) and v > 0,
+                                        "an epoch time in seconds", nullable=True)]
+Text = Annotated[str, _leaf(lambda v: isinstance(v, str) and len(v) <= _MAX_TEXT,
+                            "a short string")]
+Flag = Annotated[bool, _leaf(lambda v: isinstance(v, bool), "true or false")]
+ShortList = Annotated[list[Any], _leaf(lambda v: isinstance(v, list)
+                                       and len(v) <= len(PRECEDENCE), "a short list")]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class OutboxDoc(_Part):
+    depth: Int
+    bytes: Int
+    max_bytes: OptInt
+    fill: OptNum
+    oldest_age_s: OptNum
+    dropped_batches: Int
+    full: Flag
+
+
+class DiskDoc(_Part):
+    total_bytes: OptInt
+    free_bytes: OptInt
+    fill: OptNum
+    error: Text
+
+
+class LinkDoc(_Part):
+    connected: Flag
+    ever_connected: Flag
+    last_sync: OptTime
+    offline_since: OptTime
+
+
+class RadioDoc(_Part):
+    state: Annotated[str, _one_of(RADIO_STATES)]
+    detail: Text
+    restarts: Int
+    adverts: Int
+    last_advert_at: OptTime
+
+
+class CameraDoc(_Part):
+    state: Annotated[str, _one_of(CAMERA_STATES)]
+    detail: Text
+    restarts: Int
+
+
+class ClockDoc(_Part):
+    synced: Flag
+    source: Text
+    uncertainty_s: OptNum
+
+
+class CountsDoc(_Part):
+    checkins: Int
+    batches: Int
+
+
+class DroppedDoc(_Part):
+    outbox_batches: Int
+    lost_records: Int
+    feedback_events: Int
+    phones_untracked: Int
+
+
+class PhonesDoc(_Part):
+    window_s: Num
+    phones: Int
+    bluezone: Int
+    gaen: Int
+    other_phones: Int
+    devices: Int
+    bluezone_share: OptNum
+
+
+class StateDoc(_Part):
+    code: Annotated[str, _one_of(frozenset(PRECEDENCE))]
+    since: OptTime
+    vi: Text
+    en: Text
+    also: ShortList
+
+
+class HealthDoc(_Part):
+    """The whole document, version :data:`HEALTH_VERSION`."""
+
+    v: Int
+    gateway: Text
+    ts: Time
+    uptime_s: Num
+    outbox: OutboxDoc
+    disk: DiskDoc
+    link: LinkDoc
+    radio: RadioDoc
+    camera: CameraDoc
+    clock: ClockDoc
+    counts: CountsDoc
+    dropped: DroppedDoc
+    phones: PhonesDoc | None
+    state: StateDoc
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "(top)"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{path}: missing"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{path}: expected an object, got {type(err.get('input')).__name__}"
+    return f"{path}: {err['msg']}"
+
+
+def validate_health(doc: object) -> list[str]:
+    """Every problem of a document against :class:`HealthDoc`; empty when valid. Never raises."""
+    if not isinstance(doc, dict):
+        return [f"(top): expected an object, got {type(doc).__name__}"]
+    try:
+        HealthDoc.model_validate(doc)
+    except ValidationError as err:
+        return [_problem(e) for e in err.errors(include_url=False)]
+    except RecursionError:
+        return ["(top): nested too deeply"]
+    if doc["v"] != HEALTH_VERSION:
+        return [f"v: unsupported health version {doc['v']} (this reader knows "
+                f"{HEALTH_VERSION})"]
+    return []
+
+
+def parse_health(payload: bytes | str) -> dict[str, Any]:
+    """Decode and validate a health document received from the network.
+
+    Raises:
+        HealthError: too large, not JSON, or not valid against the schema.
+    """
+    if len(payload) > MAX_DOC_BYTES:
+        raise HealthError([f"(top): {len(payload)} bytes is over the {MAX_DOC_BYTES} limit"])
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise HealthError([f"(top): not JSON: {err}"]) from err
+    problems = validate_health(doc)
+    if problems:
+        raise HealthError(problems)
+    assert isinstance(doc, dict)
+    return doc
