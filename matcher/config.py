@@ -37,3 +37,9 @@ class MatcherConfig(BaseModel):
                                  description="larger sealed batches are refused unread")
     max_plaintext_bytes: int = Field(default=16 * 1024 * 1024, ge=4096,
                                      description="decompressed batch limit (zip bombs)")
+    audit_log: Path = Field(default=Path("/var/lib/bzgw-matcher/audit.log"),
+                            description="hash-chained, signed log of queries, approvals, "
+                                        "openings, logins and user changes")
+    audit_key: Path = Field(default=Path("/var/lib/bzgw-matcher/audit.key"),
+                            description="Ed25519 key signing the audit log (made on first "
+                                        "start; its .pub verifies the log)")

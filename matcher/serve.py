@@ -18,6 +18,7 @@ from typing import Any
 from contract.registry import load_registry
 from contract.sealing import load_matcher_private_key
 from core.errors import BzgwError, ConfigError
+from matcher.audit import AuditLog
 from matcher.config import MatcherConfig
 from matcher.service import MatcherService, default_client_id
 from matcher.store import open_store
@@ -94,9 +95,21 @@ async def serve_async(service: MatcherService, cfg: MatcherConfig) -> None:
             loop.remove_signal_handler(sig)
 
 
+def open_audit(cfg: MatcherConfig) -> AuditLog:
+    """The matcher's audit log, verified; the signing key is made on first start.
+
+    Raises:
+        AuditError: the log was changed, cut or reordered: the matcher does not start.
+    """
+    return AuditLog.open(cfg.audit_log, cfg.audit_key)
+
+
 def serve(cfg: MatcherConfig, config_path: Path | None = None) -> None:
     """Blocking entry point of ``bzgw matcher serve``."""
+    audit = open_audit(cfg)
     service = build_service(cfg, config_path)
+    audit.append("start", actor=service.client_id, store=service.store.db.dialect)
+    service.audit = audit
     log.warning("matcher %s: %d gateways registered, store %s", service.client_id,
                 len(service.registry.gateways), service.store.db.dialect)
     try:

@@ -34,6 +34,7 @@ from contract import codec
 from contract.registry import Registry
 from contract.sealing import DEFAULT_MAX_WIRE, MatcherPrivateKey
 from core.errors import BzgwError
+from matcher.audit import AuditLog
 from matcher.ingest import Ingestor, Opened, Outcome
 from matcher.store import Store
 from mqtt import topics
@@ -79,6 +80,7 @@ class MatcherService:
         self.store = store
         self.registry = registry
         self.mqtt = mqtt
+        self.audit: AuditLog | None = None  # set by serve: the dashboard logs logins to it
         self.client_id = client_id or default_client_id()
         self.retention_days = retention_days
         self.purge_interval_s = purge_interval_s

@@ -281,3 +281,54 @@ def matcher_sign_f0(source: Path, key_file: Path, kind: str | None, case: str,
     dest = out or source.with_name(source.name + (".sig" if detached else ".signed.json"))
     written = sign_f0(source, key, kind=kind, case=case, detached=detached, out=dest)
     click.echo(f"signed {source} -> {written}")
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The matcher's audit log (queries, approvals, openings, logins, user changes)."""
+
+
+@audit_group.command("verify")
+@click.argument("log", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--key", "key_file", type=click.Path(path_type=Path, exists=True,
+                                                   dir_okay=False),
+              default=None, help="Audit public key (hex; default: audit.pub beside the log).")
+def audit_verify(log: Path, key_file: Path | None) -> None:
+    """Check every entry's signature, the hash chain and the head: a changed, removed or
+    reordered entry is reported with its line; exit status 1 then.
+
+    Example:
+
+        bzgw audit verify /var/lib/bzgw-matcher/audit.log
+    """
+    from matcher.audit import AuditError, load_audit_public, verify
+
+    public = load_audit_public(key_file or log.with_name("audit.pub"))
+    if not log.exists() and not log.with_name(log.name + ".head").exists():
+        raise BzgwError(f"{log}: no such audit log")
+    head, problems = verify(log, public)
+    if problems:
+        raise AuditError(problems)
+    click.echo(f"{log}: OK, {head.seq} entries, head {head.hash[:16]}")
+
+
+@audit_group.command("show")
+@click.argument("log", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--last", type=click.IntRange(min=1), default=None, help="Only the last N.")
+def audit_show(log: Path, last: int | None) -> None:
+    """Print the entries, one line each (time, event, actor, data).
+
+    Example:
+
+        bzgw audit show /var/lib/bzgw-matcher/audit.log --last 20
+    """
+    import json
+    import time
+
+    from matcher.audit import entries
+
+    rows = entries(log)
+    for e in rows[-last:] if last else rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("ts", 0)))
+        click.echo(f"{e.get('seq'):>6} {when}Z {e.get('event'):<13} {e.get('actor')}: "
+                   f"{json.dumps(e.get('data'), ensure_ascii=False)}")
