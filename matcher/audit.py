@@ -111,8 +111,7 @@ class Head:
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            yield n, line
+        yield from enumerate(f, 1)
 
 
 def verify(path: Path, public: Ed25519PublicKey) -> tuple[Head, list[str]]:
@@ -205,7 +204,7 @@ class AuditLog:
             raise ValueError(f"unknown audit event {event!r}")
         with self._lock, self._locked_file() as f:
             head = self._tail(f)
-            entry = {"seq": head.seq + 1, "ts": round(time.time(), 3), "event": event,
+            entry: dict[str, Any] = {"seq": head.seq + 1, "ts": round(time.time(), 3), "event": event,
                      "actor": actor, "data": data, "prev": head.hash}
             body = _canonical(entry)
             signed = dict(entry, sig=self._key.sign(body).hex())
@@ -214,7 +213,7 @@ class AuditLog:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-            self.head = Head(entry["seq"], _line_hash(line))
+            self.head = Head(head.seq + 1, _line_hash(line))
             self._write_head(self.head)
             return self.head
 
