@@ -204,8 +204,9 @@ class AuditLog:
             raise ValueError(f"unknown audit event {event!r}")
         with self._lock, self._locked_file() as f:
             head = self._tail(f)
-            entry: dict[str, Any] = {"seq": head.seq + 1, "ts": round(time.time(), 3), "event": event,
-                     "actor": actor, "data": data, "prev": head.hash}
+            entry: dict[str, Any] = {"seq": head.seq + 1, "ts": round(time.time(), 3),
+                                     "event": event, "actor": actor, "data": data,
+                                     "prev": head.hash}
             body = _canonical(entry)
             signed = dict(entry, sig=self._key.sign(body).hex())
             line = _canonical(signed) + b"\n"
