@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,8 @@ def _print_flush(out: tuple[list[Sighting], list[AdoptionCount]], *, adverts: bo
 @ble_group.command("calibrate")
 @click.option("--config", "config", required=True,
               type=click.Path(path_type=Path, dir_okay=False),
-              help="Gateway config: its ble source is measured and ble.proximity is written.")
+              help="Gateway config: its ble source is measured; the thresholds go to its "
+                   "ble.calibration_file, else into its ble.proximity.")
 @click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(1, 600),
               help="Measurement length at each distance.")
 @click.option("--at-1m", "at_1m", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -139,13 +141,15 @@ def ble_calibrate(config: Path, seconds: float, at_1m: Path | None, at_2m: Path 
     Each phase listens to the configured BLE source (or replays --at-1m / --at-2m) for
     --seconds and keeps the strongest phone. "near" becomes the phone's median RSSI at 2 m;
     "medium" extends the measured fall-off to about 5 m. The result is written into the
-    config's ble.proximity with calibrated: true; the rest of the file is kept as it is.
+    config's ble.calibration_file when the config names one (provisioned gateways do: the
+    file survives re-provisioning), else into the config's ble.proximity with calibrated:
+    true, keeping the rest of the file as it is.
 
     Example:
 
         bzgw ble calibrate --config /etc/bzgw/gateway.yaml --seconds 30
     """
-    from ble.calibrate import calibrate, write_thresholds
+    from ble.calibrate import calibrate, write_calibration_file, write_thresholds
     from ble.sources import open_source
     from ble.sources.base import AdvertSource
     from ble.sources.replay_source import ReplaySource
@@ -177,6 +181,11 @@ def ble_calibrate(config: Path, seconds: float, at_1m: Path | None, at_2m: Path 
                            "path_loss_exponent": round(result.exponent, 2),
                            "near_dbm": th.near_dbm, "medium_dbm": th.medium_dbm}))
     if dry_run:
+        return
+    if cfg.calibration_file is not None:
+        write_calibration_file(cfg.calibration_file, result, now=time.time())
+        click.echo(f"wrote the thresholds to {cfg.calibration_file} (kept across "
+                   "provisioning); restart bzgw-gateway to use them", err=True)
         return
     write_thresholds(config, th)
     click.echo(f"wrote ble.proximity to {config}", err=True)

@@ -55,3 +55,7 @@ class BleConfig(BaseModel):
     max_ids_per_window: int = Field(default=20000, ge=10, description="cap, overflow counted")
     count_window_s: int = Field(default=900, ge=60, le=3600, description="adoption window")
     proximity: ProximityThresholds = Field(default_factory=ProximityThresholds)
+    calibration_file: Path | None = Field(
+        default=None,
+        description="file where bzgw ble calibrate keeps this unit's thresholds, outside the "
+                    "provisioned config; when it exists its proximity overrides ble.proximity")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ble.config import BleConfig
+from ble.config import BleConfig, ProximityThresholds
 from gateway.errors import ConfigError
 from gateway.yamlloc import line_of, load_yaml
 from matcher.config import MatcherConfig
@@ -79,6 +79,13 @@ class Config(Section):
     matcher: MatcherConfig | None = None
 
 
+class CalibrationFile(Section):
+    """What ``bzgw ble calibrate`` keeps in ``ble.calibration_file``."""
+
+    proximity: ProximityThresholds
+    measured: dict[str, Any] = Field(default_factory=dict, description="how, for the record")
+
+
 def parse(data: dict[str, Any]) -> Config:
     """Validate plain data. Raises pydantic's ``ValidationError``."""
     return Config.model_validate(data)
@@ -113,7 +120,26 @@ def load(path: Path | str) -> Config:
         cfg = parse(data)
     except ValidationError as err:
         raise ConfigError(format_errors(err, str(p), lines)) from err
-    return resolve_paths(cfg, p.parent)
+    cfg = resolve_paths(cfg, p.parent)
+    calibration = cfg.ble.calibration_file
+    if calibration is not None and calibration.exists():
+        # Measured on this unit: wins over the provisioned ble.proximity, and lives in its
+        # own file so re-provisioning (which re-renders the config) cannot lose it.
+        object.__setattr__(cfg.ble, "proximity", load_calibration(calibration).proximity)
+    return cfg
+
+
+def load_calibration(path: Path) -> CalibrationFile:
+    """Read a calibration file written by ``bzgw ble calibrate``.
+
+    Raises:
+        ConfigError: unreadable, or not a valid calibration (line and key named).
+    """
+    data, lines = load_yaml(path)
+    try:
+        return CalibrationFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, str(path), lines)) from err
 
 
 def resolve_paths(cfg: Config, base: Path) -> Config:
