@@ -190,3 +190,63 @@ def ble_calibrate(config: Path, seconds: float, at_1m: Path | None, at_2m: Path 
     write_thresholds(config, th)
     click.echo(f"wrote ble.proximity to {config}", err=True)
 
+
+
+@ble_group.command("beacon")
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True,
+                                                    dir_okay=False), default=None,
+              help="Gateway config: its ble.beacon section (UUID, major, minor, timing).")
+@click.option("--adapter", default=None, help="Adapter, e.g. hci0 (default: the config's).")
+@click.option("--bursts", type=click.IntRange(min=1), default=None,
+              help="Stop after this many bursts (default: until Ctrl-C).")
+@click.option("--on", "on_s", type=click.FloatRange(1, 600), default=None,
+              help="Seconds per burst (default: ble.beacon.on_s, 10).")
+@click.option("--every", "every_s", type=click.FloatRange(30, 86400), default=None,
+              help="One burst per this many seconds, 30 at least (default: ble.beacon."
+                   "every_s, 300).")
+def ble_beacon(config: Path | None, adapter: str | None, bursts: int | None,
+               on_s: float | None, every_s: float | None) -> None:
+    """Send the iBeacon that wakes sleeping iOS Bluezone apps, through BlueZ.
+
+    Registers an LEAdvertisement1 with the adapter's LEAdvertisingManager1 (bluetoothd does
+    the radio work) for a burst of --on seconds once every --every seconds, so phones that
+    stay are woken again without the radio being kept busy. The daemon does the same when
+    ble.beacon.enabled is true (off by default).
+
+    Example:
+
+        bzgw ble beacon --config /etc/bzgw/gateway.yaml --bursts 1
+    """
+    from ble.beacon import Beacon, ibeacon_payload
+    from ble.config import BeaconConfig, BleConfig
+    from gateway.config import load
+    from gateway.errors import ConfigError
+
+    ble = load(config).ble if config is not None else BleConfig()
+    over = {k: v for k, v in (("on_s", on_s), ("every_s", every_s)) if v is not None}
+    try:
+        cfg = BeaconConfig.model_validate({**ble.beacon.model_dump(), **over})
+    except ValueError as err:
+        raise ConfigError([("--on/--every", str(err).splitlines()[-1].strip())]) from err
+    beacon = Beacon(cfg, adapter=adapter or ble.adapter)
+    click.echo(f"iBeacon {cfg.uuid} major {cfg.major} minor {cfg.minor} "
+               f"({ibeacon_payload(cfg).hex()}) on {beacon.adapter}: {cfg.on_s:g} s every "
+               f"{cfg.every_s:g} s", err=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        await beacon.open()
+        try:
+            await beacon.run(stop, bursts=bursts)
+        finally:
+            await beacon.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    s = beacon.stats
+    click.echo(json.dumps({"bursts": s.bursts, "failures": s.failures,
+                           "last_error": s.last_error or None}))
+    if s.failures and not s.bursts:
+        raise SystemExit(1)
