@@ -10,6 +10,9 @@ Measured in one run, on the same frames:
   default UTF-8 transcoding) and in binary mode with our text decoding.
 - ``qr_hard_*``: seeded synthetic 640×480 camera frames of CCCD payloads (3–4 px modules,
   0–40° rotation, blur, noise, low contrast, a glare spot), same readers.
+- ``qr_screens_*``: the held-out set of 32 rendered photos of CCCD codes on phone screens
+  (:mod:`qr.screens`: perspective, moiré, low contrast, glare, motion blur, JPEG), same
+  readers.
 - ``qr_empty_*``: frames with no code (most of a camera's day): a new scene gets every
   retry up to the budget; a camera stream of an unchanged scene (``skip_static``, as the
   check-in pipeline runs it) gets each retry once and then only the first pass.
@@ -78,6 +81,14 @@ def _hard_frames(n: int, seed: int = 2021) -> list[tuple[np.ndarray, bytes]]:
         arr += rng.normal(0, rng.uniform(6, 14), arr.shape)
         frames.append((np.clip(arr, 0, 255).astype(np.uint8), payload.encode()))
     return frames
+
+
+def _screen_frames() -> list[tuple[np.ndarray, bytes]]:
+    """The held-out 32 phone-screen photos (glare, moiré, low contrast, motion blur,
+    perspective) of :mod:`qr.screens`; the decoder's OpenCV retries were chosen on others."""
+    from qr.screens import phone_screen_photos
+
+    return [(p.gray, p.payload) for p in phone_screen_photos(32)]
 
 
 def _readers() -> dict[str, Reader]:
@@ -230,6 +241,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     if (CORPORA / "qr").is_dir():
         rows += _compare("qr_corpus", _corpus(), readers, repeats)
     rows += _compare("qr_hard", _hard_frames(20 if quick else 60), readers, repeats)
+    rows += _compare("qr_screens", _screen_frames(), readers, repeats)
     rows += _empty(readers, repeats, quick)
     rows += _recognize(quick)
     rows += _pipeline(quick)

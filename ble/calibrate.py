@@ -125,3 +125,36 @@ def write_thresholds(config: Path, thresholds: ProximityThresholds) -> None:
         tmp.replace(config)  # atomic: a crash leaves the old file, never half a file
     except OSError as err:
         raise ConfigError([(str(config), f"cannot write config: {err.strerror}")]) from err
+
+
+def write_calibration_file(path: Path, result: Calibration, *, now: float) -> None:
+    """Write this unit's thresholds into their own file (``ble.calibration_file``).
+
+    The provisioning role renders ``gateway.yaml`` from the inventory and never touches this
+    file, so a measurement survives every re-provisioning; the gateway reads it at start.
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    from datetime import UTC, datetime
+
+    import yaml
+
+    th = result.thresholds
+    doc = {"proximity": {"near_dbm": th.near_dbm, "medium_dbm": th.medium_dbm,
+                         "calibrated": th.calibrated},
+           "measured": {"at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+                        "rssi_1m": result.rssi_1m, "rssi_2m": result.rssi_2m,
+                        "samples_1m": result.samples_1m, "samples_2m": result.samples_2m,
+                        "path_loss_exponent": round(result.exponent, 2)}}
+    text = ("# Written by `bzgw ble calibrate` on this unit: its proximity thresholds.\n"
+            "# Provisioning does not touch this file; run the calibration again to change it.\n"
+            + yaml.safe_dump(doc, sort_keys=False))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)  # the gateway's service user reads it
+        tmp.replace(path)  # atomic: a crash leaves the old file, never half a file
+    except OSError as err:
+        raise ConfigError([(str(path), f"cannot write calibration: {err.strerror}")]) from err

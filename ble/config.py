@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ProximityThresholds(BaseModel):
@@ -33,6 +33,41 @@ class SimulatorSettings(BaseModel):
     realtime: bool = Field(default=True, description="pace adverts at their own timestamps")
 
 
+class BeaconConfig(BaseModel):
+    """The iBeacon a gateway may send so sleeping iOS Bluezone apps wake up and advertise.
+
+    Off by default: it makes the gateway a transmitter. Sent in bursts of ``on_s`` every
+    ``every_s``: iOS wakes an app when a beacon region is *entered*, i.e. after it has been
+    silent for a while, so a steady beacon would wake each phone once, while a burst every
+    few minutes wakes it again without keeping the radio busy.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(default=False, description="send the iBeacon")
+    adapter: str | None = Field(default=None, description="e.g. hci0; default: ble.adapter")
+    uuid: str = Field(default="c7afef7b-1788-4f4a-a87d-691d53bf21c4",
+                      pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                              r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$",
+                      description="proximity UUID (default: the one Bluezone apps monitor)")
+    major: int = Field(default=20, ge=0, le=65535)
+    minor: int = Field(default=20, ge=0, le=65535)
+    measured_power: int = Field(default=-59, ge=-127, le=20,
+                                description="RSSI at 1 m the beacon claims, dBm")
+    interval_ms: int = Field(default=1000, ge=100, le=10240,
+                             description="advertising interval while on (BLE allows 20 ms+;"
+                                         " 100 ms is the least this gateway will use)")
+    on_s: float = Field(default=10, ge=1, le=600, description="length of one burst")
+    every_s: float = Field(default=300, ge=30, le=86400,
+                           description="one burst per this many seconds (≥ 30: rate limit)")
+
+    @model_validator(mode="after")
+    def _burst_fits(self) -> BeaconConfig:
+        if self.on_s >= self.every_s:
+            raise ValueError(f"on_s ({self.on_s:g}) must be shorter than every_s "
+                             f"({self.every_s:g}): the beacon must go quiet between bursts")
+        return self
+
+
 class BleConfig(BaseModel):
     """BLE capture."""
 
@@ -55,3 +90,8 @@ class BleConfig(BaseModel):
     max_ids_per_window: int = Field(default=20000, ge=10, description="cap, overflow counted")
     count_window_s: int = Field(default=900, ge=60, le=3600, description="adoption window")
     proximity: ProximityThresholds = Field(default_factory=ProximityThresholds)
+    beacon: BeaconConfig = Field(default_factory=BeaconConfig)
+    calibration_file: Path | None = Field(
+        default=None,
+        description="file where bzgw ble calibrate keeps this unit's thresholds, outside the "
+                    "provisioned config; when it exists its proximity overrides ble.proximity")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import load_model
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, apply_calibration
 from matcher.config import MatcherConfig
 
 
@@ -33,4 +33,4 @@ def load(path: Path | str) -> Config:
     Raises:
         ConfigError: with every problem located by line and key path.
     """
-    return load_model(path, Config)
+    return apply_calibration(load_model(path, Config))

@@ -34,6 +34,7 @@ from gateway.outbox import Outbox
 from gateway.pipeline import CapturePipeline
 
 DAY = 86400
+DEMO_MARKER = ".bzgw-demo"
 VENUES = [
     {"id": "gw-hn-0001", "province": "hn", "district": "hoan-kiem", "venue": "cho-dong-xuan",
      "venue_name": "Chợ Đồng Xuân"},
@@ -189,15 +190,44 @@ def run_demo(*, capture: Path | None, qr_dir: Path | None, f0: Path | None, out:
     if capture is not None and f0 is None:
         raise BzgwError("--capture needs --f0 (the F0 file to match against the capture)")
     out = (out or Path("bzgw-demo")).resolve()
-    state = out / "state"
-    if state.exists():
-        shutil.rmtree(state)
-    state.mkdir(parents=True)
+    state = _fresh_state(out)
     try:
         asyncio.run(_demo(out, state, capture=capture, qr_dir=qr_dir, f0=f0, seed=seed))
     except KeyboardInterrupt:
         click.echo("interrupted: every process the demo started has been stopped", err=True)
         raise
+
+
+def _fresh_state(out: Path) -> Path:
+    """``out/state`` emptied for a new run, deleting only what an earlier demo created.
+
+    A marker file says the folder is the demo's; a folder without it that holds anything is
+    refused rather than cleaned, so a mistyped ``--out`` (a home folder, a project) is safe.
+    """
+    marker = out / DEMO_MARKER
+    if out.exists() and not out.is_dir():
+        raise BzgwError(f"--out {out} is a file: give a folder")
+    if out.exists() and any(out.iterdir()) and not marker.is_file():
+        raise BzgwError(f"--out {out} holds files the demo did not create: give a new or "
+                        "empty folder (nothing was changed)")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by bzgw demo: state/ and the report files here are replaced on "
+                      "the next run\n")
+    state = out / "state"
+    if state.exists():
+        shutil.rmtree(state)
+    state.mkdir()
+    return state
+
+
+def _capture_start(capture: Path) -> float:
+    """Time of the first advert in ``capture`` (the demo's clock starts there)."""
+    from ble.replay import read_adverts
+
+    first = next(iter(read_adverts(capture)), None)
+    if first is None:
+        raise BzgwError(f"{capture}: no advertising reports in this capture")
+    return first.ts
 
 
 async def _demo(out: Path, state: Path, *, capture: Path | None, qr_dir: Path | None,
@@ -218,7 +248,9 @@ async def _demo(out: Path, state: Path, *, capture: Path | None, qr_dir: Path | 
         p.done(f"Mosquitto on 127.0.0.1:{lab.broker.port} with TLS client certificates and ACLs")
 
         day0 = _utc_midnight(time.time()) - DAY  # yesterday, UTC
-        start, end = day0 + 8 * 3600, day0 + 11 * 3600
+        start, end = float(day0 + 8 * 3600), float(day0 + 11 * 3600)
+        if capture is not None:  # a capture of any date: its own timeline
+            start = _capture_start(capture)
         a, b = VENUES[0]["venue"], VENUES[1]["venue"]
         sites = [_make_site(lab, v["id"], state, public, start) for v in VENUES]
         f0_file = state / "f0.json"
@@ -249,8 +281,9 @@ async def _demo(out: Path, state: Path, *, capture: Path | None, qr_dir: Path | 
             p.done(f"{n:,} adverts decoded and aggregated")
             assert f0 is not None  # checked by run_demo
             shutil.copy(f0, f0_file)
-            t = sites[0].clock.now()
-            qr_times = [t + 60 * i for i in range(1, 5)]
+            # Check-ins spread over the capture's span, so some fall while its phones were there.
+            span = sites[0].clock.now() - start
+            qr_times = [start + span * i / 5 for i in range(1, 5)]
 
         p.step("QR check-ins at the door")
         if qr_dir is None:

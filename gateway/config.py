@@ -6,13 +6,13 @@ A whole file is read by the shell (``bzgw.config``), which adds the matcher's se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from ble.config import BleConfig
+from ble.config import BleConfig, ProximityThresholds
 from contract import names
-from core.settings import Section
+from core.settings import Section, load_model
 from mqtt.config import MqttConfig
 from qr.config import QrConfig
 
@@ -68,3 +68,31 @@ class GatewayConfig(Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     mqtt: MqttConfig | None = None
     status: StatusConfig = Field(default_factory=StatusConfig)
+
+
+G = TypeVar("G", bound=GatewayConfig)
+
+
+class CalibrationFile(Section):
+    """What ``bzgw ble calibrate`` keeps in ``ble.calibration_file``."""
+
+    proximity: ProximityThresholds
+    measured: dict[str, Any] = Field(default_factory=dict, description="how, for the record")
+
+
+def load_calibration(path: Path) -> CalibrationFile:
+    """Read a calibration file written by ``bzgw ble calibrate``.
+
+    Raises:
+        ConfigError: unreadable, or not a valid calibration (line and key named).
+    """
+    return load_model(path, CalibrationFile)
+
+
+def apply_calibration(cfg: G) -> G:
+    """Thresholds measured on this unit win over the provisioned ``ble.proximity``; they live
+    in their own file so re-provisioning (which re-renders the config) cannot lose them."""
+    calibration = cfg.ble.calibration_file
+    if calibration is not None and calibration.exists():
+        object.__setattr__(cfg.ble, "proximity", load_calibration(calibration).proximity)
+    return cfg

@@ -196,6 +196,8 @@ class Gateway:
             finite = isinstance(self.clock, ReplayClock)
             tasks.append(asyncio.create_task(
                 self._supervise("ble", self._ble_loop, stop, finite=finite), name="ble"))
+        if self.cfg.ble.beacon.enabled:
+            tasks.append(asyncio.create_task(self._beacon(stop), name="beacon"))
         if self.cfg.status.enabled:
             tasks.append(asyncio.create_task(self._status_page(stop), name="status"))
         from qr.sources import source_kind
@@ -216,6 +218,18 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.pipeline.flush(final=True)
             self.feedback.close()
+
+    async def _beacon(self, stop: asyncio.Event) -> None:
+        from ble.beacon import Beacon
+
+        beacon = Beacon(self.cfg.ble.beacon, adapter=self.cfg.ble.adapter)
+        try:
+            await beacon.open()
+            await beacon.run(stop)
+        except BzgwError as err:  # a radio that cannot advertise must not stop capture
+            log.error("%s", err)
+        finally:
+            await beacon.close()
 
     async def _status_page(self, stop: asyncio.Event) -> None:
         from gateway.metrics import GatewayMetrics

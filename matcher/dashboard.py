@@ -28,6 +28,7 @@ from aiohttp import web
 
 from contract.health import DISK_FULL, DISK_WARN, VENUE_TZ
 from core.errors import BzgwError
+from matcher.adoption import NO_DISTRICT, AdoptionRow, adoption_rows
 from matcher.config import MatcherConfig
 from matcher.dashboard_queries import (
     AdoptionPoint,
@@ -82,6 +83,7 @@ class Page:
     gateways: list[GatewayView]
     series: dict[int, list[AdoptionPoint]]
     drawn: list[int]  # venue ids drawn in the chart, busiest first
+    districts: list[AdoptionRow]  # Bluezone rate per district (as ``report adoption``)
     exposures: list[ExposureVenue]
     notes: list[str]
 
@@ -143,13 +145,16 @@ class Dashboard:
         since = now - days * 86400
         series = adoption_series(self.store, [v.id for v in shown], since=since, until=now,
                                  bucket_s=self.bucket_s)
+        districts = adoption_rows(self.store, "district", since=since, until=now,
+                                  venues=shown)
         busiest = sorted((vid for vid, pts in series.items() if pts),
                          key=lambda vid: -sum(p.phones for p in series[vid]))
         keys = {v.key for v in shown}
         exposures = [e for e in (self.exposures() if self.exposures else ())
                      if f"{e.province}/{e.venue}" in keys and e.end >= since]
         return Page(now=now, filters=filters, days=days, venues=venues, gateways=gateways,
-                    series=series, drawn=busiest[:MAX_SERIES], exposures=exposures,
+                    series=series, drawn=busiest[:MAX_SERIES], districts=districts,
+                    exposures=exposures,
                     notes=notes)
 
     # -- handlers ---------------------------------------------------------------------------
@@ -201,6 +206,8 @@ class Dashboard:
                                bucket_s=self.bucket_s),
             # the venues drawn only: a province's every hour is for /api/dashboard.json
             adoption_table=_adoption_table({vid: p.series[vid] for vid in p.drawn}, by_id),
+            district_rows="".join(_district_row(r) for r in p.districts)
+            or '<tr><td colspan="6" class="muted">Không có số liệu / No data</td></tr>',
             exposure_rows="".join(
                 f"<tr><td>{html.escape(e.name)}</td><td>{html.escape(e.province)}</td>"
                 f"<td>{html.escape(e.district)}</td><td>{_when(e.start)}</td>"
@@ -243,6 +250,14 @@ def _gateway_row(g: GatewayView, now: float) -> str:
             f"<td>{state}</td><td>{_when(g.last_batch_at)}</td>"
             f'<td class="num">{outbox}</td><td>{clock}</td>'
             f'<td class="num {disk_cls}">{_pct(g.disk_fill)}</td></tr>')
+
+
+def _district_row(r: AdoptionRow) -> str:
+    rate = "–" if r.rate is None else f"{r.rate:.2f} %"
+    return (f"<tr><td>{html.escape(r.province)}</td>"
+            f"<td>{html.escape(r.district or NO_DISTRICT)}</td>"
+            f'<td class="num">{len(r.venues)}</td><td class="num">{r.phones:,}</td>'
+            f'<td class="num">{r.bluezone:,}</td><td class="num">{rate}</td></tr>')
 
 
 def _adoption_table(series: dict[int, list[AdoptionPoint]], by_id: dict[int, VenueInfo]) -> str:
@@ -340,6 +355,11 @@ def page_json(p: Page) -> dict[str, Any]:
             "health_at": g.health_at} for g in p.gateways],
         "adoption": {by_id[vid].key: [[pt.t, pt.bluezone, pt.gaen, pt.other_phones]
                                       for pt in pts] for vid, pts in p.series.items() if pts},
+        "district_rates": [{"province": r.province, "district": r.district,
+                            "venues": len(r.venues), "days": len(r.days), "phones": r.phones,
+                            "bluezone": r.bluezone, "gaen": r.gaen,
+                            "rate_pct": None if r.rate is None else round(r.rate, 2)}
+                           for r in p.districts],
         "exposures": [{"province": e.province, "district": e.district, "venue": e.venue,
                        "name": e.name, "start": e.start, "end": e.end}
                       for e in p.exposures],

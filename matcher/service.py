@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 GROUP_MAX = 64  # batches stored per transaction at most
 OPEN_AHEAD = 2 * GROUP_MAX  # received batches opened ahead of the store (bounds memory)
+ACK_DRAIN_S = 5.0  # on stop, how long to wait for acks still in flight
 
 
 def default_client_id(prefix: str = "matcher") -> str:
@@ -92,6 +93,7 @@ class MatcherService:
         self._store_errors: tuple[type[BaseException], ...] = (BzgwError, *store.db.errors)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-store")
         self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matcher-open")
+        self._acks_out: set[asyncio.Future[Any]] = set()  # acks awaiting the broker's PUBACK
 
     def set_registry(self, registry: Registry) -> None:
         """Use a new gateway registry from the next message on."""
@@ -153,6 +155,10 @@ class MatcherService:
                 await asyncio.gather(reader, waiter, return_exceptions=True)
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
+            if self._acks_out:
+                # A clean stop lets the acks already sent reach the broker, so no gateway
+                # sends those batches again (and no ack is reported lost).
+                await asyncio.wait(set(self._acks_out), timeout=ACK_DRAIN_S)
         finally:
             self.subscribed.clear()
             await client.close()
@@ -224,6 +230,8 @@ class MatcherService:
             self.stats.batches[key] = self.stats.batches.get(key, 0) + 1
             if out.ack_topic is not None:
                 fut = client.publish_nowait(out.ack_topic, out.ack(), qos=1)
+                self._acks_out.add(fut)
+                fut.add_done_callback(self._acks_out.discard)
                 fut.add_done_callback(functools.partial(self._acked, out))
 
     def _acked(self, out: Outcome, fut: asyncio.Future[Any]) -> None:

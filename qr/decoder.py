@@ -118,6 +118,65 @@ def _pad(gray: Gray) -> Gray:
     return np.pad(gray, border, mode="constant", constant_values=255)
 
 
+# OpenCV variants (the ``opencv`` extra) for phone screens held up to the camera: a 3×3
+# median removes the moiré of screen pixels against sensor pixels and JPEG speckle without
+# rounding module edges; opening then closing with a 2×2 square does the same for thin
+# bright/dark streaks; the median (or a light Gaussian) upscaled 1.5× gives motion-blurred
+# modules more pixels; a
+# Gaussian adaptive threshold after the median flattens a reflected lamp. Each was chosen
+# for what it rescued per millisecond on rendered screen photos (qr/screens.py, seeds other
+# than the held-out set's).
+
+def _cv2() -> Any | None:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _cv_median(gray: Gray) -> Gray:
+    import cv2
+
+    return np.asarray(cv2.medianBlur(gray, 3))
+
+
+def _cv_open_close(gray: Gray) -> Gray:
+    import cv2
+
+    k = np.ones((2, 2), np.uint8)
+    return np.asarray(cv2.morphologyEx(cv2.morphologyEx(gray, cv2.MORPH_OPEN, k),
+                                       cv2.MORPH_CLOSE, k))
+
+
+def _cv_median_up(gray: Gray) -> Gray:
+    import cv2
+
+    return np.asarray(cv2.resize(cv2.medianBlur(gray, 3), None, fx=1.5, fy=1.5,
+                                 interpolation=cv2.INTER_CUBIC))
+
+
+def _cv_gauss_up(gray: Gray) -> Gray:
+    import cv2
+
+    return np.asarray(cv2.resize(cv2.GaussianBlur(gray, (0, 0), 0.8), None, fx=1.5, fy=1.5,
+                                 interpolation=cv2.INTER_CUBIC))
+
+
+def _cv_median_adaptive(gray: Gray) -> Gray:
+    import cv2
+
+    return np.asarray(cv2.adaptiveThreshold(cv2.medianBlur(gray, 3), 255,
+                                            cv2.ADAPTIVE_THRESH_GAUSSIAN_C,
+                                            cv2.THRESH_BINARY, 25, 2))
+
+
+CV_VARIANTS: list[tuple[str, Callable[[Gray], Gray]]] = [
+    ("cv-median", _cv_median), ("cv-open-close", _cv_open_close),
+    ("cv-median-up", _cv_median_up), ("cv-gauss-up", _cv_gauss_up),
+    ("cv-median-adaptive", _cv_median_adaptive)]
+
+
 # --- readers -----------------------------------------------------------------------------
 
 class ZxingReader:
@@ -191,6 +250,8 @@ class Decoder:
         budget_ms: what a frame may cost: a retry runs only if its running cost estimate still
             fits (the first pass always runs).
         zbar: use ZBar as the second opinion when it is installed.
+        opencv: use the OpenCV retries (phone screens: moiré, glare, motion blur) when
+            OpenCV is installed.
         retries: run the image-variant retries at all.
         skip_static: for a camera stream: a scene (frames that look alike) gets each retry
             once, spread over its frames within the budget, and none after that (the same
@@ -205,7 +266,8 @@ class Decoder:
     STATIC_DIFF = 3.0  # mean |Δ| of 1/8-scale thumbnails, grey levels: above = scene changed
 
     def __init__(self, *, budget_ms: float = 30.0, zbar: bool = True,
-                 retries: bool = True, skip_static: bool = False) -> None:
+                 retries: bool = True, skip_static: bool = False,
+                 opencv: bool = True) -> None:
         self.budget_ms = budget_ms
         self.skip_static = skip_static
         self.skipped = 0
@@ -220,6 +282,9 @@ class Decoder:
             except (ImportError, OSError) as err:  # pyzbar or libzbar0 missing
                 log.info("ZBar second opinion unavailable: %s", err)
         self.zbar_available = self._zb is not None
+        self.opencv = opencv and _cv2() is not None
+        if opencv and not self.opencv:
+            log.info("OpenCV retries unavailable: install bzgw[opencv]")
         self._steps = self._ladder(retries)
 
     def _ladder(self, retries: bool) -> list[Step]:
@@ -228,6 +293,14 @@ class Decoder:
         def zxing_on(variant: Callable[[Gray], Gray] | None, *, hist: bool = False,
                      ) -> Callable[[Gray], tuple[list[DecodedCode], int]]:
             return lambda g: zx.read(variant(g) if variant else g, histogram=hist)
+
+        def zxing_both(variant: Callable[[Gray], Gray],
+                       ) -> Callable[[Gray], tuple[list[DecodedCode], int]]:
+            def run(g: Gray) -> tuple[list[DecodedCode], int]:
+                v = variant(g)
+                codes, unread = zx.read(v)
+                return (codes, unread) if codes else zx.read(v, histogram=True)
+            return run
 
         def zbar_on(variant: Callable[[Gray], Gray] | None,
                     ) -> Callable[[Gray], tuple[list[DecodedCode], int]]:
@@ -239,8 +312,10 @@ class Decoder:
         # the zxing variants miss but costs the most on a busy frame, so it comes late.
         steps: list[Step] = [("zxing", zxing_on(None))]
         if retries:
-            steps += [("zxing-histogram", zxing_on(None, hist=True)),
-                      ("zxing-blur", zxing_on(_blur, hist=True)),
+            steps += [("zxing-histogram", zxing_on(None, hist=True))]
+            if self.opencv:
+                steps += [(name, zxing_both(v)) for name, v in CV_VARIANTS]
+            steps += [("zxing-blur", zxing_on(_blur, hist=True)),
                       ("zxing-adaptive", zxing_on(_adaptive)),
                       ("zxing-rescale", zxing_on(_rescale)),
                       ("zxing-pad", zxing_on(_pad, hist=True))]

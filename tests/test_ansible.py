@@ -274,6 +274,44 @@ def test_rendered_configs_pass_config_check(fleet: Fleet) -> None:
     assert mcfg.matcher.db.startswith("sqlite:///") and "var/lib/bzgw-matcher" in mcfg.matcher.db
 
 
+def test_calibration_survives_provisioning(fleet: Fleet, tmp_path: Path) -> None:
+    """gw-t-1 is calibrated with `bzgw ble calibrate`; gw-t-2 still has a calibration an older
+    release wrote into gateway.yaml. Re-provisioning keeps both, and then changes nothing."""
+    from test_ble_calibrate import _capture, _crowd
+
+    crowd, _at1, _at2 = _crowd()
+    for phase in ("1m", "2m"):
+        _capture(tmp_path / f"{phase}.log", crowd, phase)
+    cfg1 = fleet.root("gw-t-1") / "etc/bzgw/gateway.yaml"
+    calib1 = fleet.root("gw-t-1") / "etc/bzgw/calibration.yaml"
+    assert load(cfg1).ble.calibration_file == calib1 and not calib1.exists()
+    rendered = cfg1.read_bytes()
+    proc = subprocess.run([str(BZGW), "ble", "calibrate", "--config", str(cfg1), "--seconds",
+                           "60", "--at-1m", str(tmp_path / "1m.log"), "--at-2m",
+                           str(tmp_path / "2m.log"), "--yes"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert cfg1.read_bytes() == rendered  # the measurement went to its own file
+    measured = load(cfg1).ble.proximity
+    assert measured.calibrated and measured.near_dbm > measured.medium_dbm
+    kept = calib1.read_bytes()
+    # gw-t-2 as an older release left it: the thresholds inside the rendered config
+    cfg2 = fleet.root("gw-t-2") / "etc/bzgw/gateway.yaml"
+    old = yaml.safe_load(cfg2.read_text(encoding="utf-8"))
+    old["ble"]["proximity"] = {"near_dbm": -61, "medium_dbm": -77, "calibrated": True}
+    cfg2.write_text(yaml.safe_dump(old, allow_unicode=True), encoding="utf-8")
+
+    first = recap(fleet.run("site.yml", "--limit", "gw-t-1,gw-t-2").stdout)
+    assert first["gw-t-1"]["changed"] == 0  # the calibration file is none of the role's business
+    assert calib1.read_bytes() == kept
+    assert load(cfg1).ble.proximity == measured
+    moved = load(cfg2).ble.proximity
+    assert (moved.near_dbm, moved.medium_dbm, moved.calibrated) == (-61, -77, True)
+    assert "proximity" not in yaml.safe_load(cfg2.read_text(encoding="utf-8"))["ble"]
+    again = recap(fleet.run("site.yml", "--limit", "gw-t-1,gw-t-2").stdout)
+    assert all(v["changed"] == 0 for v in again.values()), again
+
+
 def test_registry_holds_the_enrolled_signing_keys(fleet: Fleet) -> None:
     for reg_path in (fleet.root("broker-t") / "etc/bzgw/broker/registry.yaml",
                      fleet.root("matcher-t") / "etc/bzgw/registry.yaml"):

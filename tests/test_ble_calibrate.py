@@ -158,3 +158,38 @@ def test_cli_calibration_failure_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines()[-1].startswith("error: only 0 adverts")
     assert load(cfg).ble.proximity.calibrated is False  # nothing written
+
+
+def test_cli_writes_the_calibration_file_when_the_config_names_one(tmp_path: Path) -> None:
+    crowd, _at1, at2 = _crowd()
+    _capture(tmp_path / "1m.log", crowd, "1m")
+    _capture(tmp_path / "2m.log", crowd, "2m")
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(CONFIG.replace("  watchdog_s: 60\n",
+                                  "  watchdog_s: 60\n  calibration_file: calibration.yaml\n"))
+    before = cfg.read_bytes()
+    assert load(cfg).ble.proximity.near_dbm == -50  # no file yet: the config's value
+    res = CliRunner().invoke(cli, ["ble", "calibrate", "--config", str(cfg), "--seconds", "60",
+                                   "--at-1m", str(tmp_path / "1m.log"),
+                                   "--at-2m", str(tmp_path / "2m.log"), "--yes"])
+    assert res.exit_code == 0, res.output
+    assert cfg.read_bytes() == before  # the provisioned config is left as it was
+    assert "kept across provisioning" in res.stderr
+    th = load(cfg).ble.proximity  # the measured file wins over ble.proximity
+    assert th.calibrated and abs(th.near_dbm - at2) <= 2
+    from gateway.config import load_calibration
+
+    kept = load_calibration(tmp_path / "calibration.yaml")
+    assert kept.proximity == th and kept.measured["samples_2m"] > 0
+
+
+def test_a_broken_calibration_file_names_its_line_and_key(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text("ble:\n  calibration_file: calibration.yaml\n")
+    (tmp_path / "calibration.yaml").write_text(
+        "proximity:\n  near_dbm: -60\n  medium_dbm: loud\n")
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+    assert "calibration.yaml:3: proximity -> medium_dbm" in str(err.value)

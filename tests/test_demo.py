@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from ble.replay import build_legacy_event, write_btsnoop
+from ble.simulator import Crowd, Visit
+
 DAY = 86400
 BZGW = [sys.executable, "-m", "bzgw.cli"]
 
@@ -32,8 +35,11 @@ def test_demo_reports_the_f0_phones_venues_and_windows(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     t0 = time.time()
     res = subprocess.run([*BZGW, "demo", "--out", str(out)], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env={**os.environ, "PYTHONWARNINGS": "default"})
     assert res.returncode == 0, res.stderr
+    # A clean run says only its steps: no logged warning, no Python warning, no traceback.
+    for noise in ("WARNING", "Warning", "Traceback", "ERROR"):
+        assert noise not in res.stderr + res.stdout, res.stderr
     assert f"{out / 'report.html'}" in res.stdout
     report = json.loads((out / "report.json").read_text())
     (case,) = report["cases"]
@@ -73,3 +79,59 @@ def test_demo_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
     proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert _mosquittos(out) == []
+
+
+def test_demo_replays_a_capture_of_another_year_on_its_own_timeline(tmp_path: Path) -> None:
+    day0 = 1_620_086_400  # 4 May 2021, UTC: years before the test runs
+    start = day0 + 8 * 3600
+    crowd = Crowd(seed=3, start=start, duration_s=3 * 3600)
+    case = crowd.add_bluezone_phone([Visit("v", start + 1800, start + 5400, distance_m=1.2)])
+    crowd.add_bluezone_phones(10, ["v"])
+    crowd.add_en_phones(5, ["v"])
+    capture = tmp_path / "market.btsnoop"
+    write_btsnoop(capture, ((r.ts, build_legacy_event(0, r.address, r.address_type, r.data,
+                                                      r.rssi))
+                            for r in crowd.reports("v", start, start + 3 * 3600, rate_hz=0.5)))
+    f0 = tmp_path / "f0.json"
+    f0.write_text(json.dumps({"data": [{"daily_key": case.daily_key(day0).hex(),
+                                        "time_start": day0, "time_end": day0 + DAY - 1,
+                                        "max": 96}]}))
+    out = tmp_path / "demo"
+    res = subprocess.run([*BZGW, "demo", "--capture", str(capture), "--f0", str(f0),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    (window,) = json.loads((out / "report.json").read_text())["cases"][0]["windows"]
+    assert start + 1800 <= window["start"] < start + 1800 + 120
+    assert start + 5400 - 600 < window["end"] <= start + 5400 + 60
+    # The check-ins happen during the capture (not on the day the demo runs): the ones
+    # while the F0 phone was there are close-contact candidates.
+    checkins = window["co_present_checkins"]
+    assert checkins, res.stdout
+    assert all(start < c["time"] < start + 3 * 3600 for c in checkins)
+    assert all(c["time_local"].startswith("2021-05-04") for c in checkins)
+
+
+def test_demo_out_folder_with_other_files_is_refused_and_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    (out / "state").mkdir(parents=True)
+    keep = [out / "notes.txt", out / "state" / "thesis.tex", out / "report.json"]
+    for i, p in enumerate(keep):
+        p.write_text(f"mine {i}")
+    res = subprocess.run([*BZGW, "demo", "--out", str(out)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode != 0
+    assert "did not create" in res.stderr and "Traceback" not in res.stderr
+    assert [p.read_text() for p in keep] == [f"mine {i}" for i in range(len(keep))]
+    assert sorted(p.name for p in out.rglob("*")) == sorted(["notes.txt", "state", "thesis.tex",
+                                                             "report.json"])
+
+
+def test_demo_run_again_replaces_only_its_own_files(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    for _ in range(2):
+        res = subprocess.run([*BZGW, "demo", "--out", str(out)], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        (out / "my-notes.txt").write_text("kept")  # added by the user between runs
+    assert (out / "my-notes.txt").read_text() == "kept"
+    assert json.loads((out / "report.json").read_text())["cases"]

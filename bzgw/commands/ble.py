@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ def _print_flush(out: tuple[list[Sighting], list[AdoptionCount]], *, adverts: bo
 @ble_group.command("calibrate")
 @click.option("--config", "config", required=True,
               type=click.Path(path_type=Path, dir_okay=False),
-              help="Gateway config: its ble source is measured and ble.proximity is written.")
+              help="Gateway config: its ble source is measured; the thresholds go to its "
+                   "ble.calibration_file, else into its ble.proximity.")
 @click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(1, 600),
               help="Measurement length at each distance.")
 @click.option("--at-1m", "at_1m", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -140,13 +142,15 @@ def ble_calibrate(config: Path, seconds: float, at_1m: Path | None, at_2m: Path 
     Each phase listens to the configured BLE source (or replays --at-1m / --at-2m) for
     --seconds and keeps the strongest phone. "near" becomes the phone's median RSSI at 2 m;
     "medium" extends the measured fall-off to about 5 m. The result is written into the
-    config's ble.proximity with calibrated: true; the rest of the file is kept as it is.
+    config's ble.calibration_file when the config names one (provisioned gateways do: the
+    file survives re-provisioning), else into the config's ble.proximity with calibrated:
+    true, keeping the rest of the file as it is.
 
     Example:
 
         bzgw ble calibrate --config /etc/bzgw/gateway.yaml --seconds 30
     """
-    from ble.calibrate import calibrate, write_thresholds
+    from ble.calibrate import calibrate, write_calibration_file, write_thresholds
     from ble.sources import open_source
     from ble.sources.base import AdvertSource
     from ble.sources.replay_source import ReplaySource
@@ -179,6 +183,71 @@ def ble_calibrate(config: Path, seconds: float, at_1m: Path | None, at_2m: Path 
                            "near_dbm": th.near_dbm, "medium_dbm": th.medium_dbm}))
     if dry_run:
         return
+    if cfg.calibration_file is not None:
+        write_calibration_file(cfg.calibration_file, result, now=time.time())
+        click.echo(f"wrote the thresholds to {cfg.calibration_file} (kept across "
+                   "provisioning); restart bzgw-gateway to use them", err=True)
+        return
     write_thresholds(config, th)
     click.echo(f"wrote ble.proximity to {config}", err=True)
 
+
+
+@ble_group.command("beacon")
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True,
+                                                    dir_okay=False), default=None,
+              help="Gateway config: its ble.beacon section (UUID, major, minor, timing).")
+@click.option("--adapter", default=None, help="Adapter, e.g. hci0 (default: the config's).")
+@click.option("--bursts", type=click.IntRange(min=1), default=None,
+              help="Stop after this many bursts (default: until Ctrl-C).")
+@click.option("--on", "on_s", type=click.FloatRange(1, 600), default=None,
+              help="Seconds per burst (default: ble.beacon.on_s, 10).")
+@click.option("--every", "every_s", type=click.FloatRange(30, 86400), default=None,
+              help="One burst per this many seconds, 30 at least (default: ble.beacon."
+                   "every_s, 300).")
+def ble_beacon(config: Path | None, adapter: str | None, bursts: int | None,
+               on_s: float | None, every_s: float | None) -> None:
+    """Send the iBeacon that wakes sleeping iOS Bluezone apps, through BlueZ.
+
+    Registers an LEAdvertisement1 with the adapter's LEAdvertisingManager1 (bluetoothd does
+    the radio work) for a burst of --on seconds once every --every seconds, so phones that
+    stay are woken again without the radio being kept busy. The daemon does the same when
+    ble.beacon.enabled is true (off by default).
+
+    Example:
+
+        bzgw ble beacon --config /etc/bzgw/gateway.yaml --bursts 1
+    """
+    from ble.beacon import Beacon, ibeacon_payload
+    from ble.config import BeaconConfig, BleConfig
+    from bzgw.config import load
+    from core.errors import ConfigError
+
+    ble = load(config).ble if config is not None else BleConfig()
+    over = {k: v for k, v in (("on_s", on_s), ("every_s", every_s)) if v is not None}
+    try:
+        cfg = BeaconConfig.model_validate({**ble.beacon.model_dump(), **over})
+    except ValueError as err:
+        raise ConfigError([("--on/--every", str(err).splitlines()[-1].strip())]) from err
+    beacon = Beacon(cfg, adapter=adapter or ble.adapter)
+    click.echo(f"iBeacon {cfg.uuid} major {cfg.major} minor {cfg.minor} "
+               f"({ibeacon_payload(cfg).hex()}) on {beacon.adapter}: {cfg.on_s:g} s every "
+               f"{cfg.every_s:g} s", err=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        await beacon.open()
+        try:
+            await beacon.run(stop, bursts=bursts)
+        finally:
+            await beacon.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    s = beacon.stats
+    click.echo(json.dumps({"bursts": s.bursts, "failures": s.failures,
+                           "last_error": s.last_error or None}))
+    if s.failures and not s.bursts:
+        raise SystemExit(1)

@@ -11,13 +11,15 @@ from core.errors import BzgwError
 
 @click.command("demo")
 @click.option("--capture", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Feed a real capture (btsnoop/pcapng/btmon) instead of the simulator.")
+              help="Feed a real capture (btsnoop/pcapng/btmon, of any date) instead of the "
+                   "simulator; check-ins are placed within its time span.")
 @click.option("--qr-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="QR images to check in instead of generated ones.")
 @click.option("--f0", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="F0 file (Bluezone InfoF JSON or GAEN export) to match.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for report.json / report.html and the demo state.")
+              help="Folder for report.json / report.html and the demo state: new, empty, "
+                   "or made by an earlier demo (only its own files are replaced).")
 @click.option("--seed", default=7, show_default=True, help="Simulator seed.")
 def demo(capture: Path | None, qr_dir: Path | None, f0: Path | None, out: Path | None,
          seed: int) -> None:
@@ -29,6 +31,8 @@ def demo(capture: Path | None, qr_dir: Path | None, f0: Path | None, out: Path |
     Example:
 
         bzgw demo --out /tmp/bzgw-demo
+
+        bzgw demo --capture market.btsnoop --f0 f0.json --out /tmp/bzgw-capture
     """
     from bzgw.demo import run_demo
 

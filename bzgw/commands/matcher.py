@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -281,6 +282,53 @@ def matcher_sign_f0(source: Path, key_file: Path, kind: str | None, case: str,
     dest = out or source.with_name(source.name + (".sig" if detached else ".signed.json"))
     written = sign_f0(source, key, kind=kind, case=case, detached=detached, out=dest)
     click.echo(f"signed {source} -> {written}")
+
+
+@matcher_group.group("report")
+def matcher_report() -> None:
+    """Reports for the provincial and national level."""
+
+
+@matcher_report.command("adoption")
+@click.option("--db", default=None, help=DB_HELP + " (default: config)")
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
+              default=None, help="Matcher config (its database).")
+@click.option("--by", "by", type=click.Choice(["venue", "district", "province"]),
+              default="district", show_default=True, help="One row per unit of this kind.")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="First day (Vietnam time, YYYY-MM-DD; default: the oldest data).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last day, included (default: the newest data).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True, help="Folder for adoption-BY-PERIOD.csv and .xlsx.")
+def matcher_report_adoption(db: str | None, config: Path | None, by: str,
+                            start: datetime | None, end: datetime | None, out: Path) -> None:
+    """Bluezone installation rate per venue, district or province, as CSV and XLSX.
+
+    Columns (Vietnamese / English): the unit, days with data, phones seen, Bluezone phones,
+    EN phones and the Bluezone rate in percent. "Phones seen" counts each phone once per
+    15-minute window it was heard in, not different people: see docs/OPERATIONS.md. The CSV
+    is UTF-8 with a byte-order mark, so Excel shows Vietnamese text as written.
+
+    Example:
+
+        bzgw matcher report adoption --db sqlite:///matcher.db --by district
+        --from 2021-05-01 --to 2021-05-04 --out reports/
+    """
+    from matcher.adoption import write_adoption_report
+    from matcher.store import open_store
+
+    d0, d1 = (start.date() if start else None), (end.date() if end else None)
+    with open_store(_db_url(db, _matcher_config(config))) as store:
+        rows, files = write_adoption_report(store, by, out, start=d0, end=d1)
+    for r in rows:
+        rate = "–" if r.rate is None else f"{r.rate:.2f} %"
+        click.echo(f"  {r.unit:<36} {len(r.days):>3} day(s) {r.phones:>10,} phones seen "
+                   f"{r.bluezone:>9,} Bluezone {rate:>9}")
+    if not rows:
+        click.echo("no adoption counts in that period", err=True)
+    for kind, path in files.items():
+        click.echo(f"{kind:>5}: {path}")
 
 
 @click.group("audit")
