@@ -80,12 +80,18 @@ def _register() -> None:
     # Imported here so `bzgw --help` stays fast and a broken optional stage cannot break others.
     from bzgw.commands.ble import ble_group
     from bzgw.commands.gateway import bench, demo, enroll, outbox_group, run
-    from bzgw.commands.matcher import audit_group, ids_group, match, matcher_group
+    from bzgw.commands.matcher import (
+        audit_group,
+        custodian_group,
+        ids_group,
+        match,
+        matcher_group,
+    )
     from bzgw.commands.mqtt import broker_group
     from bzgw.commands.qr import qr_group
 
     for cmd in (demo, run, bench, enroll, outbox_group, ble_group, qr_group, ids_group, match,
-                matcher_group, audit_group, broker_group):
+                matcher_group, audit_group, custodian_group, broker_group):
         cli.add_command(cmd)
 
 

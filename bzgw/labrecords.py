@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from contract.custody import SealedIdentity, day_of, identity_tags, seal_identity
 from contract.records import CheckIn, CheckInKind, IdKind, Proximity, Sighting
 from contract.registry import GatewayEntry
 from core.clock import ClockEpoch, ClockSource
+from matcher.custody import Opening, Request, Window
 from matcher.store import Store, open_store
 
 SYNCED = ClockEpoch(boot_id="boot-synced", offset=1_000_000.0, synced=True,
@@ -53,11 +56,50 @@ def sighting(ident: bytes, first_seen: float, dwell: float = 60.0, *,
                     proximity=proximity)
 
 
+class LabCustody:
+    """Day keys made on demand, in memory, standing in for custodians in tests and benches.
+
+    ``seal`` does what a gateway does with a check-in's identity; ``opening`` hands the
+    matcher the day secrets as k approvals would (without the approval files).
+    """
+
+    def __init__(self) -> None:
+        self._days: dict[int, tuple[x25519.X25519PrivateKey, bytes]] = {}
+
+    def day(self, d: int) -> tuple[x25519.X25519PrivateKey, bytes]:
+        """The identity key and blind key of one day."""
+        if d not in self._days:
+            self._days[d] = (x25519.X25519PrivateKey.generate(), os.urandom(32))
+        return self._days[d]
+
+    def seal(self, ts: float, subject: str, fields: dict[str, str]) -> SealedIdentity:
+        """Seal and tag one identity for its day."""
+        d = day_of(ts)
+        sk, bk = self.day(d)
+        return SealedIdentity(key_day=d, tags=identity_tags(bk, subject, fields),
+                              sealed=seal_identity(sk.public_key(), d, subject, fields))
+
+    def opening(self, scope: tuple[Window, ...] = (Window("*", 0.0, 4e9),), *,
+                lookup: bool = True) -> Opening:
+        """An approved opening of every day made so far, limited to ``scope``."""
+        request = Request(case="lab", f0="0" * 64, scope=scope, lookup=lookup, created=0.0,
+                          expires=float("inf"), nonce="lab")
+        return Opening(request=request, custodians=["lab"],
+                       identity={d: k for d, (k, _) in self._days.items()},
+                       blind={d: b for d, (_, b) in self._days.items()})
+
+
+LAB = LabCustody()
+
+
 def checkin(subject: str, ts: float, *, kind: CheckInKind = CheckInKind.CCCD,
-            clock: ClockEpoch = SYNCED, fields: dict[str, str] | None = None) -> CheckIn:
-    """One check-in with a masked form that hides all but the last three characters."""
-    return CheckIn(ts=ts, clock=clock, kind=kind, subject=subject,
-                   masked="***" + subject[-3:], fields=dict(fields or {}))
+            clock: ClockEpoch = SYNCED, fields: dict[str, str] | None = None,
+            custody: LabCustody = LAB) -> CheckIn:
+    """One check-in, its identity sealed to the lab's day key, masked to the last three
+    characters."""
+    sealed = custody.seal(ts, subject, dict(fields or {}))
+    return CheckIn(ts=ts, clock=clock, kind=kind, masked="***" + subject[-3:],
+                   key_day=sealed.key_day, tags=sealed.tags, sealed=sealed.sealed)
 
 
 def unique_schema() -> str:

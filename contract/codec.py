@@ -33,6 +33,7 @@ from contract.batch import Batch, ClockCorrection
 from contract.columns import (
     CodecError,
     DecompressionBombError,
+    as_bytes,
     as_float,
     as_int,
     as_list,
@@ -50,10 +51,11 @@ from contract.columns import (
     quantize_time,
     times,
 )
+from contract.custody import TAG_LEN
 from contract.records import AdoptionCount, CheckIn, CheckInKind, IdKind, Proximity, Sighting
 from core.clock import ClockEpoch, ClockSource
 
-FORMAT = 1
+FORMAT = 2  # 2: check-in identities sealed for custodians (format 1 carried them plain)
 ZSTD_LEVEL = 19  # bench/bench_sync.py: smallest output; one batch a minute affords it
 MIN_BUCKET = 256
 BUCKET_STEPS_PER_DOUBLING = 4  # buckets grow by 2^(1/4): at most 19 % padding
@@ -143,7 +145,7 @@ def to_document(batch: Batch, *, quantize: bool = False) -> dict[str, Any]:
         }
     if batch.checkins:
         doc["c"] = [[quantize_time(c.ts) if quantize else c.ts, ep(c.clock), str(c.kind),
-                     c.subject, c.masked, dict(c.fields)] for c in batch.checkins]
+                     c.masked, c.key_day, list(c.tags), c.sealed] for c in batch.checkins]
     if batch.counts:
         doc["a"] = [[a.window_start, a.window_len, a.bluezone, a.gaen, a.other_phones,
                      a.other_devices, a.overflow, dict(a.by_kind)] for a in batch.counts]
@@ -262,15 +264,18 @@ def _de_sightings(doc: object, epochs: list[ClockEpoch]) -> list[Sighting]:
 
 
 def _de_checkin(row: object, epochs: list[ClockEpoch]) -> CheckIn:
-    ts, ep, kind, subject, masked, fields = as_list(row, "check-in", 6)
+    ts, ep, kind, masked, key_day, tags, sealed = as_list(row, "check-in", 7)
     try:
         k = CheckInKind(as_str(kind, "check-in kind"))
     except ValueError as err:
         raise CodecError(f"check-in kind: {err}") from err
+    tag_list = tuple(as_bytes(t, "check-in tag") for t in as_list(tags, "check-in tags"))
+    if len(tag_list) > 2 or any(len(t) != TAG_LEN for t in tag_list):
+        fail("check-in tags: at most two of 16 bytes")
     return CheckIn(ts=as_float(ts, "check-in ts"), clock=_epoch(epochs, ep), kind=k,
-                   subject=as_str(subject, "check-in subject"),
                    masked=as_str(masked, "check-in masked"),
-                   fields=as_str_map(fields, "check-in fields", as_str))
+                   key_day=as_int(key_day, "check-in key day"), tags=tag_list,
+                   sealed=as_bytes(sealed, "check-in sealed identity"))
 
 
 def _de_count(row: object) -> AdoptionCount:

@@ -139,21 +139,26 @@ class CheckInKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CheckIn:
-    """A person checked in at this venue. Sealed at once; only ``masked`` is ever shown.
+    """A person checked in at this venue, as sealed into a batch and stored by the matcher.
+
+    Who it was is not readable here: ``sealed`` is the subject and fields sealed to the
+    identity key of ``key_day`` (opened only with k custodians' approval), ``tags`` are blind
+    tags of the subject and then of the phone, if any (:mod:`contract.custody`).
 
     Attributes:
         ts: wall-clock estimate of the check-in.
         clock: clock epoch ``ts`` was computed in.
         kind: what the code was.
-        subject: the identity tracing matches on (CCCD number, phone, certificate id, or a
-            hash of an opaque token).
-        fields: the few other fields tracing needs (name, birth date, phone), never logged.
         masked: a form safe to log and show (``NGUY*** V** A**, ***1234``).
+        key_day: the UTC day whose keys sealed and tagged it.
+        tags: blind tags, subject first (none when the gateway could no longer tag that day).
+        sealed: the sealed identity.
     """
 
     ts: float
     clock: ClockEpoch
     kind: CheckInKind
-    subject: str
     masked: str
-    fields: dict[str, str] = field(default_factory=dict)
+    key_day: int
+    tags: tuple[bytes, ...]
+    sealed: bytes

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ble.config import BleConfig, ProximityThresholds
 from contract import names
@@ -34,6 +34,19 @@ class SealingConfig(Section):
     device_key: Path = Field(description="this device's Ed25519 signing key (PEM)")
     suite: Literal["x25519-chacha20", "mlkem768x25519-chacha20"] = Field(
         default="x25519-chacha20", description="HPKE suite")
+    identity_keys: Path | None = Field(
+        default=None, description="custodians' identity-keys.json: check-in identities are "
+                                  "sealed to its key of the day (needed for QR check-ins)")
+    blind_key: Path | None = Field(
+        default=None, description="this gateway's blind-key file (blind.key), ratcheted "
+                                  "daily; tags identities for custodian-approved lookups")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> SealingConfig:
+        if (self.identity_keys is None) != (self.blind_key is None):
+            raise ValueError("identity_keys and blind_key go together (both from `bzgw "
+                             "custodian init`)")
+        return self
 
 
 class OutboxConfig(Section):

@@ -19,6 +19,7 @@ from typing import Any
 
 from ble.aggregator import WindowAggregator
 from ble.records import Advert
+from contract.custody import IdentitySealer
 from contract.sealing import Sealer, load_matcher_public_key, load_signing_key
 from core.clock import Clock, ReplayClock
 from core.errors import BzgwError, ConfigError
@@ -58,6 +59,11 @@ def require(cfg: Config) -> None:
     missing = [name for name in ("gateway", "sealing", "mqtt") if getattr(cfg, name) is None]
     if missing:
         raise ConfigError([("", f"`bzgw run` needs the section(s): {', '.join(missing)}")])
+    if (cfg.qr.enabled and cfg.qr.source != "none" and cfg.sealing is not None
+            and cfg.sealing.identity_keys is None):
+        raise ConfigError([("", "sealing -> identity_keys: QR check-ins need the custodians' "
+                                "identity keys and a blind key (a person's identity is never "
+                                "stored unsealed)")])
 
 
 class Gateway:
@@ -79,9 +85,14 @@ class Gateway:
                         suite=cfg.sealing.suite)
         aggregator = WindowAggregator(cfg.ble.proximity, max_ids=cfg.ble.max_ids_per_window,
                                       count_window_s=cfg.ble.count_window_s)
+        identities = None
+        if cfg.sealing.identity_keys is not None and cfg.sealing.blind_key is not None:
+            identities = IdentitySealer.from_files(cfg.sealing.identity_keys,
+                                                   cfg.sealing.blind_key)
         self.pipeline = CapturePipeline(aggregator=aggregator, sealer=sealer, outbox=self.outbox,
                                         clock=self.clock,
-                                        flush_interval_s=cfg.outbox.flush_interval_s)
+                                        flush_interval_s=cfg.outbox.flush_interval_s,
+                                        identities=identities)
         self.sync: Any = None
         self.link = LinkWatch(self.state.started_at)
         self.phones = PhonesNow()

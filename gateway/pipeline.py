@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from ble.aggregator import WindowAggregator
 from ble.records import Advert
 from contract.batch import Batch, ClockCorrection
+from contract.custody import IdentityKeyError, IdentitySealer
 from contract.records import CheckIn
 from contract.sealing import Sealer
 from core.clock import Clock
 from core.errors import OutboxFullError
 from gateway.clock import TrackedClock
 from gateway.outbox import Outbox
+from qr.records import ScannedCheckIn
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class PipelineStats:
     batches: int = 0
     sightings_sealed: int = 0
     lost_records: int = 0  # records that could not be stored (outbox full), counted not hidden
+    identity_unsealed: int = 0  # check-ins refused: no identity key for their day
     last_advert_at: float | None = None
     last_batch_at: float | None = None
     outbox_full: bool = False
@@ -45,14 +48,18 @@ class CapturePipeline:
     Args:
         aggregator: the BLE window aggregator.
         sealer: seals a :class:`Batch` for the matcher.
+        identities: seals check-ins' identities for the custodians (without it, check-ins
+            are refused: a person's identity is never stored unsealed).
         outbox: the sealed-batch store.
         clock: the time every stage uses (system clock live, capture clock in replay).
         flush_interval_s: how often finished sightings and counts are sealed.
     """
 
     def __init__(self, *, aggregator: WindowAggregator, sealer: Sealer, outbox: Outbox,
-                 clock: Clock, flush_interval_s: float = 60.0) -> None:
+                 clock: Clock, flush_interval_s: float = 60.0,
+                 identities: IdentitySealer | None = None) -> None:
         self.aggregator = aggregator
+        self.identities = identities
         self.sealer = sealer
         self.outbox = outbox
         self.clock = clock
@@ -69,9 +76,26 @@ class CapturePipeline:
         self.aggregator.add(adv, self.clock.epoch())
         self.tick(adv.ts)
 
-    def on_checkin(self, checkin: CheckIn) -> int | None:
-        """Seal an accepted check-in at once; returns its batch sequence number."""
+    def on_checkin(self, scan: ScannedCheckIn) -> int | None:
+        """Seal an accepted check-in at once; returns its batch sequence number.
+
+        The identity is sealed for the custodians and blind-tagged first, in memory; the batch
+        then seals the rest for the matcher. ``None`` when it could not be stored: no
+        identity key for its day (counted in ``identity_unsealed``) or a full outbox.
+        """
         self.stats.checkins += 1
+        if self.identities is None:
+            self.stats.identity_unsealed += 1
+            log.error("check-in refused: no identity keys configured (sealing.identity_keys)")
+            return None
+        try:
+            sealed = self.identities.seal(scan.ts, scan.subject, scan.fields)
+        except IdentityKeyError as err:
+            self.stats.identity_unsealed += 1
+            log.error("check-in refused: %s", err)
+            return None
+        checkin = CheckIn(ts=scan.ts, clock=scan.clock, kind=scan.kind, masked=scan.masked,
+                          key_day=sealed.key_day, tags=sealed.tags, sealed=sealed.sealed)
         return self._store(Batch(checkins=[checkin]))
 
     def poll_clock(self) -> bool:

@@ -18,7 +18,11 @@ class MatcherConfig(BaseModel):
     private_key: Path = Field(description="HPKE private key batches are sealed to")
     registry: Path = Field(description="gateway registry (YAML: id, province, venue, key)")
     f0_signers: list[Path] = Field(default_factory=list,
-                                   description="health-authority public keys for F0 input")
+                                   description="health-authority public keys for F0 input "
+                                               "(the only signers accepted)")
+    identity_keys: Path | None = Field(
+        default=None, description="custodians' identity-keys.json: who may approve opening "
+                                  "check-in identities, and each day's public key")
     retention_days: float = Field(default=21, gt=0, le=60)
     mqtt: MqttConfig | None = None
     dashboard_enabled: bool = Field(default=True,

@@ -104,6 +104,8 @@ class SqliteDatabase(Database):
         # commit, so the commit must survive a power cut; WAL with NORMAL may lose it.
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        # Deleted rows (retention, replaced tables) are overwritten, not left in free pages.
+        self.conn.execute("PRAGMA secure_delete=ON")
         self.conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the ident_key index stays hot
         self.conn.execute("PRAGMA mmap_size=1073741824")
         self._max_variables = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)

@@ -13,9 +13,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ble.ids import BLUEZONE_DEFAULT_MAX, DAY, EN_ROLLING_PERIOD, next_daily_key
+from contract.identity import normalize_cccd, normalize_phone
 from core.errors import F0InputError
 from matcher import en_export
-from matcher.identity import normalize_cccd, normalize_phone
 from matcher.ids import bluezone_block, bluezone_count, en_block
 
 if TYPE_CHECKING:

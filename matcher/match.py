@@ -7,26 +7,36 @@ For each case of an F0 input:
    ±2 h for EN) and by the record's own clock uncertainty (unbounded when the gateway's clock
    was never synchronised: such visits are kept and flagged). Hits outside the widened window
    are counted, not used: they are a replayed ID or a clock far off. Identity cases use the
-   person's check-ins (subject or phone).
+   person's check-ins, found by blind tag, which needs the custodians' approval of the days
+   (without it the case is reported as waiting for approval).
 2. **Windows.** Visits at one venue closer than ``merge_gap_s`` merge into one exposure
    window; dwell is the time covered by its visits, proximity the nearest class seen.
 3. **Co-presence.** For each window ± ``margin_s``: the check-ins of other people at that
-   venue (close-contact candidates), distinct other tracing IDs by kind with the peak per ID
-   slot (≈ phones), and the gateways' own adoption counts (phones not running tracing).
+   venue (close-contact candidates: masked forms only, and their identities opened in memory
+   when an approved :class:`~matcher.custody.Opening` covers the window), distinct other
+   tracing IDs by kind with the peak per ID slot (≈ phones), and the gateways' own adoption
+   counts (phones not running tracing).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 
+from contract.custody import DAY, IdentityKeyError, lookup_tags, open_identity
+from matcher.custody import Opening, Window
 from matcher.f0 import F0, F0Case
 from matcher.rows import AdoptionSummary, CheckinRow, SightingRow, VenueInfo
 from matcher.store_read import StoreReads
+
+log = logging.getLogger(__name__)
 
 PROXIMITY_ORDER = {"near": 0, "medium": 1, "far": 2, "unknown": 3}
 VN_TIME = timezone(timedelta(hours=7), "ICT")
@@ -61,14 +71,23 @@ class Visit:
 
 @dataclass(frozen=True)
 class CoPresent:
-    """A check-in of someone else at the venue during a window (personal data)."""
+    """A check-in of someone else at the venue during a window.
+
+    ``subject`` and ``fields`` are set only when custodians approved opening this window
+    (personal data, in memory and in the approved report only); otherwise ``masked`` is all.
+    """
 
     ts: float
     kind: str
-    subject: str
     masked: str
-    fields: dict[str, str]
     gateway_id: str
+    subject: str | None = None
+    fields: dict[str, str] | None = None
+
+    @property
+    def opened(self) -> bool:
+        """Whether the identity was opened under an approval."""
+        return self.subject is not None
 
 
 @dataclass
@@ -113,6 +132,9 @@ class CaseResult:
     hits: int = 0
     out_of_window: int = 0
     windows: list[ExposureWindow] = field(default_factory=list)
+    needs_approval: bool = False  # an identity case: its check-ins are found only by approval
+    since: float | None = None
+    until: float | None = None
 
 
 @dataclass
@@ -126,6 +148,29 @@ class MatchResult:
     params: MatchParams
     skipped: int = 0
     cases: list[CaseResult] = field(default_factory=list)
+    opening: dict[str, Any] | None = None  # the approved request used, and what it opened
+
+    @property
+    def sealed_checkins(self) -> int:
+        """Co-present check-ins whose identities stay sealed."""
+        return sum(1 for w in self.windows for c in w.co_present if not c.opened)
+
+    @property
+    def opened_checkins(self) -> int:
+        """Co-present check-ins whose identities were opened under an approval."""
+        return sum(1 for w in self.windows for c in w.co_present if c.opened)
+
+    def opening_scope(self, margin_s: float | None = None) -> list[Window]:
+        """The windows an opening request should name: every exposure window (± margin) at
+        its venue, and, for an identity case not yet looked up, every venue over its period."""
+        m = self.params.margin_s if margin_s is None else margin_s
+        scope = [Window(w.venue.key, w.start - m, w.end + m) for w in self.windows]
+        now = self.generated_at
+        for c in self.cases:
+            if c.needs_approval:
+                scope.append(Window("*", c.since if c.since is not None else now - 21 * DAY,
+                                    c.until if c.until is not None else now))
+        return scope
 
     @property
     def windows(self) -> list[ExposureWindow]:
@@ -221,16 +266,32 @@ def _merge(case: str, venue: VenueInfo, visits: list[Visit], gap: float) -> list
     return out
 
 
+def _open(c: CheckinRow, venue: str, opening: Opening | None) -> CoPresent:
+    sealed = CoPresent(ts=c.ts, kind=c.kind, masked=c.masked, gateway_id=c.gateway_id)
+    if (opening is None or c.key_day is None or c.sealed is None
+            or not opening.request.covers(venue, c.ts)):
+        return sealed
+    key = opening.private(c.key_day)
+    if key is None:  # its key day is not among the approved days
+        return sealed
+    try:
+        subject, fields = open_identity(key, c.key_day, c.sealed)
+    except IdentityKeyError as err:
+        log.error("check-in %d at %s does not open: %s", c.id, venue, err)
+        return sealed
+    opening.opened += 1
+    return CoPresent(ts=c.ts, kind=c.kind, masked=c.masked, gateway_id=c.gateway_id,
+                     subject=subject, fields=fields)
+
+
 def _co_presence(w: ExposureWindow, checkins: list[CheckinRow],
                  sightings: list[tuple[str, bytes, int]], adoption: AdoptionSummary,
-                 own_checkins: set[int], own_subjects: set[str],
-                 own_idents: set[bytes]) -> None:
+                 own_checkins: set[int], own_tags: set[bytes],
+                 own_idents: set[bytes], opening: Opening | None) -> None:
     for c in checkins:
-        if c.id in own_checkins or c.subject in own_subjects:
+        if c.id in own_checkins or own_tags.intersection(c.tags):
             continue
-        w.co_present.append(CoPresent(ts=c.ts, kind=c.kind, subject=c.subject,
-                                      masked=c.masked, fields=c.fields,
-                                      gateway_id=c.gateway_id))
+        w.co_present.append(_open(c, w.venue.key, opening))
     ids: dict[str, set[bytes]] = defaultdict(set)
     per_slot: dict[tuple[str, int], set[bytes]] = defaultdict(set)
     for kind, ident, slot in sightings:
@@ -247,20 +308,44 @@ def _co_presence(w: ExposureWindow, checkins: list[CheckinRow],
     w.adoption = adoption
 
 
-def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None) -> MatchResult:
-    """Match one verified F0 input against the store."""
+def _identity_rows(store: StoreReads, case: F0Case, opening: Opening) -> tuple[
+        list[CheckinRow], set[bytes]]:
+    """A case's check-ins, by the blind tags of its identities on the approved days."""
+    lo = -math.inf if case.since is None else case.since
+    hi = math.inf if case.until is None else case.until
+    days = {d: k for d, k in opening.blind.items()
+            if d * DAY <= hi and (d + 1) * DAY > lo}
+    tags = lookup_tags(days, case.subjects, case.phones)
+    rows = [r for r in store.checkins_for_tags(list(tags), case.since, case.until)
+            if any(tags.get(t) == r.key_day for t in r.tags)]
+    venues = {r.venue_id: store.venue(r.venue_id).key for r in rows}
+    return [r for r in rows if opening.request.covers(venues[r.venue_id], r.ts)], set(tags)
+
+
+def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None,
+             opening: Opening | None = None) -> MatchResult:
+    """Match one verified F0 input against the store.
+
+    Without ``opening``, co-present check-ins are masked and identity cases wait for the
+    custodians' approval; with it, the approved windows' identities are opened in memory.
+    """
     p = params or MatchParams()
     result = MatchResult(source=f0.source, format=f0.format, signer=f0.signer,
                          generated_at=time.time(), params=p, skipped=f0.skipped)
-    result.cases = [CaseResult(label=c.label, kind=c.kind, n_ids=c.n_ids) for c in f0.cases]
+    result.cases = [CaseResult(label=c.label, kind=c.kind, n_ids=c.n_ids, since=c.since,
+                               until=c.until) for c in f0.cases]
     visits = id_visits(store, f0.cases, result.cases)
+    own_tags: dict[int, set[bytes]] = {}
     for i, c in enumerate(f0.cases):
         if c.kind != "identity":
             continue
-        rows = store.checkins_for_identity(c.subjects, c.phones, c.since, c.until)
+        if opening is None or not opening.request.lookup:
+            result.cases[i].needs_approval = True
+            continue
+        rows, own_tags[i] = _identity_rows(store, c, opening)
         result.cases[i].hits = len(rows)
         visits[i] = [_checkin_visit(r) for r in rows]
-    todo: list[tuple[ExposureWindow, set[int], set[str], set[bytes]]] = []
+    todo: list[tuple[ExposureWindow, set[int], set[bytes], set[bytes]]] = []
     for i, c in enumerate(f0.cases):
         vs = visits.get(i, [])
         by_venue: dict[int, list[Visit]] = defaultdict(list)
@@ -271,12 +356,17 @@ def match_f0(store: StoreReads, f0: F0, params: MatchParams | None = None) -> Ma
         windows: list[ExposureWindow] = []
         for vid, group in by_venue.items():
             windows += _merge(c.label, store.venue(vid), group, p.merge_gap_s)
-        todo += [(w, own_checkins, set(c.subjects), own_idents) for w in windows]
+        todo += [(w, own_checkins, own_tags.get(i, set()), own_idents) for w in windows]
         result.cases[i].windows = sorted(windows, key=lambda w: (w.start, w.venue.key))
     # co-presence of every window of every case at once (a few statements, not a few each)
     ranges = [(w.venue.id, w.start - p.margin_s, w.end + p.margin_s) for w, *_ in todo]
-    for (w, own_checkins, own_subjects, own_idents), checkins, sightings, adoption in zip(
+    for (w, own_checkins, tags, own_idents), checkins, sightings, adoption in zip(
             todo, store.checkins_in(ranges), store.sightings_in(ranges),
             store.adoption_in(ranges), strict=True):
-        _co_presence(w, checkins, sightings, adoption, own_checkins, own_subjects, own_idents)
+        _co_presence(w, checkins, sightings, adoption, own_checkins, tags, own_idents,
+                     opening)
+    if opening is not None:
+        result.opening = {"request": opening.request.id, "case": opening.request.case,
+                          "custodians": opening.custodians, "opened": opening.opened,
+                          "sealed": result.sealed_checkins}
     return result

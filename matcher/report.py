@@ -52,8 +52,9 @@ def _num(x: float) -> float | None:
 
 
 def _contact(c: CoPresent) -> dict[str, Any]:
-    return {"time": c.ts, "time_local": iso(c.ts), "kind": c.kind, "subject": c.subject,
-            "masked": c.masked, "fields": c.fields, "gateway": c.gateway_id}
+    return {"time": c.ts, "time_local": iso(c.ts), "kind": c.kind, "opened": c.opened,
+            "subject": c.subject, "masked": c.masked, "fields": c.fields,
+            "gateway": c.gateway_id}
 
 
 def _window(w: ExposureWindow) -> dict[str, Any]:
@@ -85,8 +86,10 @@ def to_dict(result: MatchResult) -> dict[str, Any]:
                    "merge_gap_s": result.params.merge_gap_s},
         "skipped_inputs": result.skipped,
         "cases": [{"label": c.label, "kind": c.kind, "ids": c.n_ids, "hits": c.hits,
-                   "out_of_window": c.out_of_window,
+                   "out_of_window": c.out_of_window, "needs_approval": c.needs_approval,
                    "windows": [_window(w) for w in c.windows]} for c in result.cases],
+        "identities": {"opened": result.opened_checkins, "sealed": result.sealed_checkins,
+                       "opening": result.opening},
         "exposure_venues": public_venues(result),
     }
 
@@ -112,9 +115,9 @@ def csv_rows(result: MatchResult) -> list[dict[str, Any]]:
             rows.append(base)
         for c in w.co_present:
             rows.append({**base, "contact_time": iso(c.ts), "contact_kind": c.kind,
-                         "contact_subject": c.subject, "contact_masked": c.masked,
-                         "contact_name": c.fields.get("name", ""),
-                         "contact_phone": c.fields.get("phone", "")})
+                         "contact_subject": c.subject or "", "contact_masked": c.masked,
+                         "contact_name": (c.fields or {}).get("name", ""),
+                         "contact_phone": (c.fields or {}).get("phone", "")})
     return rows
 
 
@@ -214,10 +217,13 @@ def _window_rows(w: ExposureWindow) -> str:
 def _contacts(w: ExposureWindow) -> str:
     if not w.co_present:
         return ""
+    sealed = _t("niêm phong: cần phê duyệt", "sealed: needs approval")
     rows = "".join(
-        f"<tr><td>{escape(local(c.ts))}</td><td>{escape(c.kind)}</td><td>{escape(c.subject)}"
-        f"</td><td>{escape(c.fields.get('name', ''))}</td><td>{escape(c.fields.get('phone', ''))}"
-        f"</td><td>{escape(c.gateway_id)}</td></tr>" for c in w.co_present)
+        f"<tr><td>{escape(local(c.ts))}</td><td>{escape(c.kind)}</td>"
+        f"<td>{escape(c.subject) if c.subject is not None else escape(c.masked)}</td>"
+        f"<td>{escape((c.fields or {}).get('name', '')) if c.opened else sealed}</td>"
+        f"<td>{escape((c.fields or {}).get('phone', ''))}</td>"
+        f"<td>{escape(c.gateway_id)}</td></tr>" for c in w.co_present)
     head = "".join(f"<th>{_t(vi, en)}</th>" for vi, en in (
         ("Thời điểm", "Time"), ("Loại", "Kind"), ("Số giấy tờ", "ID number"),
         ("Họ tên", "Name"), ("Điện thoại", "Phone"), ("Thiết bị", "Gateway")))
@@ -238,6 +244,11 @@ def render_html(result: MatchResult) -> str:
                      f"{c.n_ids} IDs, {c.hits} hits, {c.out_of_window} outside their window")
         parts.append(f"<h2>{_t('Ca', 'Case')} {escape(c.label)} <span class=muted>"
                      f"({escape(c.kind)}; {summary})</span></h2>")
+        if c.needs_approval:
+            parts.append("<p class=warn>" + _t(
+                "Tra cứu theo danh tính cần phê duyệt của các bên giữ khóa.",
+                "An identity lookup needs the custodians’ approval.") + "</p>")
+            continue
         if not c.windows:
             parts.append(f"<p>{_t('Không tìm thấy lần có mặt nào.', 'No exposure found.')}</p>")
             continue

@@ -86,7 +86,8 @@ class SightingRow:
 
 @dataclass(frozen=True, slots=True)
 class CheckinRow:
-    """One stored check-in (``subject`` and ``fields`` are personal data)."""
+    """One stored check-in: who it was is sealed (``sealed``, opened only with custodians'
+    approval of its ``key_day``); ``tags`` are its blind tags (subject, phone)."""
 
     id: int
     gateway_id: str
@@ -94,9 +95,10 @@ class CheckinRow:
     seq: int
     ts: float
     kind: str
-    subject: str
     masked: str
-    fields: dict[str, str]
+    key_day: int | None
+    tags: tuple[bytes, ...]
+    sealed: bytes | None
     clock: EpochInfo
 
 

@@ -15,8 +15,9 @@ Indexes follow the match queries:
   bench/RESULTS.md). The join compares the whole ID after the key matched;
 - ``sightings(venue_id, first_seen)``, ``checkins(venue_id, ts)``: who else was at a venue in a
   time range (co-presence), and retention (purged venue by venue through the same index);
-- ``checkins(subject)``, ``checkins(phone)``: identity F0 (CCCD number or phone → that
-  person's check-ins; ``phone`` is normalised by :mod:`matcher.identity`).
+- ``checkins(tag_s)``, ``checkins(tag_p)``: identity F0, only after custodians approved (the
+  blind tags of the person's subject and phone are computed with day keys the matcher does
+  not hold; :mod:`contract.custody`).
 """
 
 from __future__ import annotations
@@ -215,6 +216,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         "DROP INDEX sightings_ident",  # first, so the fill does not maintain it
         "{fill_ident_key}",
         "CREATE INDEX sightings_ident_key ON sightings (ident_key)")),
+    # Identities are sealed for custodians at the gateway (contract/custody.py): a check-in
+    # keeps its time, kind and masked form; who it was travels as ``sealed`` (HPKE to the
+    # day's identity key) and as blind tags of the subject and phone. Plaintext identities of
+    # earlier check-ins are dropped here, not carried over: the matcher must not hold them.
+    Migration(5, "identities sealed for custodians", (
+        """CREATE TABLE checkins_sealed (
+            id {id},
+            gw_id {big} NOT NULL,
+            venue_id {big} NOT NULL,
+            seq {big} NOT NULL,
+            epoch_id {big} NOT NULL,
+            ts {real} NOT NULL,
+            kind TEXT NOT NULL,
+            masked TEXT NOT NULL,
+            key_day {big},
+            tag_s {blob},
+            tag_p {blob},
+            sealed {blob})""",
+        "INSERT INTO checkins_sealed (gw_id, venue_id, seq, epoch_id, ts, kind, masked) "
+        "SELECT gw_id, venue_id, seq, epoch_id, ts, kind, masked FROM checkins",
+        "DROP TABLE checkins",
+        "ALTER TABLE checkins_sealed RENAME TO checkins",
+        "CREATE INDEX checkins_venue_time ON checkins (venue_id, ts)",
+        "CREATE INDEX checkins_epoch ON checkins (epoch_id, seq)",
+        "CREATE INDEX checkins_tag_s ON checkins (tag_s)",
+        "CREATE INDEX checkins_tag_p ON checkins (tag_p)")),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

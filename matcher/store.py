@@ -30,7 +30,6 @@ from contract.registry import GatewayEntry
 from core.clock import ClockEpoch
 from matcher import retime, schema
 from matcher.db import MIGRATION_LOCK, Database, StoreError, connect
-from matcher.identity import checkin_phone
 from matcher.rows import Counter, EpochInfo, GatewayState, HeaderLike
 from matcher.store_read import StoreReads
 
@@ -39,8 +38,8 @@ DAY = 86400.0
 _SIGHTING_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "kind", "ident", "ident_key",
                   "slot_start", "first_seen", "last_seen", "count", "rssi_max", "rssi_median",
                   "tx_power", "proximity", "aem")
-_CHECKIN_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "ts", "kind", "subject", "masked",
-                 "fields", "phone")
+_CHECKIN_COLS = ("gw_id", "venue_id", "seq", "epoch_id", "ts", "kind", "masked", "key_day",
+                 "tag_s", "tag_p", "sealed")
 _COUNT_COLS = ("gw_id", "venue_id", "seq", "window_start", "window_len", "bluezone", "gaen",
                "other_phones", "other_devices", "overflow", "by_kind")
 
@@ -255,9 +254,9 @@ class Store(StoreReads):
              str(s.proximity), s.aem)
             for s in batch.sightings])
         db.insert_rows("checkins", _CHECKIN_COLS, [
-            (gw_id, venue_id, seq, epoch_of(c.clock), float(c.ts), str(c.kind),
-             c.subject, c.masked, json.dumps(c.fields, ensure_ascii=False, sort_keys=True),
-             checkin_phone(c.subject, c.fields))
+            (gw_id, venue_id, seq, epoch_of(c.clock), float(c.ts), str(c.kind), c.masked,
+             int(c.key_day), c.tags[0] if c.tags else None,
+             c.tags[1] if len(c.tags) > 1 else None, bytes(c.sealed))
             for c in batch.checkins])
         db.insert_rows("adoption_counts", _COUNT_COLS, [
             (gw_id, venue_id, seq, int(a.window_start), int(a.window_len), a.bluezone, a.gaen,

@@ -29,8 +29,8 @@ _EPOCH_COLUMNS = (
     "COALESCE(e.eff_uncertainty, e.uncertainty), e.eff_source")
 _SIGHTING_SELECT = f"{_SIGHTING_COLUMNS}, {_EPOCH_COLUMNS}"
 _CHECKIN_SELECT = (
-    "c.id, c.gw_id, c.venue_id, c.seq, c.ts, c.kind, c.subject, c.masked, c.fields, "
-    + _EPOCH_COLUMNS)
+    "c.id, c.gw_id, c.venue_id, c.seq, c.ts, c.kind, c.masked, c.key_day, c.tag_s, c.tag_p, "
+    "c.sealed, " + _EPOCH_COLUMNS)
 
 
 class StoreReads:
@@ -94,10 +94,12 @@ class StoreReads:
     def _checkin(self, r: Sequence[Any]) -> CheckinRow:
         return CheckinRow(
             id=int(r[0]), gateway_id=self.gateway_name(int(r[1])), venue_id=int(r[2]),
-            seq=int(r[3]), ts=float(r[4]), kind=r[5], subject=r[6], masked=r[7],
-            fields=json.loads(r[8]) if r[8] else {},
-            clock=EpochInfo(r[9], float(r[10]), bool(r[11]), r[12], float(r[13]),
-                            r[14] is not None))
+            seq=int(r[3]), ts=float(r[4]), kind=r[5], masked=r[6],
+            key_day=None if r[7] is None else int(r[7]),
+            tags=tuple(bytes(t) for t in (r[8], r[9]) if t is not None),
+            sealed=None if r[10] is None else bytes(r[10]),
+            clock=EpochInfo(r[11], float(r[12]), bool(r[13]), r[14], float(r[15]),
+                            r[16] is not None))
 
     # -- F0 queries --------------------------------------------------------------------------
     def sightings_for_idents(self, idents: Sequence[bytes]) -> list[tuple[int, SightingRow]]:
@@ -182,30 +184,24 @@ class StoreReads:
             db.execute("COMMIT")
         return rows
 
-    def checkins_for_identity(self, subjects: Sequence[str], phones: Sequence[str] = (),
-                              since: float | None = None,
-                              until: float | None = None) -> list[CheckinRow]:
-        """Check-ins of one person (an identity F0), oldest first.
+    def checkins_for_tags(self, tags: Sequence[bytes], since: float | None = None,
+                          until: float | None = None) -> list[CheckinRow]:
+        """Check-ins carrying any of the blind ``tags`` (an identity F0, after custodians
+        approved its days), oldest first.
 
         Args:
-            subjects: exact subjects (CCCD number, certificate id...).
-            phones: normalised phones (:func:`matcher.identity.normalize_phone`).
+            tags: blind tags of the person's subject and phone for the approved days.
             since: earliest check-in time, if any.
             until: latest check-in time, if any.
         """
-        conds, params = [], []
-        if subjects:
-            conds.append(f"c.subject IN ({', '.join('?' for _ in subjects)})")
-            params += list(subjects)
-        if phones:
-            conds.append(f"c.phone IN ({', '.join('?' for _ in phones)})")
-            params += list(phones)
-        if not conds:
+        if not tags:
             return []
+        marks = ", ".join("?" for _ in tags)
         rows = self.db.execute(
             f"SELECT {_CHECKIN_SELECT} FROM checkins c JOIN clock_epochs e ON e.id = c.epoch_id"
-            f" WHERE ({' OR '.join(conds)}) AND c.ts >= ? AND c.ts <= ? ORDER BY c.ts",
-            (*params, -1e300 if since is None else since, 1e300 if until is None else until))
+            f" WHERE (c.tag_s IN ({marks}) OR c.tag_p IN ({marks})) AND c.ts >= ? AND c.ts <= ?"
+            " ORDER BY c.ts",
+            (*tags, *tags, -1e300 if since is None else since, 1e300 if until is None else until))
         return [self._checkin(r) for r in rows]
 
     # -- co-presence -------------------------------------------------------------------------

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from contract.records import CheckIn, CheckInKind
+from contract.records import CheckInKind
 from core.clock import Clock
 from qr.decoder import Decoder, DecodeResult
 from qr.recognizers import Recognizer
-from qr.records import DecodedCode, FeedbackState, Rejected
+from qr.records import DecodedCode, FeedbackState, Rejected, ScannedCheckIn
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class CheckInPipeline:
         max_tracked: bound on remembered codes.
     """
 
-    def __init__(self, *, recognizer: Recognizer, sink: Callable[[CheckIn], object],
+    def __init__(self, *, recognizer: Recognizer, sink: Callable[[ScannedCheckIn], object],
                  decoder: Decoder | None = None, cooldown_s: float = 300.0,
                  feedback: FeedbackSink | None = None, repeat_s: float = 3.0,
                  max_tracked: int = 4096) -> None:
@@ -171,7 +171,7 @@ class CheckInPipeline:
         self._last_unreadable: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, *, sink: Callable[[CheckIn], object],
+    def from_config(cls, cfg: Any, *, sink: Callable[[ScannedCheckIn], object],
                     feedback: FeedbackSink | None = None) -> CheckInPipeline:
         """From a ``QrConfig``: its keys, trust list, budget and cooldown.
 

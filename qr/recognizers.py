@@ -14,7 +14,7 @@ import unicodedata
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from contract.records import CheckIn, CheckInKind
+from contract.records import CheckInKind
 from core.clock import ClockEpoch
 from core.errors import ConfigError
 from qr.bhyt import parse_bhyt
@@ -23,7 +23,7 @@ from qr.cccd import parse_cccd
 from qr.config import QrConfig
 from qr.dcc import TrustList, load_trust_list, parse_dcc
 from qr.payload import DEFAULT_TOKEN_KEY, PayloadRejected, Recognition, token_hash
-from qr.records import DecodedCode, Rejected
+from qr.records import DecodedCode, Rejected, ScannedCheckIn
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ class Recognizer:
             return Rejected(ts=ts, kind=rej.kind, reason=rej.reason)
 
     def recognize(self, code: DecodedCode | str | bytes, *, ts: float,
-                  clock: ClockEpoch) -> CheckIn | Rejected:
+                  clock: ClockEpoch) -> ScannedCheckIn | Rejected:
         """A check-in at ``ts`` (wall time in ``clock``), or the reason it is not one."""
         got = self.classify(code, ts=ts)
         if isinstance(got, Rejected):
             return got
-        return CheckIn(ts=ts, clock=clock, kind=got.kind, subject=got.subject,
+        return ScannedCheckIn(ts=ts, clock=clock, kind=got.kind, subject=got.subject,
                        masked=got.masked, fields=dict(got.fields))
 
     def _classify(self, code: DecodedCode | str | bytes, ts: float) -> Recognition:

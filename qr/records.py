@@ -1,14 +1,18 @@
-"""Records of the QR stage that stay in memory: decoded codes, rejections, staff feedback.
+"""Records of the QR stage that stay in memory: decoded codes, scanned check-ins, rejections,
+staff feedback.
 
-The sealed :class:`~contract.records.CheckIn` is in :mod:`contract.records`.
+A :class:`ScannedCheckIn` holds a person's identity in the clear and never leaves the
+gateway's memory: the pipeline seals it for the custodians at once into the
+:class:`~contract.records.CheckIn` that goes into a batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from contract.records import CheckInKind
+from core.clock import ClockEpoch
 
 
 class FeedbackState(StrEnum):
@@ -39,6 +43,28 @@ class DecodedCode:
     format: str
     decoder: str
     content: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedCheckIn:
+    """A person checked in at this venue, as read at the door (memory only).
+
+    Attributes:
+        ts: wall-clock estimate of the check-in.
+        clock: clock epoch ``ts`` was computed in.
+        kind: what the code was.
+        subject: the identity tracing matches on (CCCD number, phone, certificate id, or a
+            hash of an opaque token).
+        fields: the few other fields tracing needs (name, birth date, phone), never logged.
+        masked: a form safe to log and show (``NGUY*** V** A**, ***1234``).
+    """
+
+    ts: float
+    clock: ClockEpoch
+    kind: CheckInKind
+    subject: str
+    masked: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

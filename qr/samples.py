@@ -23,14 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw, ImageFilter
 
-from contract.records import CheckIn
 from core.clock import Clock
 from core.errors import BzgwError
 from qr.bzgwqr import make_checkin_qr
 from qr.checkin import CheckInPipeline, CheckInStats, FeedbackSink
 from qr.decoder import Decoder, load_image
 from qr.recognizers import Recognizer
-from qr.records import Rejected
+from qr.records import Rejected, ScannedCheckIn
 
 CHECKIN_KEY_FILE = "bzgw-checkin-key.pem"
 _CENTURY_DIGIT = {1800: 8, 1900: 0, 2000: 2, 2100: 4, 2200: 6}
@@ -161,7 +160,7 @@ def make_sample_images(folder: Path, people: list[dict[str, Any]], *,
 
 
 def decode_and_recognize(path: Path, clock: Clock, *, recognizer: Recognizer | None = None,
-                         decoder: Decoder | None = None) -> list[CheckIn | Rejected]:
+                         decoder: Decoder | None = None) -> list[ScannedCheckIn | Rejected]:
     """Every code in one image as a check-in or a rejection (no cooldown, no sink).
 
     Raises:
@@ -173,7 +172,7 @@ def decode_and_recognize(path: Path, clock: Clock, *, recognizer: Recognizer | N
     return [rec.recognize(c, ts=ts, clock=epoch) for c in dec.decode(load_image(path)).codes]
 
 
-def check_in_folder(folder: Path, clock: Clock, *, sink: Callable[[CheckIn], object],
+def check_in_folder(folder: Path, clock: Clock, *, sink: Callable[[ScannedCheckIn], object],
                     recognizer: Recognizer | None = None, cooldown_s: float = 300.0,
                     feedback: FeedbackSink | None = None) -> CheckInStats:
     """Run the check-in pipeline over the images in a folder once (the demo's QR stage).

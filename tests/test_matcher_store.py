@@ -410,7 +410,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
 
 
 def test_only_phone_shaped_subjects_count_as_phones() -> None:
-    from matcher.identity import checkin_phone, normalize_phone
+    from contract.identity import checkin_phone, normalize_phone
 
     assert checkin_phone("0912345678", {}) == "0912345678"
     assert checkin_phone("+84912345678", {}) == "0912345678"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -97,13 +98,10 @@ def _db_url(db: str | None, cfg: MatcherConfig | None) -> str:
               help="Signed F0 input: bzgw-f0/v1 envelope (Bluezone InfoF or upload, EN TEK "
                    "JSON, identities), a file with a detached .sig, or a signed EN export "
                    "zip.")
+@click.option("--config", "config", required=True,
+              type=click.Path(path_type=Path, exists=True),
+              help="Matcher config: database, F0 signer keys, audit log, identity keys.")
 @click.option("--db", default=None, help=DB_HELP + " (default: config)")
-@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
-              default=None, help="Matcher config: database and F0 signer keys.")
-@click.option("--signer", "signers", multiple=True,
-              type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Health-authority public key (PEM) to accept; repeatable; adds to the "
-                   "config's f0_signers.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for report.json, report.csv, report.html and exposure_venues.* "
                    "(default: report-<f0 name>-<time> under the config's reports_dir, else "
@@ -111,46 +109,220 @@ def _db_url(db: str | None, cfg: MatcherConfig | None) -> str:
 @click.option("--margin", "margin_min", default=30.0, show_default=True,
               type=click.FloatRange(0, 24 * 60),
               help="Minutes around a window in which other check-ins count as co-present.")
-def match(f0: Path, db: str | None, config: Path | None, signers: tuple[Path, ...],
-          out: Path | None, margin_min: float) -> None:
+@click.option("--request", "request_file", default=None,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="An opening request written by an earlier run (opening-request.json).")
+@click.option("--approvals", "approval_files", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Custodians' approvals of --request (k distinct ones open its windows); "
+                   "repeatable.")
+def match(f0: Path, config: Path, db: str | None, out: Path | None, margin_min: float,
+          request_file: Path | None, approval_files: tuple[Path, ...]) -> None:
     """Exposure report for a signed F0 input.
 
-    Derives the F0's tracing IDs (or takes its identities), finds where and when it was seen
-    or checked in, who else checked in there at that time, and how many other phones were
-    around; writes JSON, CSV, a bilingual HTML page and the public exposure-venues list.
+    Derives the F0's tracing IDs (or takes its identities), finds where and when it was seen,
+    who else checked in there at that time, and how many other phones were around; writes
+    JSON, CSV, a bilingual HTML page and the public exposure-venues list. F0 input is
+    accepted only from the signers in the config.
+
+    Who checked in is sealed for the custodians. Without approvals the report has counts and
+    masked hints, and an opening request (opening-request.json) for the custodians; with
+    --request and k custodians' --approvals, the identities in the approved windows are
+    opened in memory and listed. Every query, approval and opening goes to the audit log.
 
     Example:
 
         bzgw match --f0 f0.json --config /etc/bzgw/matcher.yaml --out report/
     """
+    import getpass
+    import hashlib
     import time
 
+    from matcher.custody import (
+        CustodyError,
+        load_approval,
+        load_request,
+        make_request,
+        open_request,
+        save_request,
+    )
     from matcher.f0 import load_f0
     from matcher.match import MatchParams, match_f0
     from matcher.report import write_reports
+    from matcher.serve import open_audit
     from matcher.store import open_store
 
     cfg = _matcher_config(config)
-    url = _db_url(db, cfg)
-    keys = [*(cfg.f0_signers if cfg else []), *signers]
-    case = load_f0(f0, keys, window_days=cfg.retention_days if cfg else 21)
-    with open_store(url) as store:
-        result = match_f0(store, case, MatchParams(margin_s=margin_min * 60))
+    assert cfg is not None
+    if approval_files and request_file is None:
+        raise click.UsageError("--approvals need the --request they approve")
+    audit = open_audit(cfg)
+    actor = getpass.getuser()
+    digest = hashlib.sha256(f0.read_bytes()).hexdigest()
+    case = load_f0(f0, cfg.f0_signers, window_days=cfg.retention_days)
+    audit.append("f0_query", actor=actor, f0=digest, format=case.format, signer=case.signer,
+                 ids=case.n_ids, cases=len(case.cases))
+    opening = None
+    if request_file is not None:
+        if cfg.identity_keys is None:
+            raise BzgwError(f"{config}: matcher -> identity_keys is needed to open identities")
+        from contract.custody import load_identity_keys
+        from matcher.audit import entries
+
+        keys = load_identity_keys(cfg.identity_keys)
+        req = load_request(request_file)
+        docs = [load_approval(a) for a in approval_files]
+        for d in docs:
+            audit.append("approval", actor=str(d.get("custodian")), request=req.id)
+        used = [e["data"].get("request") for e in entries(cfg.audit_log)
+                if e.get("event") == "open"]
+        try:
+            if req.f0 != digest:
+                raise CustodyError("the request is for another F0 input")
+            opening = open_request(keys, req, docs, used=used)
+        except CustodyError as err:
+            audit.append("refused_open", actor=actor, request=req.id, reason=str(err))
+            raise
+    with open_store(_db_url(db, cfg)) as store:
+        result = match_f0(store, case, MatchParams(margin_s=margin_min * 60), opening)
+    if opening is not None:
+        audit.append("open", actor=actor, request=opening.request.id,
+                     custodians=opening.custodians, days=opening.request.days,
+                     opened=result.opened_checkins, sealed=result.sealed_checkins)
+        opening.forget()
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        base = cfg.reports_dir if cfg is not None and cfg.reports_dir else Path(".")
+        base = cfg.reports_dir if cfg.reports_dir else Path(".")
         out = base / f"report-{f0.stem}-{stamp}"
     files = write_reports(result, out)
+    scope = result.opening_scope()
+    if opening is None and (result.sealed_checkins or any(c.needs_approval
+                                                          for c in result.cases)):
+        req_new = make_request(result.cases[0].label if result.cases else f0.stem, f0, scope,
+                               lookup=any(c.needs_approval for c in result.cases))
+        save_request(req_new, out / "opening-request.json")
+        files["opening request"] = out / "opening-request.json"
     click.echo(f"{f0.name}: {case.format}, signed by {case.signer}, {case.n_ids:,} IDs"
                + (f", {case.skipped} unusable entries skipped" if case.skipped else ""))
     for c in result.cases:
+        if c.needs_approval:
+            click.echo(f"case {c.label}: identity lookup waits for the custodians' approval")
+            continue
         click.echo(f"case {c.label}: {c.hits} hit(s), {len(c.windows)} window(s)"
                    + (f", {c.out_of_window} outside their time window"
                       if c.out_of_window else ""))
         for w in c.windows:
             click.echo(f"  - {w.summary()}")
+    if opening is not None:
+        click.echo(f"opened {result.opened_checkins} check-in identit(ies) under request "
+                   f"{opening.request.id[:16]} (approved by {', '.join(opening.custodians)}); "
+                   f"{result.sealed_checkins} outside the approved windows stay sealed")
+    elif "opening request" in files:
+        click.echo(f"{result.sealed_checkins} co-present check-in(s) sealed: custodians "
+                   f"approve with `bzgw custodian approve --request "
+                   f"{files['opening request']} ...`")
     for name, path in files.items():
-        click.echo(f"{name:>11}: {path}")
+        click.echo(f"{name:>15}: {path}")
+
+
+@click.group("custodian")
+def custodian_group() -> None:
+    """Custodians of the identity keys: no one alone can read who checked in."""
+
+
+@custodian_group.command("init")
+@click.option("--name", "names", multiple=True, required=True,
+              help="A custodian (health office, a second authority, …); repeat for each.")
+@click.option("-k", "k", type=click.IntRange(2, 32), required=True,
+              help="How many custodians must approve an opening.")
+@click.option("--days", type=click.IntRange(1, 3660), default=731, show_default=True,
+              help="Days of keys, from --first-day.")
+@click.option("--first-day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="First UTC day of the keys (default: today).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for identity-keys.json, blind.key and one file per custodian.")
+def custodian_init(names: tuple[str, ...], k: int, days: int, first_day: Any,
+                   out: Path) -> None:
+    """Make a period's identity and blind keys and split them among the custodians.
+
+    Run it once, offline, with the custodians present: each takes away their own
+    custodian-NAME.json (and no copy stays); identity-keys.json goes to the matcher and the
+    gateways, blind.key to the gateways only.
+
+    Example:
+
+        bzgw custodian init --name health-office --name police \\
+            --name peoples-committee -k 2 --out keys/
+    """
+    import calendar
+
+    from matcher.custody import init_custody
+
+    first = None if first_day is None else calendar.timegm(first_day.timetuple()) // 86400
+    res = init_custody(list(names), k, out, first_day=first, days=days)
+    click.echo(f"{len(names)} custodians, {k} needed; days {res.keys.first_day}.."
+               f"{res.keys.last_day}")
+    click.echo(f"  public (matcher, gateways): {res.identity_keys}")
+    click.echo(f"  gateways only (secret):     {res.blind_key}")
+    for name, path in res.custodians.items():
+        click.echo(f"  {name} only (secret): {path}")
+
+
+@custodian_group.command("approve")
+@click.option("--share", "share", required=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="This custodian's file (custodian-NAME.json).")
+@click.option("--request", "request_file", required=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The opening request to approve.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the signed approval.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def custodian_approve(share: Path, request_file: Path, out: Path, yes: bool) -> None:
+    """Sign one opening request and add this custodian's shares of its days only.
+
+    Shows what is asked (case, venues, windows, days) first.
+
+    Example:
+
+        bzgw custodian approve --share custodian-health-office.json \\
+            --request opening-request.json --out approval-health.json
+    """
+    import json
+
+    from core.keyfile import write_private
+    from matcher.custody import approve, load_request, load_share_file
+
+    req = load_request(request_file)
+    sf = load_share_file(share)
+    click.echo(req.summary())
+    if not yes:
+        click.confirm(f"approve as {sf.name}?", abort=True)
+    doc = approve(req, sf)
+    write_private(out, json.dumps(doc, indent=1).encode())
+    click.echo(f"{out}: approval by {sf.name} of request {req.id[:16]} "
+               f"({len(doc['shares'])} day(s))")
+
+
+@custodian_group.command("list")
+@click.argument("identity_keys", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def custodian_list(identity_keys: Path) -> None:
+    """The custodians, how many must approve, and the days the keys cover.
+
+    Example:
+
+        bzgw custodian list /etc/bzgw/identity-keys.json
+    """
+    import time
+
+    from contract.custody import DAY, load_identity_keys
+
+    keys = load_identity_keys(identity_keys)
+    a = time.strftime("%Y-%m-%d", time.gmtime(keys.first_day * DAY))
+    b = time.strftime("%Y-%m-%d", time.gmtime(keys.last_day * DAY))
+    click.echo(f"{keys.k} of {keys.n} custodians must approve; keys for {a} .. {b}")
+    for c in keys.custodians:
+        click.echo(f"  {c.index}. {c.name}  key {c.key[:16]}…")
 
 
 @click.group("matcher")
