@@ -97,7 +97,8 @@ class CapturePipeline:
             NotStoredError: the outbox could not take it (counted in ``lost_records`` and
                 ``checkins_not_stored``); staff must be told it was not saved.
         """
-        seq = self._submit(Batch(checkins=[checkin])).result()
+        # not tracked in the in-flight list: that list belongs to the loop's thread
+        seq = self._submit(Batch(checkins=[checkin]), track=False).result()
         if seq is None:
             with self._stats_lock:
                 self.stats.checkins_not_stored += 1
@@ -175,7 +176,7 @@ class CapturePipeline:
             self._inflight.popleft()
         return len(self._inflight)
 
-    def _submit(self, batch: Batch) -> Future[int | None]:
+    def _submit(self, batch: Batch, *, track: bool = True) -> Future[int | None]:
         # The epoch and created-at are read here, on the thread that cut the batch.
         epoch = self.clock.epoch()
         created = self.clock.now()
@@ -184,8 +185,9 @@ class CapturePipeline:
             fut.set_result(self._store(batch, created, epoch))
             return fut
         fut = self._worker.submit(self._store, batch, created, epoch)
-        self.queued  # noqa: B018 - drops finished futures so the deque stays short
-        self._inflight.append(fut)
+        if track:
+            self.queued  # noqa: B018 - drops finished futures so the deque stays short
+            self._inflight.append(fut)
         return fut
 
     def _store(self, batch: Batch, created: float, epoch: ClockEpoch) -> int | None:
