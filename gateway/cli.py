@@ -7,10 +7,12 @@ stderr with exit status 1.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -76,17 +78,32 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK ({', '.join(sections) or 'defaults only'})")
 
 
-def _register() -> None:
-    # Imported here so `bzgw --help` stays fast and a broken optional stage cannot break others.
-    from ble.cli import ble_group
-    from gateway.commands import bench, demo, enroll, outbox_group, run
-    from matcher.cli import ids_group, match, matcher_group
-    from mqtt.cli import broker_group
-    from qr.cli import qr_group
+class _LazyCommands(dict[str, Any]):
+    """Subcommands imported on first use, so ``bzgw run`` never loads what only the matcher,
+    the demo or enrolment need (numpy, X.509, PostgreSQL drivers): less memory on the Pi."""
 
-    for cmd in (demo, run, bench, enroll, outbox_group, ble_group, qr_group, ids_group, match,
-                matcher_group, broker_group):
-        cli.add_command(cmd)
+    def __getitem__(self, name: str) -> Any:
+        cmd = super().__getitem__(name)
+        if isinstance(cmd, str):
+            module, attr = cmd.split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            super().__setitem__(name, cmd)
+        return cmd
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in self else default
+
+
+def _register() -> None:
+    # Imported on use so `bzgw --help` stays fast and a broken optional stage cannot break others.
+    lazy = _LazyCommands(cli.commands)
+    lazy.update({"demo": "gateway.commands:demo", "run": "gateway.commands:run",
+                 "bench": "gateway.commands:bench", "enroll": "gateway.commands:enroll",
+                 "outbox": "gateway.commands:outbox_group", "ble": "ble.cli:ble_group",
+                 "qr": "qr.cli:qr_group", "ids": "matcher.cli:ids_group",
+                 "match": "matcher.cli:match", "matcher": "matcher.cli:matcher_group",
+                 "broker": "mqtt.cli:broker_group"})
+    cli.commands = lazy
 
 
 _register()
