@@ -1,14 +1,15 @@
 """Footprint of the real ``bzgw run`` at a busy venue, and the zstd level it seals with.
 
 - ``footprint [<feed>]``: the daemon as a process (``python -m gateway.cli -v run``) with a
-  400-device venue (40 % Bluezone, 17 % EN, 10 % iPhones, the rest other devices, 3.2 adverts/s
-  each while advertising; some phones duty-cycle: about 1,000 adverts/s), fed by the crowd simulator paced in real time, or by a
-  btsnoop capture of such a crowd replayed at 1× speed. The broker is a real Mosquitto with
-  mTLS (the daemon publishes its batches and health); the status page runs. CPU share of one
-  core is (utime + stime) from ``/proc/<pid>/stat`` over the steady part of the run; peak RSS
-  is ``VmHWM`` from ``/proc/<pid>/status``; event-loop lag (p99 over the whole run) and
-  dropped adverts come from the daemon's own shutdown report and ``/health``. Batches are
-  sealed every 10 s (not the default 60 s) so sealing happens throughout the measurement.
+  400-device venue (40 % Bluezone, 17 % EN, 10 % iPhones, the rest other devices, 3.2
+  adverts/s each while advertising; some phones duty-cycle: about 1,000 adverts/s), fed by
+  the crowd simulator paced in real time, or by a btsnoop capture of such a crowd replayed
+  at 1× speed. The broker is a real Mosquitto with mTLS (the daemon publishes its batches
+  and health); the status page runs. CPU share of one core is (utime + stime) from
+  ``/proc/<pid>/stat`` over the steady part of the run; peak RSS is ``VmHWM`` from
+  ``/proc/<pid>/status``; event-loop lag (p99 over the whole run) and dropped adverts come
+  from the daemon's own shutdown report and ``/health``. Batches are sealed every 10 s (not
+  the default 60 s) so sealing happens throughout the measurement.
 - ``footprint [<feed>, Pi Zero 2 W budget]``: the same in a cgroup (v1 ``cpu`` controller)
   capped at 1/``PI_FACTOR`` of one core with a 10 ms period, standing in for one Cortex-A53
   core at 1 GHz (see ``PI_FACTOR``). Skipped when the cgroup cannot be created.

@@ -90,8 +90,9 @@ class _LazyCommands(dict[str, Any]):
             super().__setitem__(name, cmd)
         return cmd
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self[name] if name in self else default
+    def get(self, name: str, default: Any = None) -> Any:
+        # dict.get would hand out the unimported "module:attr" string
+        return self[name] if name in self else default  # noqa: SIM401
 
 
 def _register() -> None:
