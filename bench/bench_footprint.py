@@ -9,7 +9,8 @@
   ``/proc/<pid>/stat`` over the steady part of the run; peak RSS is ``VmHWM`` from
   ``/proc/<pid>/status``; event-loop lag (p99 over the whole run) and dropped adverts come
   from the daemon's own shutdown report and ``/health``. Batches are sealed every 10 s (not
-  the default 60 s) so sealing happens throughout the measurement.
+  the default 60 s), the simulator's adoption counts every minute, and the capture crosses an
+  ID-slot boundary mid-run (all sightings sealed at once), so sealing happens while measured.
 - ``footprint [<feed>, Pi Zero 2 W budget]``: the same in a cgroup (v1 ``cpu`` controller)
   capped at 1/``PI_FACTOR`` of one core with a 10 ms period, standing in for one Cortex-A53
   core at 1 GHz (see ``PI_FACTOR``). Skipped when the cgroup cannot be created.
@@ -207,7 +208,10 @@ def footprint_rows(quick: bool) -> list[dict[str, Any]]:
         with lab:
             capture = root / "venue.btsnoop"
             span = seconds + warmup + 60
-            crowd = _crowd(span, T0)
+            # T0 ends a Bluezone (15 min) and an EN (10 min) ID slot: starting the capture
+            # earlier puts that boundary, where every sighting of the venue is sealed at
+            # once, in the middle of the measurement.
+            crowd = _crowd(span, T0 - warmup - seconds / 2)
             write_btsnoop(capture, ((r.ts, build_legacy_event(0, r.address, 1, r.data[:31],
                                                                r.rssi))
                                     for r in crowd.reports("v", rate_hz=RATE_HZ)))
@@ -216,7 +220,9 @@ def footprint_rows(quick: bool) -> list[dict[str, Any]]:
                    "iphones": DEVICES * 10 // 100,
                    "background": DEVICES - DEVICES * 67 // 100, "rate_hz": RATE_HZ,
                    "realtime": True}
-            feeds = {"simulator": {"source": "simulator", "simulator": sim},
+            # adoption counts every minute: the live simulator then seals during the run too
+            feeds = {"simulator": {"source": "simulator", "simulator": sim,
+                                   "count_window_s": 60},
                      "replayed capture": {"source": "replay", "replay_file": str(capture),
                                           "replay_speed": 1.0}}
             caps: list[float | None] = [None]
