@@ -8,6 +8,9 @@ Measured in one run, on the same adverts, against ``bluetooth_data_tools``'
   including the final flush) vs bluetooth-data-tools with its LRU cache.
 - ``ble_pipeline_adverts``: the object path every ``AdvertSource`` feeds (``decode`` →
   ``Advert`` → :meth:`WindowAggregator.add`) vs the same.
+- ``ble_daemon_path``: what ``bzgw run`` does per advert a source hands it: decode →
+  ``Advert`` → :meth:`gateway.pipeline.CapturePipeline.on_advert` (sealing in its worker
+  thread, into a real outbox) and the live phone count, vs the same.
 - ``ble_parse_uncached``: our parser + classifier with no cache at all
   (:func:`ble.decoders.decode_uncached`) vs bluetooth-data-tools' uncached parse.
 - ``ble_replay_file``: a capture file end to end (btsnoop records → HCI reports → adverts →
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +39,9 @@ from ble.decoders import advert_of, decode, decode_uncached
 from ble.replay import build_legacy_event, read_reports, write_btsnoop
 from ble.simulator import Crowd
 from core.clock import ReplayClock
+from gateway.health import PhonesNow
+from gateway.outbox import Outbox
+from gateway.pipeline import CapturePipeline
 
 Report = tuple[float, str, int | None, bytes]
 T0 = 1_627_790_400
@@ -105,6 +112,23 @@ def _workload(label: str, reps: list[Report], repeats: int) -> list[dict[str, An
             add(advert_of(ts, address, 1, rssi, decode(data)), epoch)
         agg.flush(end, final=True)
 
+    def ours_daemon() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            clock = ReplayClock(reps[0][0])
+            outbox = Outbox(Path(tmp) / "o.db", max_bytes=1 << 30, max_age_s=1e9, clock=clock)
+            pipe = CapturePipeline(aggregator=WindowAggregator(THRESHOLDS), sealer=sealer,
+                                   outbox=outbox, clock=clock, background=True)
+            phones = PhonesNow()
+            on_advert, seen, advance = pipe.on_advert, phones.add, clock.advance
+            for ts, address, rssi, data in reps:
+                advance(ts)
+                adv = advert_of(ts, address, 1, rssi, decode(data))
+                on_advert(adv)
+                seen(adv)
+            pipe.flush(end, final=True)
+            pipe.close()
+            outbox.close()
+
     def ours_uncached() -> None:
         for _ts, _address, _rssi, data in reps:
             decode_uncached(data)
@@ -117,7 +141,14 @@ def _workload(label: str, reps: list[Report], repeats: int) -> list[dict[str, An
         for _ts, _address, _rssi, data in reps:
             bdt_raw(data)
 
-    t = _best({"ours": ours, "ours_adverts": ours_adverts, "ours_uncached": ours_uncached,
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from contract.sealing import Sealer, generate_matcher_keypair
+
+    sealer = Sealer(gateway_id="gw", matcher_public_key=generate_matcher_keypair()[1],
+                    signing_key=Ed25519PrivateKey.generate())
+    t = _best({"ours": ours, "ours_adverts": ours_adverts, "ours_daemon": ours_daemon,
+               "ours_uncached": ours_uncached,
                "bdt_cached": bdt_cached, "bdt_uncached": bdt_uncached}, repeats)
     n = len(reps)
     distinct = len({r[3] for r in reps})
@@ -132,14 +163,14 @@ def _workload(label: str, reps: list[Report], repeats: int) -> list[dict[str, An
             "bluetooth_data_tools.parse_advertisement_data_bytes (LRU cache, parse only)"),
         row("ble_pipeline_adverts", "ours_adverts", "bdt_cached",
             "bluetooth_data_tools.parse_advertisement_data_bytes (LRU cache, parse only)"),
+        row("ble_daemon_path", "ours_daemon", "bdt_cached",
+            "bluetooth_data_tools.parse_advertisement_data_bytes (LRU cache, parse only)"),
         row("ble_parse_uncached", "ours_uncached", "bdt_uncached",
             "bluetooth_data_tools parse, uncached (__wrapped__)"),
     ]
 
 
 def _replay_file(reps: list[Report], repeats: int) -> dict[str, Any]:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "crowd.btsnoop"
         write_btsnoop(path, ((ts, build_legacy_event(0, a, 1, d[:31], r))

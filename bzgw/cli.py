@@ -7,10 +7,12 @@ stderr with exit status 1.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -76,23 +78,34 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK ({', '.join(sections) or 'defaults only'})")
 
 
-def _register() -> None:
-    # Imported here so `bzgw --help` stays fast and a broken optional stage cannot break others.
-    from bzgw.commands.ble import ble_group
-    from bzgw.commands.gateway import bench, demo, enroll, outbox_group, run
-    from bzgw.commands.matcher import (
-        audit_group,
-        custodian_group,
-        ids_group,
-        match,
-        matcher_group,
-    )
-    from bzgw.commands.mqtt import broker_group
-    from bzgw.commands.qr import qr_group
+class _LazyCommands(dict[str, Any]):
+    """Subcommands imported on first use, so ``bzgw run`` never loads what only the matcher,
+    the demo or enrolment need (numpy, X.509, PostgreSQL drivers): less memory on the Pi."""
 
-    for cmd in (demo, run, bench, enroll, outbox_group, ble_group, qr_group, ids_group, match,
-                matcher_group, audit_group, custodian_group, broker_group):
-        cli.add_command(cmd)
+    def __getitem__(self, name: str) -> Any:
+        cmd = super().__getitem__(name)
+        if isinstance(cmd, str):
+            module, attr = cmd.split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            super().__setitem__(name, cmd)
+        return cmd
+
+    def get(self, name: str, default: Any = None) -> Any:
+        # dict.get would hand out the unimported "module:attr" string
+        return self[name] if name in self else default  # noqa: SIM401
+
+
+def _register() -> None:
+    # Imported on use so `bzgw --help` stays fast and a broken optional stage cannot break others.
+    lazy = _LazyCommands(cli.commands)
+    gw, m = "bzgw.commands.gateway", "bzgw.commands.matcher"
+    lazy.update({"demo": f"{gw}:demo", "run": f"{gw}:run", "bench": f"{gw}:bench",
+                 "enroll": f"{gw}:enroll", "outbox": f"{gw}:outbox_group",
+                 "ble": "bzgw.commands.ble:ble_group", "qr": "bzgw.commands.qr:qr_group",
+                 "ids": f"{m}:ids_group", "match": f"{m}:match", "matcher": f"{m}:matcher_group",
+                 "audit": f"{m}:audit_group", "custodian": f"{m}:custodian_group",
+                 "broker": "bzgw.commands.mqtt:broker_group"})
+    cli.commands = lazy
 
 
 _register()

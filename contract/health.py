@@ -267,6 +267,16 @@ class DroppedDoc(_Part):
     lost_records: Int
     feedback_events: Int
     phones_untracked: Int
+    # added later: absent from older gateways' documents
+    adverts: Int = 0  # source-queue overflow
+    malformed_reports: Int = 0
+    rejected_batches: Int = 0
+    checkins_not_saved: Int = 0
+
+
+class LoopDoc(_Part):
+    lag_p99_ms: OptNum
+    lag_max_ms: OptNum
 
 
 class PhonesDoc(_Part):
@@ -304,6 +314,7 @@ class HealthDoc(_Part):
     dropped: DroppedDoc
     phones: PhonesDoc | None
     state: StateDoc
+    loop: LoopDoc | None = None  # the daemon's event-loop lag (absent from older gateways)
 
 
 def _problem(err: Mapping[str, Any]) -> str:

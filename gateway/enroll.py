@@ -327,7 +327,7 @@ def install_certificate(paths: EnrollPaths, cert_file: Path, ca_file: Path, *,
     return written
 
 
-# --- command-line front ends (options live in gateway/commands.py) ---------------------------
+# --- command-line front ends (options live in bzgw/commands/gateway.py) ---------------------------
 
 def run_device_enroll(*, config: Path | None, state_dir: Path | None, identity: str | None,
                       csr_out: Path | None, no_signing_key: bool, install_cert: Path | None,

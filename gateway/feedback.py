@@ -3,8 +3,10 @@
 Four things staff need to tell apart without reading a screen: a check-in was **accepted**
 (one long light, one beep), the code was **already checked in** (two short blinks and beeps),
 the code was **unreadable** or refused (three fast blinks, one long buzz), and the **camera
-fault** (slow blinking until the camera is back). The pins are driven through gpiozero; where
-no GPIO exists (a laptop, CI, a container) feedback quietly becomes events only.
+fault** (slow blinking until the camera is back). A check-in the gateway could not store
+(outbox full) is **not saved** (six fast blinks, two long buzzes), never "accepted". The
+pins are driven through gpiozero; where no GPIO exists (a laptop, CI, a container) feedback
+quietly becomes events only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ PATTERNS: dict[FeedbackState, Pattern] = {
     FeedbackState.UNREADABLE: Pattern(led=(0.1, 0.1, 3), buzzer=(0.4, 0.0, 1)),
     FeedbackState.CAMERA_FAULT: Pattern(led=(0.5, 1.5, None), buzzer=(0.2, 0.2, 3)),
     FeedbackState.CAMERA_OK: Pattern(led=None, buzzer=None),
+    FeedbackState.NOT_SAVED: Pattern(led=(0.1, 0.1, 6), buzzer=(0.4, 0.2, 2)),
 }
 
 

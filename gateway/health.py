@@ -203,7 +203,10 @@ def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: Outbox
                  radio: Component, camera: Component, clock: ClockEpoch, connected: bool,
                  last_sync: float | None, link: LinkWatch | None = None,
                  phones: PhonesNow | None = None, feedback_dropped: int = 0,
-                 disk: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 disk: Mapping[str, Any] | None = None, adverts_dropped: int = 0,
+                 reports_malformed: int = 0,
+                 loop_lag_ms: tuple[float | None, float | None] = (None, None),
+                 ) -> dict[str, Any]:
     """The health document (see :data:`SCHEMA`), including its derived ``state``.
 
     Args:
@@ -223,6 +226,9 @@ def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: Outbox
         phones: the live phone counter.
         feedback_dropped: staff feedback events dropped from the bounded list.
         disk: precomputed disk figures (tests); measured from ``outbox_dir`` otherwise.
+        adverts_dropped: adverts the BLE source's queue overflowed with.
+        reports_malformed: radio reports refused as malformed.
+        loop_lag_ms: the event loop's lag (p99, max) over the last minute, when measured.
     """
     if link is not None:
         link.observe(connected, now, last_sync)
@@ -256,7 +262,11 @@ def build_health(*, gateway_id: str, now: float, uptime_s: float, outbox: Outbox
         "dropped": {"outbox_batches": outbox.dropped_batches,
                     "lost_records": stats.lost_records,
                     "feedback_events": feedback_dropped,
-                    "phones_untracked": phones.untracked if phones else 0},
+                    "phones_untracked": phones.untracked if phones else 0,
+                    "adverts": adverts_dropped, "malformed_reports": reports_malformed,
+                    "rejected_batches": outbox.rejected,
+                    "checkins_not_saved": getattr(stats, "checkins_not_stored", 0)},
+        "loop": {"lag_p99_ms": _finite(loop_lag_ms[0]), "lag_max_ms": _finite(loop_lag_ms[1])},
         "phones": phones.snapshot(now) if phones is not None else None,
     }
     doc["state"] = describe_state(conditions(doc), now)

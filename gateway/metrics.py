@@ -69,6 +69,10 @@ _GAUGES = (
      "radio.last_advert_at"),
     ("bzgw_bluezone_share_ratio", "Share of phones heard now that run Bluezone.",
      "phones.bluezone_share"),
+    ("bzgw_loop_lag_p99_seconds", "99th percentile of the event loop's lag, last minute.",
+     "loop.lag_p99_ms", 1e-3),
+    ("bzgw_loop_lag_max_seconds", "Largest event loop lag in the last minute.",
+     "loop.lag_max_ms", 1e-3),
 )
 _COUNTERS = (
     ("bzgw_adverts", "BLE adverts decoded.", "radio.adverts"),
@@ -84,6 +88,14 @@ _COUNTERS = (
      "dropped.feedback_events"),
     ("bzgw_phones_untracked", "Adverts from devices beyond the live phone table's bound.",
      "dropped.phones_untracked"),
+    ("bzgw_adverts_dropped", "Adverts dropped because the BLE source queue was full.",
+     "dropped.adverts"),
+    ("bzgw_malformed_reports", "Radio reports refused as malformed.",
+     "dropped.malformed_reports"),
+    ("bzgw_rejected_batches", "Batches the matcher rejected (deleted, never resent).",
+     "dropped.rejected_batches"),
+    ("bzgw_checkins_not_saved", "Check-ins staff were told could not be saved.",
+     "dropped.checkins_not_saved"),
 )
 _PHONE_KINDS = ("bluezone", "gaen", "other_phones", "devices")
 
@@ -111,10 +123,10 @@ class _HealthCollector(Collector):
             now = part.get("state") if isinstance(part, Mapping) else None
             yield StateSetMetricFamily(name, f"State of the {path}.",
                                        value={s: s == now for s in sorted(states)})
-        for name, text, path in _GAUGES:
+        for name, text, path, *scale in _GAUGES:
             v = _at(doc, path)
             if v is not None:
-                yield GaugeMetricFamily(name, text, value=v)
+                yield GaugeMetricFamily(name, text, value=v * (scale[0] if scale else 1))
         for name, text, path in _COUNTERS:
             v = _at(doc, path)
             if v is not None:

@@ -32,7 +32,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from core.clock import Clock, SystemClock
+from core.clock import Clock, ClockCorrection, ClockEpoch, SystemClock
 from core.errors import BzgwError, OutboxFullError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,19 @@ def m001_batches(db: Database) -> None:
     db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
     db.conn.executemany("INSERT INTO counters VALUES (?, ?)",
                         [(n, 1 if n == "next_seq" else 0) for n in COUNTERS])
+
+
+@migrations()
+def m002_epochs(db: Database) -> None:
+    """The clock epoch each batch was created in, so retention ages it by the monotonic clock.
+
+    A Pi without an RTC boots with a stale wall clock; a batch's ``created_at`` from then is
+    far in the past once the clock syncs, and ageing by it would drop the batch early. Rows
+    from before this migration have NULL here and are aged by ``created_at`` as before.
+    """
+    db.execute("ALTER TABLE batches ADD COLUMN boot_id TEXT")
+    db.execute("ALTER TABLE batches ADD COLUMN mono REAL")
+    db.execute("ALTER TABLE batches ADD COLUMN synced INTEGER")
 
 
 class OutboxError(BzgwError):
@@ -192,10 +205,17 @@ class Outbox:
                 raise OutboxError(f"{self.path}: {what} failed: {err}") from err
             return out
 
-    def append(self, make: Callable[[int], bytes]) -> int:
+    def append(self, make: Callable[[int], bytes], *, created_at: float | None = None,
+               epoch: ClockEpoch | None = None) -> int:
         """Allocate the next sequence number, seal with ``make(seq)`` and store, atomically.
 
         Batches beyond ``max_bytes`` are dropped oldest first (never the new one), counted.
+
+        Args:
+            make: seals the batch for a sequence number.
+            created_at: the batch's wall time (default: the outbox clock's now).
+            epoch: the clock epoch ``created_at`` was read in (default: the clock's), kept
+                for retention.
 
         Returns:
             The sequence number stored.
@@ -212,8 +232,12 @@ class Outbox:
             top = self._conn.execute("SELECT MAX(seq) FROM batches").fetchone()[0]
             seq = max(seq, (top or 0) + 1)
             data = bytes(make(seq))
-            self._conn.execute("INSERT INTO batches (seq, created_at, size, data) "
-                               "VALUES (?, ?, ?, ?)", (seq, self.clock.now(), len(data), data))
+            ep = epoch if epoch is not None else self.clock.epoch()
+            at = created_at if created_at is not None else self.clock.now()
+            self._conn.execute(
+                "INSERT INTO batches (seq, created_at, size, data, boot_id, mono, synced) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, at, len(data), data, ep.boot_id, ep.mono(at), int(ep.synced)))
             self._conn.execute("UPDATE counters SET value = ? WHERE name = 'next_seq'",
                                (seq + 1,))
             n, freed = self._evict_over_budget(seq)
@@ -282,16 +306,37 @@ class Outbox:
             log.error("%s", err)
             return 0
 
-    def enforce_retention(self, now: float | None = None) -> int:
-        """Drop batches older than ``max_age_s`` (counted). Returns how many."""
-        cutoff = (self.clock.now() if now is None else now) - self.max_age_s
+    def enforce_retention(self, now: float | None = None,
+                          epoch: ClockEpoch | None = None) -> int:
+        """Drop batches older than ``max_age_s`` (counted). Returns how many.
+
+        Ages come from the clock epochs, never from a stale wall clock: a batch of this boot
+        is aged by the monotonic clock (exact whatever the wall clock did since); one of an
+        earlier boot by its ``created_at`` when that clock was synchronised; one of an earlier
+        boot whose clock was not is at least as old as this boot's uptime and is dropped only
+        when that exceeds the retention (a wall time read from a stale clock lags, so trusting
+        it would drop early).
+
+        Args:
+            now: wall time (default: the clock's now).
+            epoch: the epoch ``now`` is in (default: the clock's).
+        """
+        t = self.clock.now() if now is None else now
+        ep = self.clock.epoch() if epoch is None else epoch
+        max_age = self.max_age_s
+        where = ("(boot_id = :boot AND mono < :mono_cutoff)"
+                 " OR (boot_id IS NULL AND created_at < :cutoff)"
+                 " OR (boot_id != :boot AND synced = 1 AND created_at < :cutoff)"
+                 " OR (boot_id != :boot AND synced = 0 AND :uptime > :max_age)")
+        args = {"boot": ep.boot_id, "mono_cutoff": ep.mono(t) - max_age,
+                "cutoff": t - max_age, "uptime": ep.mono(t), "max_age": max_age}
 
         def tx() -> tuple[int, int]:
             n, size = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE created_at < ?",
-                (cutoff,)).fetchone()
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE {where}",
+                args).fetchone()
             if n:
-                self._conn.execute("DELETE FROM batches WHERE created_at < ?", (cutoff,))
+                self._conn.execute(f"DELETE FROM batches WHERE {where}", args)
                 self._bump("dropped_batches", n)
                 self._bump("dropped_bytes", size)
             return int(n), int(size)
@@ -301,6 +346,24 @@ class Outbox:
             log.warning("retention: dropped %d batches (%d bytes) older than %.0f days", n,
                         size, self.max_age_s / 86400)
         return n
+
+    def retime(self, correction: ClockCorrection) -> int:
+        """Move ``created_at`` of this boot's batches sealed in a corrected epoch.
+
+        Only the outbox's own bookkeeping changes (the sealed bytes carry the epoch, and the
+        correction travels to the matcher in the next batch): the oldest-batch age on the
+        health topic then tells the truth. Returns the rows changed.
+        """
+        shift = correction.new_offset - correction.old_offset
+
+        def tx() -> int:
+            cur = self._conn.execute(
+                "UPDATE batches SET created_at = created_at + ? WHERE boot_id = ? "
+                "AND synced = 0 AND abs(created_at - mono - ?) < 0.001",
+                (shift, correction.boot_id, correction.old_offset))
+            return max(cur.rowcount, 0)
+
+        return int(self._write("retime", tx))
 
     # -------------------------------------------------------------- reads
 

@@ -4,11 +4,19 @@ Synchronous and free of I/O other than the outbox insert, so the daemon (live so
 demo and replay (capture timestamps as the clock) all drive the very same code. Nothing
 readable leaves this object except sealed bytes: sightings wait in the aggregator's memory
 until their ID slot ends, check-ins are sealed the moment they are accepted.
+
+With ``background=True`` (the daemon) sealing (zstd, HPKE, Ed25519) and the fsync'd outbox
+commit run in one worker thread, in submission order, so the event loop that receives adverts
+never waits for them; the batch's clock epoch and created-at are taken on the caller's thread
+when it is cut, so the result is the same as sealing inline.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ble.aggregator import WindowAggregator
@@ -17,13 +25,17 @@ from contract.batch import Batch, ClockCorrection
 from contract.custody import IdentityKeyError, IdentitySealer
 from contract.records import CheckIn
 from contract.sealing import Sealer
-from core.clock import Clock
-from core.errors import OutboxFullError
+from core.clock import Clock, ClockEpoch
+from core.errors import BzgwError, OutboxFullError
 from gateway.clock import TrackedClock
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, OutboxError
 from qr.records import ScannedCheckIn
 
 log = logging.getLogger(__name__)
+
+
+class NotStoredError(BzgwError):
+    """A record could not be stored (outbox full or failing); it was counted as lost."""
 
 
 @dataclass
@@ -36,6 +48,7 @@ class PipelineStats:
     sightings_sealed: int = 0
     lost_records: int = 0  # records that could not be stored (outbox full), counted not hidden
     identity_unsealed: int = 0  # check-ins refused: no identity key for their day
+    checkins_not_stored: int = 0  # check-ins staff were told could not be saved
     last_advert_at: float | None = None
     last_batch_at: float | None = None
     outbox_full: bool = False
@@ -53,11 +66,13 @@ class CapturePipeline:
         outbox: the sealed-batch store.
         clock: the time every stage uses (system clock live, capture clock in replay).
         flush_interval_s: how often finished sightings and counts are sealed.
+        background: seal and commit in a worker thread (see the module docstring).
     """
 
     def __init__(self, *, aggregator: WindowAggregator, sealer: Sealer, outbox: Outbox,
                  clock: Clock, flush_interval_s: float = 60.0,
-                 identities: IdentitySealer | None = None) -> None:
+                 identities: IdentitySealer | None = None,
+                 background: bool = False) -> None:
         self.aggregator = aggregator
         self.identities = identities
         self.sealer = sealer
@@ -67,6 +82,10 @@ class CapturePipeline:
         self.stats = PipelineStats()
         self._next_flush: float | None = None
         self._corrections: list[ClockCorrection] = []
+        self._worker = (ThreadPoolExecutor(1, thread_name_prefix="bzgw-seal")
+                        if background else None)
+        self._inflight: deque[Future[int | None]] = deque()
+        self._stats_lock = threading.Lock()  # stats move on the worker and the loop alike
 
     def on_advert(self, adv: Advert) -> None:
         """Feed one decoded advert; flushes when the interval has passed."""
@@ -76,27 +95,40 @@ class CapturePipeline:
         self.aggregator.add(adv, self.clock.epoch())
         self.tick(adv.ts)
 
-    def on_checkin(self, scan: ScannedCheckIn) -> int | None:
+    def on_checkin(self, scan: ScannedCheckIn) -> int:
         """Seal an accepted check-in at once; returns its batch sequence number.
 
         The identity is sealed for the custodians and blind-tagged first, in memory; the batch
-        then seals the rest for the matcher. ``None`` when it could not be stored: no
-        identity key for its day (counted in ``identity_unsealed``) or a full outbox.
+        then seals the rest for the matcher. Blocks until the check-in is committed (with
+        ``background``, call it off the event loop: the QR stage does), so staff are told the
+        truth.
+
+        Raises:
+            NotStoredError: no identity key for its day (counted in ``identity_unsealed``) or
+                the outbox could not take it (``lost_records``, ``checkins_not_stored``);
+                staff must be told it was not saved.
         """
-        self.stats.checkins += 1
-        if self.identities is None:
-            self.stats.identity_unsealed += 1
-            log.error("check-in refused: no identity keys configured (sealing.identity_keys)")
-            return None
         try:
+            if self.identities is None:
+                raise IdentityKeyError("no identity keys configured (sealing.identity_keys)")
             sealed = self.identities.seal(scan.ts, scan.subject, scan.fields)
         except IdentityKeyError as err:
-            self.stats.identity_unsealed += 1
+            with self._stats_lock:
+                self.stats.identity_unsealed += 1
+                self.stats.checkins_not_stored += 1
             log.error("check-in refused: %s", err)
-            return None
+            raise NotStoredError(f"the check-in could not be sealed: {err}") from err
         checkin = CheckIn(ts=scan.ts, clock=scan.clock, kind=scan.kind, masked=scan.masked,
                           key_day=sealed.key_day, tags=sealed.tags, sealed=sealed.sealed)
-        return self._store(Batch(checkins=[checkin]))
+        # not tracked in the in-flight list: that list belongs to the loop's thread
+        seq = self._submit(Batch(checkins=[checkin]), track=False).result()
+        if seq is None:
+            with self._stats_lock:
+                self.stats.checkins_not_stored += 1
+            raise NotStoredError("the outbox could not store the check-in")
+        with self._stats_lock:
+            self.stats.checkins += 1
+        return seq
 
     def poll_clock(self) -> bool:
         """Let a :class:`TrackedClock` look at the system clock; ``True`` on a new epoch.
@@ -111,7 +143,17 @@ class CapturePipeline:
             self.flush(final=True)
         for c in self.clock.take_corrections():
             self.add_correction(c)
+            if self._worker is not None:
+                self._worker.submit(self._retime, c)
+            else:
+                self._retime(c)
         return changed
+
+    def _retime(self, correction: ClockCorrection) -> None:
+        try:
+            self.outbox.retime(correction)
+        except OutboxError as err:  # bookkeeping only: the correction itself still goes out
+            log.warning("%s", err)
 
     def add_correction(self, correction: ClockCorrection) -> None:
         """Queue a clock correction to go out with the next batch."""
@@ -133,24 +175,59 @@ class CapturePipeline:
         if not len(batch):
             return None
         self._corrections = []
-        seq = self._store(batch)
-        if seq is not None:
-            self.stats.sightings_sealed += len(sightings)
-        return seq
+        fut = self._submit(batch)
+        if self._worker is not None:
+            return None  # sealed later, in order; see drain()
+        return fut.result()
 
-    def _store(self, batch: Batch) -> int | None:
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every batch cut so far is sealed and committed."""
+        for fut in list(self._inflight):
+            fut.result(timeout)
+        self.queued  # noqa: B018 - forgets the finished futures
+
+    def close(self) -> None:
+        """Seal what is queued and stop the worker (safe to call twice)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+        self._inflight.clear()
+
+    @property
+    def queued(self) -> int:
+        """Batches cut but not yet committed."""
+        while self._inflight and self._inflight[0].done():
+            self._inflight.popleft()
+        return len(self._inflight)
+
+    def _submit(self, batch: Batch, *, track: bool = True) -> Future[int | None]:
+        # The epoch and created-at are read here, on the thread that cut the batch.
         epoch = self.clock.epoch()
         created = self.clock.now()
+        if self._worker is None:
+            fut: Future[int | None] = Future()
+            fut.set_result(self._store(batch, created, epoch))
+            return fut
+        fut = self._worker.submit(self._store, batch, created, epoch)
+        if track:
+            self.queued  # noqa: B018 - drops finished futures so the deque stays short
+            self._inflight.append(fut)
+        return fut
+
+    def _store(self, batch: Batch, created: float, epoch: ClockEpoch) -> int | None:
         try:
             seq = self.outbox.append(
-                lambda s: self.sealer.seal(batch, seq=s, created_at=created, clock=epoch))
-        except OutboxFullError as err:
+                lambda s: self.sealer.seal(batch, seq=s, created_at=created, clock=epoch),
+                created_at=created, epoch=epoch)
+        except (OutboxFullError, OutboxError) as err:
             # Degrade, never crash: the records are counted as lost and the health flag set.
-            self.stats.outbox_full = True
-            self.stats.lost_records += len(batch)
-            log.error("outbox full, %d records lost: %s", len(batch), err)
+            with self._stats_lock:
+                self.stats.outbox_full = isinstance(err, OutboxFullError)
+                self.stats.lost_records += len(batch)
+            log.error("outbox could not store %d records (lost): %s", len(batch), err)
             return None
-        self.stats.outbox_full = False
-        self.stats.batches += 1
-        self.stats.last_batch_at = created
+        with self._stats_lock:
+            self.stats.outbox_full = False
+            self.stats.batches += 1
+            self.stats.sightings_sealed += len(batch.sightings)
+            self.stats.last_batch_at = created
         return seq

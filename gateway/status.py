@@ -40,6 +40,7 @@ CHECKIN_MARKS: dict[str, tuple[str, str, str]] = {
     "accepted": ("Đã ghi nhận", "Accepted", "ok"),
     "already checked in": ("Đã quét rồi", "Already checked in", "again"),
     "unreadable": ("Không đọc được", "Unreadable", "no"),
+    "not saved": ("Chưa lưu được, quét lại", "Not saved, scan again", "no"),
 }
 RECENT_N = 8
 
@@ -71,6 +72,21 @@ def checkin_rows(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# What the "dropped" figure adds up, with its short label; status.js mirrors it.
+DROPPED_PARTS = (("adverts", "quảng bá / adverts"), ("lost_records", "bản ghi / records"),
+                 ("checkins_not_saved", "lượt quét / check-ins"),
+                 ("outbox_batches", "lô / batches"))
+
+
+def dropped_view(dropped: Mapping[str, Any]) -> dict[str, str]:
+    """The dropped figure: a total (0 is the only good value) and its non-zero parts."""
+    parts = [(int(dropped.get(k) or 0), label) for k, label in DROPPED_PARTS]
+    total = sum(n for n, _ in parts)
+    return {"dropped": str(total), "dropped_class": "bad" if total else "",
+            "dropped_detail": html.escape(" · ".join(f"{n} {label}" for n, label in parts
+                                                     if n))}
+
+
 def view(doc: Mapping[str, Any], checkins: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Template values (already HTML-escaped) for a health document; ``status.js`` mirrors it."""
     esc = html.escape
@@ -100,6 +116,7 @@ def view(doc: Mapping[str, Any], checkins: Sequence[Mapping[str, Any]]) -> dict[
         "outbox_value": (f"{min(float(outbox['fill']), 1.0):.4f}"
                          if isinstance(outbox.get("fill"), int | float) else "0"),
         "last_sync": _clock(last_sync) if isinstance(last_sync, int | float) else "chưa / never",
+        **dropped_view(doc.get("dropped") or {}),
         "checkins": "".join(rows), "updated": _clock(float(doc["ts"]), seconds=True),
         "gateway": esc(str(doc.get("gateway", ""))),
     }

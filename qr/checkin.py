@@ -45,7 +45,7 @@ class CheckInEvent:
 
     Attributes:
         ts: frame time.
-        state: ``accepted``, ``already checked in`` or ``unreadable``.
+        state: ``accepted``, ``already checked in``, ``unreadable`` or ``not saved``.
         kind: what the code was, when known.
         masked: masked identity (empty for refused codes).
         reason: why a code was refused.
@@ -71,6 +71,7 @@ class CheckInStats:
     rejected: int = 0
     undecodable: int = 0
     evicted: int = 0  # cooldown entries dropped early to stay bounded
+    not_saved: int = 0  # accepted codes the sink could not store (staff told "not saved")
     by_kind: dict[str, int] = field(default_factory=dict)
     decode_ms_total: float = 0.0
 
@@ -238,11 +239,15 @@ class CheckInPipeline:
                                            signalled=fresh or again))
         try:
             self.sink(got)
-        except Exception:
-            # The check-in was not taken: forget it so the next frame retries it, and let the
-            # caller see the error (a silent loss would be worse).
+        except Exception as err:  # noqa: BLE001 - any failure to take it must reach staff
+            # The check-in was not taken: forget it so the next frame retries it, and tell
+            # staff at once that it was NOT saved (never "accepted"; a silent loss is worse).
             self.cooldown.forget(code.raw)
-            raise
+            self.stats.not_saved += 1
+            log.error("check-in not saved (%s): %s", got.kind.value, err)
+            return self._tell(CheckInEvent(ts=ts, state=FeedbackState.NOT_SAVED,
+                                           kind=got.kind, masked=got.masked,
+                                           reason="not saved: " + str(err)[:80]))
         self.stats.accepted += 1
         self.stats.by_kind[got.kind.value] = self.stats.by_kind.get(got.kind.value, 0) + 1
         log.info("check-in accepted (%s): %s", got.kind.value, got.masked)
@@ -257,8 +262,8 @@ class CheckInPipeline:
     async def run(self, frames: Any, clock: Clock) -> None:
         """Consume a frame source until it ends; decoding runs in a worker thread.
 
-        The sink and feedback run on the event loop's thread, so a sink may use objects
-        bound to it (an SQLite connection).
+        The sink and feedback run in a worker thread, one frame at a time, so a sink may block
+        until its check-in is stored and must be thread-safe.
 
         Args:
             frames: a :class:`~qr.sources.FrameSource` (or any async iterable of frames
@@ -271,8 +276,9 @@ class CheckInPipeline:
         stream = aiter(frames)
         try:
             async for frame in stream:
-                result = await asyncio.to_thread(self.decoder.decode, frame.image)
-                self.handle(result, frame.ts, clock)
+                # Decoding and the sink (which seals and commits a check-in) both run in a
+                # worker thread: neither may stall the loop that receives BLE adverts.
+                await asyncio.to_thread(self.process_frame, frame.image, frame.ts, clock)
         finally:
             # Leaving the loop by an exception does not close an async generator: close it
             # now so the camera is released at once, not whenever it is collected.

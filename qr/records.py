@@ -23,6 +23,7 @@ class FeedbackState(StrEnum):
     UNREADABLE = "unreadable"
     CAMERA_FAULT = "camera fault"
     CAMERA_OK = "camera ok"
+    NOT_SAVED = "not saved"  # read and valid, but the gateway could not store it: show again
 
 
 @dataclass(frozen=True, slots=True)

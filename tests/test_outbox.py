@@ -149,7 +149,7 @@ def test_only_sealed_bytes_reach_the_disk(tmp_path: Path) -> None:
     with make_outbox(path) as ob:
         ob.append(lambda seq: s.seal(batch, seq=seq, created_at=1.0, clock=FakeClock().epoch()))
         cols = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(batches)")]
-        assert cols == ["seq", "created_at", "size", "data"]
+        assert cols == ["seq", "created_at", "size", "data", "boot_id", "mono", "synced"]
         on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
         assert not any(x.ident in on_disk for x in batch.sightings)
         data = ob.pending(1)[0].data  # the ciphertext itself is there (split over pages)

@@ -169,10 +169,14 @@ def test_a_failing_sink_loses_nothing() -> None:
             raise OSError("outbox busy")
 
     h.p.sink = flaky
-    with pytest.raises(OSError, match="outbox busy"):
-        h.at(0, frame(CCCD))
+    events = h.at(0, frame(CCCD))
+    # staff hear "not saved", never "accepted", for a check-in the sink could not take
+    assert [e.state.value for e in events] == ["not saved"]
+    assert h.told() == ["not saved"] and h.p.stats.not_saved == 1
+    assert "outbox busy" in events[0].reason and h.p.stats.accepted == 0
     h.at(0.1, frame(CCCD))  # the next frame retries: the code was not remembered
     assert len(calls) == 2 and h.p.stats.accepted == 1
+    assert h.told() == ["not saved", "accepted"]
 
 
 def test_no_unmasked_identity_reaches_logs_or_events(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,7 +5,10 @@
   var DISK_WARN = 0.8, DISK_FULL = 0.95;
   var MARKS = {"accepted": ["Đã ghi nhận", "Accepted", "ok"],
                "already checked in": ["Đã quét rồi", "Already checked in", "again"],
-               "unreadable": ["Không đọc được", "Unreadable", "no"]};
+               "unreadable": ["Không đọc được", "Unreadable", "no"],
+               "not saved": ["Chưa lưu được, quét lại", "Not saved, scan again", "no"]};
+  var DROPPED = [["adverts", "quảng bá / adverts"], ["lost_records", "bản ghi / records"],
+                 ["checkins_not_saved", "lượt quét / check-ins"], ["outbox_batches", "lô / batches"]];
   var refreshMs = Math.max(Number(document.body.dataset.refresh) || 5, 0.1) * 1000;
   var refreshed = 0;
 
@@ -40,6 +43,15 @@
     text("outbox-fill", "lô / batches · " + pct(h.outbox.fill) + " đầy / full");
     meter("outbox-bar", h.outbox.fill);
     text("last-sync", h.link.last_sync ? clock(h.link.last_sync) : "chưa / never");
+    var d = h.dropped || {}, total = 0, parts = [];
+    DROPPED.forEach(function (p) {
+      var n = Number(d[p[0]]) || 0;
+      total += n;
+      if (n) { parts.push(n + " " + p[1]); }
+    });
+    var dropped = el("dropped");
+    if (dropped) { dropped.textContent = String(total); dropped.className = "v" + (total ? " bad" : ""); }
+    text("dropped-detail", parts.join(" · "));
     var list = el("checkins");
     list.replaceChildren.apply(list, checkins.map(function (c) {
       var mark = MARKS[c.state] || [c.state, c.state, ""];
