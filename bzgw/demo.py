@@ -4,7 +4,10 @@ A simulated crowd at two venues (or a real capture) and a few QR check-ins go th
 code as a deployed gateway: decode → per-ID window sightings → sealed batches → SQLite outbox →
 a Mosquitto started here (TLS, client certificates, generated ACLs) → the matcher (verify,
 store in SQLite, ack) → an F0 built from one simulated phone's Bluezone daily key → exposure
-report (JSON, CSV, HTML). Every process started is stopped at the end, also on Ctrl-C.
+report with co-present check-ins masked (identities are sealed for three custodians) → two of
+the three custodians approve the opening request → the report with the co-present identities
+of the approved windows. The matcher's audit log is left in ``state/matcher/audit.log``. Every
+process started is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ble.aggregator import WindowAggregator
 from ble.config import ProximityThresholds
 from ble.records import Advert
 from bzgw.lab import Lab, make_lab
+from contract.custody import IdentitySealer, day_of
 from contract.registry import GatewayEntry
 from contract.sealing import Sealer, generate_matcher_keypair, save_matcher_keypair
 from core.clock import ReplayClock
@@ -35,6 +39,8 @@ from gateway.pipeline import CapturePipeline
 
 DAY = 86400
 DEMO_MARKER = ".bzgw-demo"
+CUSTODIANS = ("health-office", "police", "peoples-committee")
+CUSTODY_DAYS = 30  # days of identity keys the demo makes, from the day before its timeline
 VENUES = [
     {"id": "gw-hn-0001", "province": "hn", "district": "hoan-kiem", "venue": "cho-dong-xuan",
      "venue_name": "Chợ Đồng Xuân"},
@@ -87,8 +93,13 @@ def _utc_midnight(t: float) -> int:
     return int(t) // DAY * DAY
 
 
-def _make_site(lab: Lab, gid: str, state: Path, matcher_pub: bytes, start: float) -> Site:
+def _make_site(lab: Lab, gid: str, state: Path, matcher_pub: bytes, start: float,
+               custody: Path) -> Site:
     lg = lab.gateways[gid]
+    (state / gid).mkdir(parents=True, exist_ok=True)
+    blind = state / gid / "blind.key"
+    shutil.copy2(custody / "blind.key", blind)  # each gateway moves its own copy forward
+    identities = IdentitySealer.from_files(custody / "identity-keys.json", blind)
     clock = ReplayClock(start)
     outbox = Outbox(state / gid / "outbox.db", max_bytes=64 * 1024 * 1024,
                     max_age_s=21 * DAY, clock=clock)
@@ -96,7 +107,7 @@ def _make_site(lab: Lab, gid: str, state: Path, matcher_pub: bytes, start: float
     agg = WindowAggregator(ProximityThresholds(near_dbm=-68, medium_dbm=-80, calibrated=True),
                            max_ids=20000, count_window_s=900)
     pipe = CapturePipeline(aggregator=agg, sealer=sealer, outbox=outbox, clock=clock,
-                           flush_interval_s=300)
+                           flush_interval_s=300, identities=identities)
     return Site(lg.entry, outbox, pipe, clock)
 
 
@@ -232,27 +243,34 @@ def _capture_start(capture: Path) -> float:
 
 async def _demo(out: Path, state: Path, *, capture: Path | None, qr_dir: Path | None,
                 f0: Path | None, seed: int) -> None:
+    from core.keyfile import write_private
+    from matcher.audit import AuditLog
+    from matcher.casework import run_query
+    from matcher.custody import approve, init_custody, load_share_file, save_request
     from matcher.f0 import Signer, key_id, load_f0, sign_f0
-    from matcher.match import match_f0
     from matcher.report import write_reports
     from matcher.store import open_store
     from qr.samples import make_sample_images
 
-    p = Progress(5)
-    p.step("Keys and a local broker: CA, broker, 2 gateways, matcher, health authority")
+    p = Progress(6)
+    p.step("Keys and a local broker: CA, broker, 2 gateways, matcher, health authority, "
+           f"{len(CUSTODIANS)} custodians")
     private, public = generate_matcher_keypair()
     save_matcher_keypair(private, public, state / "matcher" / "matcher.key",
                          state / "matcher" / "matcher.pub")
     authority = Ed25519PrivateKey.generate()
+    day0 = _utc_midnight(time.time()) - DAY  # yesterday, UTC
+    start, end = float(day0 + 8 * 3600), float(day0 + 11 * 3600)
+    if capture is not None:  # a capture of any date: its own timeline
+        start = _capture_start(capture)
+    custody = init_custody(list(CUSTODIANS), 2, state / "custodians",
+                           first_day=day_of(start) - 1, days=CUSTODY_DAYS)
     with make_lab(state / "site", VENUES, matchers=("matcher",)) as lab:
-        p.done(f"Mosquitto on 127.0.0.1:{lab.broker.port} with TLS client certificates and ACLs")
-
-        day0 = _utc_midnight(time.time()) - DAY  # yesterday, UTC
-        start, end = float(day0 + 8 * 3600), float(day0 + 11 * 3600)
-        if capture is not None:  # a capture of any date: its own timeline
-            start = _capture_start(capture)
+        p.done(f"Mosquitto on 127.0.0.1:{lab.broker.port} with TLS client certificates and "
+               f"ACLs; identities sealed for 2 of {len(CUSTODIANS)} custodians")
         a, b = VENUES[0]["venue"], VENUES[1]["venue"]
-        sites = [_make_site(lab, v["id"], state, public, start) for v in VENUES]
+        sites = [_make_site(lab, v["id"], state, public, start, state / "custodians")
+                 for v in VENUES]
         f0_file = state / "f0.json"
         if capture is None:
             from ble.simulator import Crowd, Visit
@@ -302,15 +320,36 @@ async def _demo(out: Path, state: Path, *, capture: Path | None, qr_dir: Path | 
         await _sync_all(lab, sites, store, private)
         p.done("every batch acknowledged by the matcher and removed from the outboxes")
 
-    p.step("F0 (signed by the health authority) and exposure report")
+    p.step("F0 (signed by the health authority) and exposure report, identities sealed")
     signed = sign_f0(f0_file, authority, case="F0-demo", out=state / "f0.signed.json")
     pub = authority.public_key()
     case_f0 = load_f0(signed, [Signer(key_id(pub), pub, "demo health authority")])
-    result = match_f0(store, case_f0)
-    files = write_reports(result, out)
+    audit = AuditLog.open(state / "matcher" / "audit.log", state / "matcher" / "audit.key")
+    first = run_query(store, signed, case_f0, audit=audit, actor="demo-officer")
+    sealed_files = write_reports(first.result, out / "sealed-report")
+    p.done(f"{case_f0.n_ids:,} F0 IDs derived and matched; "
+           f"{first.result.sealed_checkins} co-present check-in(s) masked")
+
+    p.step(f"Custodians approve the opening ({CUSTODIANS[0]}, {CUSTODIANS[1]}: 2 of "
+           f"{len(CUSTODIANS)})")
+    opened = first
+    if first.new_request is not None:
+        request = first.new_request
+        save_request(request, out / "sealed-report" / "opening-request.json")
+        approvals = []
+        for name in CUSTODIANS[:2]:
+            doc = approve(request, load_share_file(custody.custodians[name]))
+            write_private(state / "custodians" / f"approval-{name}.json",
+                          json.dumps(doc).encode())
+            approvals.append(doc)
+        opened = run_query(store, signed, case_f0, audit=audit, actor="demo-officer",
+                           keys=custody.keys, request=request, approvals=approvals)
+    files = write_reports(opened.result, out)
     store.close()
-    p.done(f"{case_f0.n_ids:,} F0 IDs derived and matched")
-    _summary(result, files, time.monotonic() - p.t0)
+    p.done(f"{opened.result.opened_checkins} identit(ies) opened in the approved windows; "
+           f"audit log {state / 'matcher' / 'audit.log'} ({audit.head.seq} entries)")
+    _summary(opened.result, {**files, "sealed report": sealed_files["html"]},
+             time.monotonic() - p.t0)
 
 
 def _summary(result: Any, files: dict[str, Path], elapsed: float) -> None:
@@ -324,6 +363,9 @@ def _summary(result: Any, files: dict[str, Path], elapsed: float) -> None:
         click.echo(f"  - {w.venue.label}: {local(w.start)} - {local(w.end)} (UTC+7), "
                    f"dwell {w.dwell_s / 60:.0f} min, {w.proximity}, via {'+'.join(w.via)}; "
                    f"{len(w.co_present)} co-present check-in(s), {others} other phone ID(s)")
+        for c in w.co_present:
+            shown = c.masked if not c.opened else f"{c.masked} (opened: see the report)"
+            click.echo(f"      {local(c.ts)} {c.kind}: {shown}")
     click.echo("")
     for kind, path in files.items():
         click.echo(f"{kind.replace('_', ' '):>12}: {path}")

@@ -112,6 +112,47 @@ def matcher_keys(lab: Lab) -> tuple[Path, Path]:
     return priv, pub
 
 
+LAB_CUSTODIANS = ("health-office", "police", "peoples-committee")
+LAB_FIRST_DAY = 18262  # 2020-01-01: the lab's keys cover every date tests and captures use
+LAB_DAYS = 3653
+_custody_cache: dict[str, Path] = {}
+
+
+def custody_files(root: Path) -> Path:
+    """Custodian keys for a lab (2 of 3), under ``root/custody``: ``identity-keys.json``,
+    ``blind.key`` and one file per custodian.
+
+    Generated once per process (ten years of day keys take a moment) and copied into each
+    lab, so every lab's gateways ratchet their own blind key.
+    """
+    import shutil
+    import tempfile
+
+    from matcher.custody import init_custody
+
+    if "dir" not in _custody_cache:
+        src = Path(tempfile.mkdtemp(prefix="bzgw-lab-custody-")) / "custody"
+        init_custody(list(LAB_CUSTODIANS), 2, src, first_day=LAB_FIRST_DAY, days=LAB_DAYS)
+        _custody_cache["dir"] = src
+    dst = root / "custody"
+    if not (dst / "identity-keys.json").exists():
+        shutil.copytree(_custody_cache["dir"], dst, dirs_exist_ok=True)
+    return dst
+
+
+def gateway_identity_files(root: Path, folder: Path) -> tuple[Path, Path]:
+    """``(identity-keys.json, blind.key)`` for one gateway: the public keys, and its own copy
+    of the blind key (each gateway moves its copy forward)."""
+    import shutil
+
+    custody = custody_files(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    blind = folder / "blind.key"
+    if not blind.exists():
+        shutil.copy2(custody / "blind.key", blind)
+    return custody / "identity-keys.json", blind
+
+
 def write_gateway_config(lab: Lab, gid: str, folder: Path, **sections: dict[str, object]
                          ) -> Path:
     """A complete ``bzgw run`` config for lab gateway ``gid`` in ``folder``.
@@ -127,11 +168,13 @@ def write_gateway_config(lab: Lab, gid: str, folder: Path, **sections: dict[str,
     key = folder / "device.key"
     save_signing_key(key, lg.signing_key)
     _, pub = matcher_keys(lab)
+    ik, blind = gateway_identity_files(lab.root, folder)
     m = lg.mqtt
     cfg: dict[str, object] = {
         "gateway": {"id": gid, "province": lg.entry.province, "venue": lg.entry.venue,
                     "district": lg.entry.district, "venue_name": lg.entry.venue_name},
-        "sealing": {"matcher_public_key": str(pub), "device_key": str(key)},
+        "sealing": {"matcher_public_key": str(pub), "device_key": str(key),
+                    "identity_keys": str(ik), "blind_key": str(blind)},
         "outbox": {"path": str(folder / "outbox.db"), "flush_interval_s": 1},
         "mqtt": {"host": m.host, "port": m.port, "ca_file": str(m.ca_file),
                  "cert_file": str(m.cert_file), "key_file": str(m.key_file),

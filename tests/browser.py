@@ -26,9 +26,10 @@ from ble.aggregator import WindowAggregator
 from ble.simulator import Crowd
 from bzgw.config import Config
 from bzgw.config import parse as parse_config
-from bzgw.lab import Lab
+from bzgw.lab import Lab, gateway_identity_files
 from contract import sealing
-from contract.records import AdoptionCount, CheckIn
+from contract.custody import IdentitySealer
+from contract.records import AdoptionCount
 from contract.registry import GatewayEntry, Registry
 from contract.sealing import open_batch
 from core.clock import Clock, ClockEpoch, ClockSource, ReplayClock
@@ -43,6 +44,7 @@ from matcher.report import write_reports
 from matcher.store import Store
 from mqtt import topics
 from qr.recognizers import Recognizer
+from qr.records import ScannedCheckIn
 
 T = TypeVar("T")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -187,13 +189,14 @@ def build_site(tmp: Path, store: Store, *, now: float, hours: float = 6.0) -> Si
             aggregator=WindowAggregator(count_window_s=900),
             sealer=sealing.Sealer(gateway_id=gid, matcher_public_key=pub,
                                   signing_key=keys[gid]),
-            outbox=outbox, clock=clock, flush_interval_s=900)
+            outbox=outbox, clock=clock, flush_interval_s=900,
+            identities=IdentitySealer.from_files(*gateway_identity_files(tmp, tmp / gid)))
         for adv in crowd.adverts(venue, rate_hz=0.1):
             clock.advance(adv.ts)
             pipe.on_advert(adv)
             if gid == "gw-a" and not subject and adv.ts > start + 3600:
                 got = Recognizer().recognize(CCCD, ts=adv.ts, clock=clock.epoch())
-                assert isinstance(got, CheckIn), got
+                assert isinstance(got, ScannedCheckIn), got
                 subject = got.subject
                 pipe.on_checkin(got)
         pipe.flush(final=True)

@@ -30,7 +30,6 @@ from browser import (
 )
 
 from bzgw.lab import Lab
-from contract.records import CheckIn
 from core.clock import ClockEpoch, ClockSource
 from gateway.clock import TrackedClock
 from gateway.daemon import Gateway
@@ -40,7 +39,7 @@ from matcher.dashboard import Dashboard
 from matcher.dashboard_queries import load_exposure_venues
 from matcher.store import open_store
 from qr.recognizers import Recognizer
-from qr.records import FeedbackState
+from qr.records import FeedbackState, ScannedCheckIn
 
 pytestmark = pytest.mark.slow
 VN = timezone(timedelta(hours=7))
@@ -135,7 +134,7 @@ def test_status_page_states_in_chromium(lab: Lab, tmp_path: Path, artifacts: Pat
 def check_in(gateway: Gateway) -> None:
     """What the QR stage does with an accepted code: seal it, tell staff."""
     got = Recognizer().recognize(CCCD, ts=gateway.clock.now(), clock=gateway.clock.epoch())
-    assert isinstance(got, CheckIn), got
+    assert isinstance(got, ScannedCheckIn), got
     gateway.pipeline.on_checkin(got)
     gateway.sync.wake()
     Feedback(enabled=False, events=gateway.feedback_events).signal(FeedbackState.ACCEPTED,

@@ -46,9 +46,10 @@ def sightings(draw: st.DrawFn, clocks: list[ClockEpoch]) -> Sighting:
 def batches(draw: st.DrawFn) -> Batch:
     clocks = draw(st.lists(epochs, min_size=1, max_size=3))
     checkins = st.builds(CheckIn, ts=any_time, clock=st.sampled_from(clocks),
-                         kind=st.sampled_from(list(CheckInKind)), subject=small_text,
-                         masked=small_text, fields=st.dictionaries(small_text, small_text,
-                                                                   max_size=3))
+                         kind=st.sampled_from(list(CheckInKind)), masked=small_text,
+                         key_day=st.integers(0, 2**31), sealed=st.binary(max_size=300),
+                         tags=st.lists(st.binary(min_size=16, max_size=16), max_size=2
+                                       ).map(tuple))
     counts = st.builds(AdoptionCount, window_start=wide_int, window_len=wide_int,
                        bluezone=wide_int, gaen=wide_int, other_phones=wide_int,
                        other_devices=wide_int, overflow=wide_int,
@@ -161,14 +162,20 @@ def _z(obj: object) -> bytes:
 
 
 @pytest.mark.parametrize("doc", [
-    [], {"v": 2}, {"v": 1, "x": 1}, {"v": 1, "e": "no"},
-    {"v": 1, "s": {"n": 10**9}},
-    {"v": 1, "s": {"n": 1, "k": [["bluezone"], [0, 0, b"", None, None]]}},
-    {"v": 1, "e": [["b", 0.0, True, "ntp", 0.0]], "c": [[0.0, 5, "cccd", "s", "m", {}]]},
-    {"v": 1, "e": [["b", 0.0, "yes", "ntp", 0.0]]},
-    {"v": 1, "e": [["b", 0.0, True, "sundial", 0.0]]},
-    {"v": 1, "a": [[1, 2, 3, 4, 5, 6, True, {}]]},
-    {"v": 1, "k": [["b", 1.0, 2.0, 3.0]]},
+    [], {"v": 1}, {"v": 3}, {"v": 2, "x": 1}, {"v": 2, "e": "no"},
+    {"v": 2, "s": {"n": 10**9}},
+    {"v": 2, "s": {"n": 1, "k": [["bluezone"], [0, 0, b"", None, None]]}},
+    {"v": 2, "e": [["b", 0.0, True, "ntp", 0.0]], "c": [[0.0, 5, "cccd", "m", 1, [], b""]]},
+    # a format-1 check-in carried the identity in the clear: refused, not stored
+    {"v": 2, "e": [["b", 0.0, True, "ntp", 0.0]], "c": [[0.0, 0, "cccd", "s", "m", {}]]},
+    {"v": 2, "e": [["b", 0.0, True, "ntp", 0.0]],
+     "c": [[0.0, 0, "cccd", "m", 1, [b"short"], b"x"]]},
+    {"v": 2, "e": [["b", 0.0, True, "ntp", 0.0]],
+     "c": [[0.0, 0, "cccd", "m", 1, [bytes(16)] * 3, b"x"]]},
+    {"v": 2, "e": [["b", 0.0, "yes", "ntp", 0.0]]},
+    {"v": 2, "e": [["b", 0.0, True, "sundial", 0.0]]},
+    {"v": 2, "a": [[1, 2, 3, 4, 5, 6, True, {}]]},
+    {"v": 2, "k": [["b", 1.0, 2.0, 3.0]]},
 ])
 def test_malformed_documents_are_codec_errors(doc: object) -> None:
     with pytest.raises(codec.CodecError):
@@ -178,11 +185,11 @@ def test_malformed_documents_are_codec_errors(doc: object) -> None:
 def test_cbor_tags_are_refused() -> None:
     import datetime as dt
 
-    doc = {"v": 1, "e": [["b", dt.datetime(2021, 7, 1, tzinfo=dt.UTC), True, "ntp", 0.0]]}
+    doc = {"v": 2, "e": [["b", dt.datetime(2021, 7, 1, tzinfo=dt.UTC), True, "ntp", 0.0]]}
     with pytest.raises(codec.CodecError):
         codec.decode(_z(doc))
     with pytest.raises(codec.CodecError):
-        codec.decode(_z({"v": 1, "e": [cbor2.CBORTag(9999, 1)]}))
+        codec.decode(_z({"v": 2, "e": [cbor2.CBORTag(9999, 1)]}))
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:

@@ -6,12 +6,12 @@ import unicodedata
 
 import pytest
 
-from contract.records import CheckIn, CheckInKind
+from contract.records import CheckInKind
 from core.clock import ReplayClock
 from qr.mask import mask_id, mask_name, mask_person
 from qr.payload import DEFAULT_TOKEN_KEY, token_hash
 from qr.recognizers import Recognizer
-from qr.records import DecodedCode, Rejected
+from qr.records import DecodedCode, Rejected, ScannedCheckIn
 
 TS = 1_630_000_000.0
 CCCD = "001099012345|123456789|Nguyễn Văn An|01011999|Nam|Số 1, Phường X, Hà Nội|15082021"
@@ -29,7 +29,7 @@ def classify(rec: Recognizer, payload: str | bytes) -> object:
 def test_cccd_keeps_number_name_and_birth_date_only(rec: Recognizer) -> None:
     clock = ReplayClock(TS)
     got = rec.recognize(CCCD, ts=TS, clock=clock.epoch())
-    assert isinstance(got, CheckIn)
+    assert isinstance(got, ScannedCheckIn)
     assert got.kind is CheckInKind.CCCD
     assert got.subject == "001099012345"
     assert got.fields == {"name": "Nguyễn Văn An", "birth_date": "1999-01-01"}

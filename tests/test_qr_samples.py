@@ -6,11 +6,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from contract.records import CheckIn
 from core.clock import ReplayClock
 from qr.bzgwqr import load_checkin_keys
 from qr.recognizers import Recognizer
-from qr.records import Rejected
+from qr.records import Rejected, ScannedCheckIn
 from qr.samples import (
     CHECKIN_KEY_FILE,
     cccd_payload,
@@ -38,11 +37,11 @@ def test_samples_decode_to_the_people_they_were_made_for(tmp_path: Path) -> None
     got = [r[0] for r in results]
     for i, person in enumerate(PEOPLE):
         c = got[i]
-        assert isinstance(c, CheckIn), c
+        assert isinstance(c, ScannedCheckIn), c
         assert c.fields["name"] == person["name"]
         assert c.subject == cccd_payload(person, index=i).split("|")[0]
     assert got[3].subject == "079185001234"  # type: ignore[union-attr]
-    assert isinstance(got[4], CheckIn) and got[4].kind.value == "bzgw"
+    assert isinstance(got[4], ScannedCheckIn) and got[4].kind.value == "bzgw"
     assert isinstance(got[5], Rejected) and "binary" in got[5].reason
 
 
@@ -55,7 +54,7 @@ def test_same_seed_same_photos(tmp_path: Path) -> None:
 def test_check_in_folder_runs_the_pipeline(tmp_path: Path) -> None:
     make_sample_images(tmp_path, PEOPLE, now=NOW)
     make_sample_images(tmp_path / "again", PEOPLE[:1], seed=99, now=NOW)  # not in the folder
-    sunk: list[CheckIn] = []
+    sunk: list[ScannedCheckIn] = []
     rec = Recognizer(checkin_keys=load_checkin_keys(tmp_path / CHECKIN_KEY_FILE))
     stats = check_in_folder(tmp_path, ReplayClock(NOW), sink=sunk.append, recognizer=rec)
     assert stats.frames == 6 and stats.accepted == 5 and stats.rejected == 1

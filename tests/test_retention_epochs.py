@@ -12,11 +12,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ble.aggregator import WindowAggregator
-from contract.records import CheckIn, CheckInKind
+from bzgw.lab import gateway_identity_files
+from contract.custody import IdentitySealer
+from contract.records import CheckInKind
 from contract.sealing import Sealer, generate_matcher_keypair
 from gateway.clock import TrackedClock
 from gateway.outbox import Outbox
 from gateway.pipeline import CapturePipeline
+from qr.records import ScannedCheckIn
 
 DAY = 86400.0
 TRUE_BOOT = 1_750_000_000.0  # true wall time when the Pi booted
@@ -40,9 +43,9 @@ class Pi:
         self.lag, self.synced = 0.0, True
 
 
-def checkin(clock: TrackedClock, n: int) -> CheckIn:
-    return CheckIn(ts=clock.now(), clock=clock.epoch(), kind=CheckInKind.OPAQUE,
-                   subject=f"token-{n}", masked="to***")
+def checkin(clock: TrackedClock, n: int) -> ScannedCheckIn:
+    return ScannedCheckIn(ts=clock.now(), clock=clock.epoch(), kind=CheckInKind.OPAQUE,
+                          subject=f"token-{n}", masked="to***")
 
 
 def pipeline(path: Path, clock: TrackedClock, *, background: bool) -> CapturePipeline:
@@ -51,7 +54,9 @@ def pipeline(path: Path, clock: TrackedClock, *, background: bool) -> CapturePip
     sealer = Sealer(gateway_id="gw-1", matcher_public_key=pub,
                     signing_key=Ed25519PrivateKey.generate())
     return CapturePipeline(aggregator=WindowAggregator(), sealer=sealer, outbox=outbox,
-                           clock=clock, background=background)
+                           clock=clock, background=background,
+                           identities=IdentitySealer.from_files(
+                               *gateway_identity_files(path.parent, path.parent / "gw")))
 
 
 def test_batches_sealed_before_the_clock_synced_are_not_dropped_early(tmp_path: Path) -> None:

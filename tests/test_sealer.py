@@ -165,7 +165,7 @@ def test_authentic_but_hostile_plaintext(site: Site) -> None:
     bomb = zstandard.ZstdCompressor().compress(bytes(200 * 1024 * 1024))
     assert reason(site.open, _seal_raw(site, codec.pad(bomb))) == "decompression_bomb"
     assert reason(site.open, _seal_raw(site, b"\x00\x00\x10\x00rest")) == "malformed"
-    junk = zstandard.ZstdCompressor().compress(b"\xa1\x61v\x01")  # {"v": 1} is valid...
+    junk = zstandard.ZstdCompressor().compress(b"\xa1\x61v\x02")  # {"v": 2} is valid...
     assert site.open(_seal_raw(site, codec.pad(junk)))[1] == Batch()
     junk = zstandard.ZstdCompressor().compress(b"\xa1\x61v\x05")  # ...{"v": 5} is not
     assert reason(site.open, _seal_raw(site, codec.pad(junk))) == "malformed"

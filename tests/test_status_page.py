@@ -21,14 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from ble.simulator import Crowd
 from bzgw.lab import Lab
 from contract.health import CAMERA_STATES, RADIO_STATES, validate_health
-from contract.records import CheckIn
 from gateway.clock import TrackedClock
 from gateway.daemon import DaemonState, Gateway
 from gateway.feedback import Feedback
 from gateway.metrics import GatewayMetrics
 from gateway.status import StatusPage, checkin_rows
 from qr.recognizers import Recognizer
-from qr.records import FeedbackState
+from qr.records import FeedbackState, ScannedCheckIn
 
 CCCD = "079190001234||Trần Thị Bình|02021990|Nữ|12 Lê Lợi, Quận 1, TP. Hồ Chí Minh|01012022"
 
@@ -55,7 +54,7 @@ def gateway(lab: Lab, tmp_path: Path) -> Iterator[Gateway]:
         gw._on_advert(adv)
     staff = Feedback(enabled=False, events=gw.feedback_events)
     got = Recognizer().recognize(CCCD, ts=time.time(), clock=gw.clock.epoch())
-    assert isinstance(got, CheckIn)
+    assert isinstance(got, ScannedCheckIn)
     gw.pipeline.on_checkin(got)
     staff.signal(FeedbackState.ACCEPTED, got.masked)
     staff.signal(FeedbackState.CAMERA_FAULT, detail="no /dev/video0")

@@ -135,19 +135,13 @@ def match(f0: Path, config: Path, db: str | None, out: Path | None, margin_min: 
         bzgw match --f0 f0.json --config /etc/bzgw/matcher.yaml --out report/
     """
     import getpass
-    import hashlib
     import time
 
-    from matcher.custody import (
-        CustodyError,
-        load_approval,
-        load_request,
-        make_request,
-        open_request,
-        save_request,
-    )
+    from contract.custody import load_identity_keys
+    from matcher.casework import run_query
+    from matcher.custody import load_approval, load_request, save_request
     from matcher.f0 import load_f0
-    from matcher.match import MatchParams, match_f0
+    from matcher.match import MatchParams
     from matcher.report import write_reports
     from matcher.serve import open_audit
     from matcher.store import open_store
@@ -156,51 +150,24 @@ def match(f0: Path, config: Path, db: str | None, out: Path | None, margin_min: 
     assert cfg is not None
     if approval_files and request_file is None:
         raise click.UsageError("--approvals need the --request they approve")
+    if request_file is not None and cfg.identity_keys is None:
+        raise BzgwError(f"{config}: matcher -> identity_keys is needed to open identities")
     audit = open_audit(cfg)
-    actor = getpass.getuser()
-    digest = hashlib.sha256(f0.read_bytes()).hexdigest()
     case = load_f0(f0, cfg.f0_signers, window_days=cfg.retention_days)
-    audit.append("f0_query", actor=actor, f0=digest, format=case.format, signer=case.signer,
-                 ids=case.n_ids, cases=len(case.cases))
-    opening = None
-    if request_file is not None:
-        if cfg.identity_keys is None:
-            raise BzgwError(f"{config}: matcher -> identity_keys is needed to open identities")
-        from contract.custody import load_identity_keys
-        from matcher.audit import entries
-
-        keys = load_identity_keys(cfg.identity_keys)
-        req = load_request(request_file)
-        docs = [load_approval(a) for a in approval_files]
-        for d in docs:
-            audit.append("approval", actor=str(d.get("custodian")), request=req.id)
-        used = [e["data"].get("request") for e in entries(cfg.audit_log)
-                if e.get("event") == "open"]
-        try:
-            if req.f0 != digest:
-                raise CustodyError("the request is for another F0 input")
-            opening = open_request(keys, req, docs, used=used)
-        except CustodyError as err:
-            audit.append("refused_open", actor=actor, request=req.id, reason=str(err))
-            raise
+    keys = load_identity_keys(cfg.identity_keys) if cfg.identity_keys is not None else None
+    req = load_request(request_file) if request_file is not None else None
     with open_store(_db_url(db, cfg)) as store:
-        result = match_f0(store, case, MatchParams(margin_s=margin_min * 60), opening)
-    if opening is not None:
-        audit.append("open", actor=actor, request=opening.request.id,
-                     custodians=opening.custodians, days=opening.request.days,
-                     opened=result.opened_checkins, sealed=result.sealed_checkins)
-        opening.forget()
+        work = run_query(store, f0, case, audit=audit, actor=getpass.getuser(),
+                         params=MatchParams(margin_s=margin_min * 60), keys=keys, request=req,
+                         approvals=[load_approval(a) for a in approval_files])
+    result = work.result
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         base = cfg.reports_dir if cfg.reports_dir else Path(".")
         out = base / f"report-{f0.stem}-{stamp}"
     files = write_reports(result, out)
-    scope = result.opening_scope()
-    if opening is None and (result.sealed_checkins or any(c.needs_approval
-                                                          for c in result.cases)):
-        req_new = make_request(result.cases[0].label if result.cases else f0.stem, f0, scope,
-                               lookup=any(c.needs_approval for c in result.cases))
-        save_request(req_new, out / "opening-request.json")
+    if work.new_request is not None:
+        save_request(work.new_request, out / "opening-request.json")
         files["opening request"] = out / "opening-request.json"
     click.echo(f"{f0.name}: {case.format}, signed by {case.signer}, {case.n_ids:,} IDs"
                + (f", {case.skipped} unusable entries skipped" if case.skipped else ""))
@@ -213,9 +180,10 @@ def match(f0: Path, config: Path, db: str | None, out: Path | None, margin_min: 
                       if c.out_of_window else ""))
         for w in c.windows:
             click.echo(f"  - {w.summary()}")
-    if opening is not None:
+    if result.opening is not None:
         click.echo(f"opened {result.opened_checkins} check-in identit(ies) under request "
-                   f"{opening.request.id[:16]} (approved by {', '.join(opening.custodians)}); "
+                   f"{result.opening['request'][:16]} (approved by "
+                   f"{', '.join(result.opening['custodians'])}); "
                    f"{result.sealed_checkins} outside the approved windows stay sealed")
     elif "opening request" in files:
         click.echo(f"{result.sealed_checkins} co-present check-in(s) sealed: custodians "
