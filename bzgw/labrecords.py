@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract.custody import SealedIdentity, day_of, identity_tags, seal_identity
+from contract.custody import IdentitySealer, SealedIdentity, day_of, identity_tags, seal_identity
 from contract.records import CheckIn, CheckInKind, IdKind, Proximity, Sighting
 from contract.registry import GatewayEntry
 from core.clock import ClockEpoch, ClockSource
@@ -83,7 +83,7 @@ class LabCustody:
                 lookup: bool = True) -> Opening:
         """An approved opening of every day made so far, limited to ``scope``."""
         request = Request(case="lab", f0="0" * 64, scope=scope, lookup=lookup, created=0.0,
-                          expires=float("inf"), nonce="lab")
+                          expires=4e9, nonce="lab")
         return Opening(request=request, custodians=["lab"],
                        identity={d: k for d, (k, _) in self._days.items()},
                        blind={d: b for d, (_, b) in self._days.items()})
@@ -94,9 +94,9 @@ LAB = LabCustody()
 
 def checkin(subject: str, ts: float, *, kind: CheckInKind = CheckInKind.CCCD,
             clock: ClockEpoch = SYNCED, fields: dict[str, str] | None = None,
-            custody: LabCustody = LAB) -> CheckIn:
-    """One check-in, its identity sealed to the lab's day key, masked to the last three
-    characters."""
+            custody: LabCustody | IdentitySealer = LAB) -> CheckIn:
+    """One check-in, its identity sealed to the lab's day key (or by a gateway's
+    :class:`IdentitySealer`), masked to the last three characters."""
     sealed = custody.seal(ts, subject, dict(fields or {}))
     return CheckIn(ts=ts, clock=clock, kind=kind, masked="***" + subject[-3:],
                    key_day=sealed.key_day, tags=sealed.tags, sealed=sealed.sealed)

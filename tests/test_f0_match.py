@@ -12,11 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ble.ids import bluezone_day_ids, en_rpis
-from bzgw.labrecords import Header, checkin, entry, sighting, temp_store
+from bzgw.labrecords import LAB, Header, checkin, entry, sighting, temp_store
 from contract.batch import Batch
 from contract.records import AdoptionCount, Proximity
 from core.clock import ClockEpoch, ClockSource
 from matcher import f0 as f0mod
+from matcher.custody import Window
 from matcher.match import MatchParams, match_f0
 from matcher.store import Store
 
@@ -78,7 +79,12 @@ def test_bluezone_case_windows_tolerance_and_co_presence(store: Store,
     _scene(store, dk, tek)
     doc = {"data": [{"daily_key": dk.hex(), "time_start": T0, "time_end": T0 + 86399,
                      "max": 96}]}
-    result = match_f0(store, _f0(key, "bluezone-infof", doc))
+    f0 = _f0(key, "bluezone-infof", doc)
+    sealed = match_f0(store, f0)  # no approval: who checked in stays sealed
+    assert [(c.masked, c.opened, c.subject) for c in sealed.cases[0].windows[0].co_present] == [
+        ("***" + X[-3:], False, None), ("***" + Y[-3:], False, None)]
+    assert sealed.sealed_checkins == 2 and sealed.opening is None
+    result = match_f0(store, f0, opening=LAB.opening())
     [case] = result.cases
     assert (case.label, case.n_ids, case.hits, case.out_of_window) == ("F0-1", 96, 5, 1)
     wins = [(w.venue.venue, w.start) for w in case.windows]
@@ -91,6 +97,7 @@ def test_bluezone_case_windows_tolerance_and_co_presence(store: Store,
     # X checked in 200 s before the window, Y 29 min after it: both inside ±30 min
     assert [c.subject for c in w.co_present] == [X, Y]
     assert w.co_present[1].fields == {"name": "Trần B"}
+    assert result.opening is not None and result.opening["opened"] == 2
     assert w.other_ids == {"bluezone": 4, "gaen": 1}  # the F0's own IDs are not counted
     assert w.peak_phones == {"bluezone": 3, "gaen": 1}  # most IDs seen in one slot
     assert (w.adoption.windows, w.adoption.max_other_phones) == (1, 12)
@@ -104,7 +111,8 @@ def test_window_margin_is_a_parameter(store: Store, key: Ed25519PrivateKey) -> N
     dk = os.urandom(32)
     _scene(store, dk, os.urandom(16))
     doc = {"data": [{"daily_key": dk.hex(), "time_start": T0, "time_end": T0 + 86399}]}
-    r = match_f0(store, _f0(key, "bluezone-infof", doc), MatchParams(margin_s=300))
+    r = match_f0(store, _f0(key, "bluezone-infof", doc), MatchParams(margin_s=300),
+                 LAB.opening())
     assert [c.subject for c in r.cases[0].windows[0].co_present] == [X]
     r = match_f0(store, _f0(key, "bluezone-infof", doc), MatchParams(merge_gap_s=0))
     assert [w.start for w in r.cases[0].windows][:2] == [T0 + 36100, T0 + 41 * 900 + 50]
@@ -128,7 +136,11 @@ def test_identity_case_finds_check_ins_and_co_present_people(store: Store,
                                                              key: Ed25519PrivateKey) -> None:
     _scene(store, os.urandom(32), os.urandom(16))
     doc = {"identities": [{"case": "BN-7", "cccd": X}, {"cccd": "079099999999"}]}
-    r = match_f0(store, _f0(key, "identity", doc, case="ids"))
+    waiting = match_f0(store, _f0(key, "identity", doc, case="ids"))
+    assert all(c.needs_approval and not c.windows for c in waiting.cases)
+    # an identity lookup asks for every venue over each case's period
+    assert [s.venue for s in waiting.opening_scope()] == ["*", "*"]
+    r = match_f0(store, _f0(key, "identity", doc, case="ids"), opening=LAB.opening())
     first, nobody = r.cases
     assert (first.label, first.hits, nobody.label, nobody.hits) == ("BN-7", 2, "ids #2", 0)
     assert [(w.venue.venue, w.start, w.via) for w in first.windows] == [
@@ -136,11 +148,28 @@ def test_identity_case_finds_check_ins_and_co_present_people(store: Store,
     at_a = first.windows[0]
     assert [c.subject for c in at_a.co_present] == []  # Y came 1 h later; X is the F0
     assert at_a.other_ids == {"bluezone": 6, "gaen": 1}  # this F0 has no tracing IDs
-    r = match_f0(store, _f0(key, "identity", {"identities": [{"cccd": W}]}))
+    r = match_f0(store, _f0(key, "identity", {"identities": [{"cccd": W}]}),
+                 opening=LAB.opening())
     assert [c.subject for c in r.cases[0].windows[0].co_present] == []
     r = match_f0(store, _f0(key, "identity", {"identities": [{"cccd": X}]}),
-                 MatchParams(margin_s=3600))
+                 MatchParams(margin_s=3600), LAB.opening())
     assert [c.subject for c in r.cases[0].windows[0].co_present] == [Y]
+
+
+def test_an_opening_opens_only_its_windows(store: Store, key: Ed25519PrivateKey) -> None:
+    dk = os.urandom(32)
+    _scene(store, dk, os.urandom(16))
+    doc = {"data": [{"daily_key": dk.hex(), "time_start": T0, "time_end": T0 + 86399}]}
+    s40 = T0 + 40 * 900
+    # approved: cho-a from just before X's check-in to just after it; Y's stays sealed
+    scope = (Window("hn/cho-a", s40 - 200, s40),)
+    r = match_f0(store, _f0(key, "bluezone-infof", doc), opening=LAB.opening(scope))
+    got = [(c.masked, c.subject) for c in r.cases[0].windows[0].co_present]
+    assert got == [("***" + X[-3:], X), ("***" + Y[-3:], None)]
+    # another venue's scope opens nothing here
+    r = match_f0(store, _f0(key, "bluezone-infof", doc),
+                 opening=LAB.opening((Window("hn/ben-xe-b", 0.0, 4e9),)))
+    assert r.opened_checkins == 0 and r.sealed_checkins == 2
 
 
 def test_no_match_gives_empty_cases(store: Store, key: Ed25519PrivateKey) -> None:

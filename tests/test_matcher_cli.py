@@ -22,11 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ble.ids import bluezone_day_ids
 from bzgw.cli import cli
-from bzgw.lab import Lab
+from bzgw.lab import LAB_CUSTODIANS, Lab, custody_files, gateway_identity_files
 from bzgw.labrecords import checkin, sighting
 from contract.batch import Batch
+from contract.custody import IdentitySealer
 from contract.sealing import Sealer, generate_matcher_keypair, save_matcher_keypair
 from core.clock import ClockEpoch, ClockSource
+from matcher.audit import entries
 from mqtt import topics
 from mqtt.broker import free_port
 from mqtt.client import MqttClient
@@ -56,9 +58,12 @@ def _config(lab: Lab, tmp_path: Path) -> tuple[Path, bytes, Ed25519PrivateKey]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     m = lab.matcher_mqtt["matcher"]
+    custody = custody_files(lab.root)
     cfg = {"matcher": {
         "db": f"sqlite:///{tmp_path / 'matcher.db'}", "private_key": "matcher.key",
         "registry": str(lab.root / "registry.yaml"), "f0_signers": ["moh.pem"],
+        "identity_keys": str(custody / "identity-keys.json"),
+        "audit_log": str(tmp_path / "audit.log"), "audit_key": str(tmp_path / "audit.key"),
         "client_id": "matcher-cli-test", "purge_interval_s": 3600,
         "dashboard_port": free_port(), "reports_dir": "reports",
         "mqtt": {"host": m.host, "port": m.port, "ca_file": str(m.ca_file),
@@ -90,9 +95,10 @@ def test_serve_then_status_then_match(lab: Lab, tmp_path: Path) -> None:
     cfg, public, _authority = _config(lab, tmp_path)
     dk = os.urandom(32)
     ids = bluezone_day_ids(dk)
+    gateway_keys = IdentitySealer.from_files(*gateway_identity_files(lab.root, tmp_path / "gw"))
     batches = [Batch(sightings=[sighting(ids[40], T0 + 36010, 600)],
-                     checkins=[checkin("001099000222", T0 + 36100,
-                                       fields={"name": "Phạm D"})]),
+                     checkins=[checkin("001099000222", T0 + 36100, fields={"name": "Phạm D"},
+                                       custody=gateway_keys)]),
                Batch(sightings=[sighting(os.urandom(12), T0 + 36020, 300)])]
     proc = subprocess.Popen([*_bzgw(), "-v", "matcher", "serve", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -148,11 +154,53 @@ def test_serve_then_status_then_match(lab: Lab, tmp_path: Path) -> None:
     doc = json.loads((rep / "report.json").read_text(encoding="utf-8"))
     [w] = doc["cases"][0]["windows"]
     assert w["venue"]["code"] == "cho-a"
-    assert [c["subject"] for c in w["co_present_checkins"]] == ["001099000222"]
+    # sealed for the custodians: the report has the masked form only, and a request
+    assert [(c["masked"], c["subject"]) for c in w["co_present_checkins"]] == [
+        ("***222", None)]
+    assert "Phạm" not in (rep / "report.json").read_text(encoding="utf-8")
     assert w["other_ids"] == {"bluezone": 1}
+    request = rep / "opening-request.json"
+    assert request.is_file() and "custodian approve" in res.output
+    custody = custody_files(lab.root)
+    for name in LAB_CUSTODIANS[:2]:
+        res = runner.invoke(cli, ["custodian", "approve", "--share",
+                                  str(custody / f"custodian-{name}.json"), "--request",
+                                  str(request), "--out", str(tmp_path / f"ok-{name}.json"),
+                                  "--yes"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["match", "--f0", str(signed), "--config", str(cfg), "--out",
+                              str(tmp_path / "opened"), "--request", str(request),
+                              "--approvals", str(tmp_path / f"ok-{LAB_CUSTODIANS[0]}.json"),
+                              "--approvals", str(tmp_path / f"ok-{LAB_CUSTODIANS[1]}.json")])
+    assert res.exit_code == 0, res.output
+    assert "opened 1 check-in identit(ies)" in res.output
+    doc = json.loads((tmp_path / "opened" / "report.json").read_text(encoding="utf-8"))
+    [c] = doc["cases"][0]["windows"][0]["co_present_checkins"]
+    assert (c["subject"], c["fields"]) == ("001099000222", {"name": "Phạm D"})
+    # the same approvals again: a replay, refused and logged
+    res = runner.invoke(cli, ["match", "--f0", str(signed), "--config", str(cfg), "--request",
+                              str(request), "--approvals",
+                              str(tmp_path / f"ok-{LAB_CUSTODIANS[0]}.json"), "--approvals",
+                              str(tmp_path / f"ok-{LAB_CUSTODIANS[1]}.json")])
+    assert res.exit_code == 1 and "replay" in res.output
+    events = [e["event"] for e in entries(tmp_path / "audit.log")]
+    assert events.count("open") == 1 and events[-1] == "refused_open"
+    assert events[0] == "start" and events.count("f0_query") == 3
+    res = runner.invoke(cli, ["audit", "verify", str(tmp_path / "audit.log")])
+    assert res.exit_code == 0, res.output
 
 
-def test_match_refuses_unsigned_input_and_needs_a_database(tmp_path: Path) -> None:
+def _match_config(tmp_path: Path, db: str, signers: list[Path]) -> Path:
+    """A matcher config for ``bzgw match`` alone (no broker)."""
+    cfg = tmp_path / "match.yaml"
+    cfg.write_text(yaml.safe_dump({"matcher": {
+        "db": db, "private_key": str(tmp_path / "unused.key"),
+        "registry": str(tmp_path / "unused.yaml"), "f0_signers": [str(s) for s in signers],
+        "audit_log": str(tmp_path / "audit.log"), "audit_key": str(tmp_path / "audit.key")}}))
+    return cfg
+
+
+def test_match_refuses_unsigned_input_and_signers_not_in_the_config(tmp_path: Path) -> None:
     f = tmp_path / "infof.json"
     f.write_text(json.dumps({"data": []}))
     pem = tmp_path / "k.pem"
@@ -160,11 +208,16 @@ def test_match_refuses_unsigned_input_and_needs_a_database(tmp_path: Path) -> No
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     runner = CliRunner()
     res = runner.invoke(cli, ["match", "--f0", str(f)])
-    assert res.exit_code == 2 and "--db" in res.output
-    res = runner.invoke(cli, ["match", "--f0", str(f), "--db",
-                              f"sqlite:///{tmp_path / 'm.db'}", "--signer", str(pem)])
+    assert res.exit_code == 2 and "--config" in res.output
+    res = runner.invoke(cli, ["match", "--f0", str(f), "--config",
+                              str(_match_config(tmp_path, f"sqlite:///{tmp_path / 'm.db'}",
+                                                [pem]))])
     assert res.exit_code == 1
     assert "not signed" in res.output
+    # the command-line escape hatch for signers is gone
+    res = runner.invoke(cli, ["match", "--f0", str(f), "--config", str(tmp_path / "match.yaml"),
+                              "--signer", str(pem)])
+    assert res.exit_code == 2 and "No such option" in res.output
 
 
 def test_serve_without_mqtt_section_is_a_config_error(tmp_path: Path) -> None:
@@ -218,17 +271,17 @@ def test_match_a_large_f0_on_postgresql_with_url_options(pg_url: str, tmp_path: 
         res = runner.invoke(cli, ["matcher", "sign-f0", str(infof), "--key",
                                   str(tmp_path / "moh.key"), "--case", "HN-10"])
         assert res.exit_code == 0, res.output
+        cfg = _match_config(tmp_path, url, [tmp_path / "moh.pem"])
         res = runner.invoke(cli, ["match", "--f0", str(tmp_path / "infof.json.signed.json"),
-                                  "--db", url, "--signer", str(tmp_path / "moh.pem"),
-                                  "--out", str(tmp_path / "rep")])
+                                  "--config", str(cfg), "--out", str(tmp_path / "rep")])
         assert res.exit_code == 0, res.output
         assert "20,160 IDs" in res.output  # one case per daily key, one join for all
         assert "HN-10 #124: 1 hit(s), 1 window(s)" in res.output, res.output
         doc = json.loads((tmp_path / "rep" / "report.json").read_text(encoding="utf-8"))
         assert [i for i, c in enumerate(doc["cases"]) if c["windows"]] == [123]
         res = runner.invoke(cli, ["match", "--f0", str(tmp_path / "infof.json.signed.json"),
-                                  "--db", f"{pg_url}?schema={name}&probes=lots",
-                                  "--signer", str(tmp_path / "moh.pem")])
+                                  "--config", str(cfg), "--db",
+                                  f"{pg_url}?schema={name}&probes=lots"])
         assert res.exit_code == 1 and "probes='lots'" in res.output
     finally:
         drop_schema(pg_url, name)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bzgw.labrecords import checkin, sighting, temp_store
+from bzgw.labrecords import LAB, checkin, sighting, temp_store
 from contract.batch import Batch
+from contract.custody import day_of, lookup_tags, open_identity
 from contract.records import IdKind
 from contract.registry import GatewayEntry, Registry
 from contract.sealing import Sealer, generate_matcher_keypair
@@ -150,8 +151,12 @@ def test_stored_batch_keeps_records_and_clock(ingestor: Ingestor,
     [(_, row)] = ingestor.store.sightings_for_idents([ident])
     assert (row.first_seen, row.last_seen, row.gateway_id) == (T0 + 0.5, T0 + 30.7, "gw-a")
     assert (row.clock.boot_id, row.clock.offset, row.clock.source) == ("boot-1", 1000.0, "ntp")
-    [c] = ingestor.store.checkins_for_identity(["001099012345"])
-    assert (c.ts, c.fields, c.clock.boot_id) == (T0 + 7, {"name": "Lê C"}, "boot-1")
+    d = day_of(T0 + 7)
+    sk, bk = LAB.day(d)
+    [c] = ingestor.store.checkins_for_tags(list(lookup_tags({d: bk}, ["001099012345"], [])))
+    assert (c.ts, c.masked, c.clock.boot_id) == (T0 + 7, "***345", "boot-1")
+    assert c.sealed is not None and open_identity(sk, d, c.sealed) == (
+        "001099012345", {"name": "Lê C"})
 
 
 @pytest.mark.postgres

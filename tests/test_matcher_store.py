@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bzgw.labrecords import Header, checkin, entry, sighting, temp_store
+from bzgw.labrecords import LAB, Header, checkin, entry, sighting, temp_store
 from contract.batch import Batch, ClockCorrection
+from contract.custody import day_of, lookup_tags, open_identity
 from contract.records import AdoptionCount
 from core.clock import ClockEpoch, ClockSource
 from matcher import schema
 from matcher.db import PostgresDatabase, StoreError, split_options, sqlite_path
+from matcher.rows import CheckinRow
 from matcher.store import Store, open_store
 
 T0 = 1_700_000_000.0
@@ -98,16 +100,27 @@ def test_ident_lookup_mixes_widths(store: Store) -> None:
     assert store.sightings_for_idents([]) == []
 
 
-def test_identity_lookup_by_subject_and_by_phone(store: Store) -> None:
+def test_identity_lookup_by_blind_tags_only_with_the_days_key(store: Store) -> None:
     b = Batch(checkins=[checkin("001099012345", T0), checkin("P-77", T0 + 100,
                                                              fields={"phone": "+84 912 345 678"}),
                         checkin("0987654321", T0 + 200)])
     store.add_batch(entry("gw-a"), Header("gw-a", 1, T0), b)
-    assert [c.ts for c in store.checkins_for_identity(["001099012345"])] == [T0]
-    assert [c.subject for c in store.checkins_for_identity([], ["0912345678"])] == ["P-77"]
-    assert [c.subject for c in store.checkins_for_identity([], ["0987654321"])] == [
-        "0987654321"]
-    assert store.checkins_for_identity(["001099012345"], since=T0 + 1) == []
+    d = day_of(T0)
+    sk, bk = LAB.day(d)
+
+    def find(subjects: list[str], phones: tuple[str, ...] | list[str] = (), key: bytes = bk,
+             **kw: float) -> list[CheckinRow]:
+        return store.checkins_for_tags(list(lookup_tags({d: key}, subjects, phones)), **kw)
+
+    assert [c.ts for c in find(["001099012345"])] == [T0]
+    assert [c.masked for c in find([], ["0912345678"])] == ["***-77"]
+    assert [c.masked for c in find([], ["0987654321"])] == ["***321"]
+    assert find(["001099012345"], since=T0 + 1) == []
+    # a guess under any other key (the matcher holds none of the day's) finds nothing
+    assert find(["001099012345"], key=os.urandom(32)) == []
+    [row] = find(["001099012345"])
+    assert row.key_day == d and row.sealed is not None
+    assert open_identity(sk, d, row.sealed) == ("001099012345", {})
 
 
 def test_co_presence_queries_respect_venue_and_overlap(store: Store) -> None:
@@ -120,7 +133,7 @@ def test_co_presence_queries_respect_venue_and_overlap(store: Store) -> None:
     vid = store.ensure_gateway(a)[1]
     assert store.sightings_at(vid, T0 + 700, T0 + 1000) == [
         ("bluezone", inside, int((T0 + 500) // 900 * 900))]
-    assert [c.subject for c in store.checkins_at(vid, T0, T0 + 1000)] == ["001099000001"]
+    assert [c.masked for c in store.checkins_at(vid, T0, T0 + 1000)] == ["***001"]
     adoption = store.adoption_at(vid, T0, T0 + 1000)
     assert adoption.windows == 0
 
@@ -145,7 +158,7 @@ def test_many_co_presence_ranges_at_once_match_a_scan_of_what_was_stored(
                                                         counts=counts))
         vid = store.ensure_gateway(gw)[1]
         stored += [(vid, x.ident, x.first_seen, x.last_seen, "", 0.0) for x in sightings]
-        stored += [(vid, b"", 0.0, 0.0, c.subject, c.ts) for c in checkins]
+        stored += [(vid, b"", 0.0, 0.0, c.masked, c.ts) for c in checkins]
     venues = sorted({v for v, *_ in stored})
     ranges = [(rng.choice(venues), a, a + rng.uniform(0, 3000))
               for a in (T0 + rng.uniform(-1000, 21000) for _ in range(500))]
@@ -156,7 +169,7 @@ def test_many_co_presence_ranges_at_once_match_a_scan_of_what_was_stored(
     for (v, a, b), got_s, got_c, got_a in zip(ranges, seen, ins, adoption, strict=True):
         assert sorted(x[1] for x in got_s) == sorted(
             i for vv, i, f, last, _, _ in stored if i and vv == v and f <= b and last >= a)
-        assert [c.subject for c in got_c] == [sub for _, sub in sorted(
+        assert [c.masked for c in got_c] == [sub for _, sub in sorted(
             (ts, sub) for vv, _, _, _, sub, ts in stored if sub and vv == v and a <= ts <= b)]
         overlapping = [k for k in range(20) if T0 + 900 * k < b + 1e-9 and T0 + 900 * (k + 1) > a]
         assert got_a.windows == len(overlapping)
@@ -382,11 +395,42 @@ def test_sightings_stored_before_the_join_key_are_found_after_migrating(
                        "slot_start, first_seen, last_seen, count, proximity) VALUES "
                        "(1, 1, 1, 1, 'bluezone', ?, 0, ?, ?, 1, 'near')", (x, T0 + i, T0 + i + 60))
         monkeypatch.undo()
-        assert store.migrate() == [4]
+        assert store.migrate() == [4, 5]
         got = store.sightings_for_idents([*idents, os.urandom(12)])
         assert sorted((i, r.first_seen) for i, r in got) == [(i, T0 + i) for i in range(4)]
         assert [r[0] for r in db.execute("SELECT ident_key FROM sightings ORDER BY id")] == [
             schema.ident_key(x) for x in idents]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_plaintext_identities_are_dropped_by_the_custodian_migration(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:4])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)
+    with temp_store(kind, tmp_path, url) as store:
+        db = store.db
+        db.execute("INSERT INTO venues (id, province, venue) VALUES (1, 'hn', 'old')")
+        db.execute("INSERT INTO gateways (id, gateway_id, venue_id) VALUES (1, 'gw-old', 1)")
+        db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source,"
+                   " uncertainty, applied_offset) VALUES (1, 1, 'b', 0, 1, 'ntp', 0.5, 0)")
+        db.execute("INSERT INTO checkins (gw_id, venue_id, seq, epoch_id, ts, kind, subject, "
+                   "masked, fields, phone) VALUES (1, 1, 1, 1, ?, 'cccd', '079185001234', "
+                   "'***234', '{\"name\": \"Phạm Thị Dung\"}', NULL)", (T0,))
+        monkeypatch.undo()
+        assert store.migrate() == [5]
+        [row] = store.checkins_at(1, T0 - 1, T0 + 1)
+        assert (row.masked, row.kind, row.sealed, row.tags) == ("***234", "cccd", None, ())
+        cols = {r[0] for r in db.execute(
+            "SELECT name FROM pragma_table_info('checkins')" if kind == "sqlite" else
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'checkins' "
+            "AND table_schema = current_schema()")}
+        assert not {"subject", "fields", "phone"} & cols
+    if kind == "sqlite":  # nor left behind in free pages of the file
+        for f in tmp_path.glob("matcher.db*"):
+            data = f.read_bytes()
+            assert b"079185001234" not in data and "Phạm".encode() not in data, f
 
 
 def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:

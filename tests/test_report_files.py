@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bzgw.labrecords import Header, checkin, entry, sighting, temp_store
+from bzgw.labrecords import LAB, Header, checkin, entry, sighting, temp_store
 from contract.batch import Batch
 from contract.records import Proximity
 from core.clock import ClockEpoch, ClockSource
@@ -27,7 +27,7 @@ HOSTILE = "<script>alert('x')</script> & Chợ \"A\""
 FREE = ClockEpoch("b", 0.0, False, ClockSource.NONE, float("inf"))
 
 
-def _result(tmp_path: Path) -> MatchResult:
+def _result(tmp_path: Path, *, opened: bool = True) -> MatchResult:
     dk = os.urandom(32)
     block = bluezone_block([(dk, T0, T0 + 86399, 96)])
     ids = block.idents()
@@ -35,7 +35,7 @@ def _result(tmp_path: Path) -> MatchResult:
         _fill(store, ids)
         f0 = F0(source="f0.json", format="bluezone-infof", signer="abcd",
                 cases=[F0Case(label="HN-1", kind="bluezone", block=block, tolerance_s=900)])
-        return match_f0(store, f0)
+        return match_f0(store, f0, opening=LAB.opening() if opened else None)
 
 
 def _fill(store: Store, ids: list[bytes]) -> None:
@@ -54,6 +54,19 @@ def _fill(store: Store, ids: list[bytes]) -> None:
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
     return write_reports(_result(tmp_path), tmp_path / "out")
+
+
+def test_a_report_without_approval_holds_no_identity(tmp_path: Path) -> None:
+    files = write_reports(_result(tmp_path, opened=False), tmp_path / "sealed")
+    for path in files.values():
+        text = path.read_text(encoding="utf-8")
+        assert "001099000222" not in text and "Trần" not in text and "0912345678" not in text
+    doc = json.loads(files["json"].read_text(encoding="utf-8"))
+    contacts = doc["cases"][0]["windows"][0]["co_present_checkins"]
+    assert [(c["masked"], c["opened"], c["subject"]) for c in contacts] == [
+        ("***222", False, None), ("***333", False, None)]
+    assert doc["identities"]["sealed"] == 2
+    assert "sealed: needs approval" in files["html"].read_text(encoding="utf-8")
 
 
 def test_all_files_are_written(files: dict[str, Path]) -> None:
