@@ -83,6 +83,10 @@ def _register() -> None:
     from bzgw.commands.matcher import audit_group, ids_group, match, matcher_group
     from bzgw.commands.mqtt import broker_group
     from bzgw.commands.qr import qr_group
+    from bzgw.commands.users import staff_pin, user_group
+
+    matcher_group.add_command(user_group)
+    config_group.add_command(staff_pin)
 
     for cmd in (demo, run, bench, enroll, outbox_group, ble_group, qr_group, ids_group, match,
                 matcher_group, audit_group, broker_group):
