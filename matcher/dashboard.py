@@ -180,7 +180,7 @@ class Dashboard:
     # -- handlers ---------------------------------------------------------------------------
     async def _index(self, request: web.Request) -> web.Response:
         p: Page = await self.run_db(self.page, dict(request.query))
-        account = self.auth.account_html(request.get("session")) if self.auth else ""
+        account = self.auth.account_html(self.auth.session(request)) if self.auth else ""
         return web.Response(text=self.render(p, account), content_type="text/html",
                             charset="utf-8",
                             headers={"Content-Security-Policy": self._csp,

@@ -119,6 +119,13 @@ class DashboardAuth:
             return None
         return s
 
+    def current(self, request: web.Request) -> Session:
+        """The session of a request the middleware let through."""
+        s = self.session(request)
+        if s is None:  # ended between the middleware and the handler
+            raise web.HTTPUnauthorized(text="login required")
+        return s
+
     def account_html(self, s: Session | None) -> str:
         """The header's "who am I, log out" part for a page of session ``s``."""
         if s is None:
@@ -151,7 +158,6 @@ class DashboardAuth:
                 if not same_token(token, s.csrf):
                     raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the "
                                                  "page and try again")
-            request["session"] = s
             resp = await handler(request)
         resp.headers.setdefault("Cache-Control", "no-store")
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -225,7 +231,7 @@ class DashboardAuth:
         raise resp
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
-        s: Session = request["session"]
+        s = self.current(request)
         self.sessions.drop(request.cookies.get(self.cookie))
         await self._audit("logout", s.user, addr=self.client_addr(request))
         resp = web.HTTPSeeOther("/login")
@@ -239,7 +245,7 @@ class DashboardAuth:
     # -- admin: users -------------------------------------------------------------------------
     async def _users_page(self, request: web.Request) -> web.StreamResponse:
         assert self._shell is not None
-        s: Session = request["session"]
+        s = self.current(request)
         esc = html.escape
         rows = []
         for u in self.users.list():
@@ -262,7 +268,7 @@ class DashboardAuth:
         return self._shell("Người dùng / Users", self.account_html(s), body)
 
     async def _disable(self, request: web.Request) -> web.StreamResponse:
-        s: Session = request["session"]
+        s = self.current(request)
         name = str((await request.post()).get("user", ""))
         if name == s.user:
             raise web.HTTPBadRequest(text="an admin cannot disable their own account here")
@@ -286,7 +292,7 @@ class DashboardAuth:
 
     async def _reports_page(self, request: web.Request) -> web.StreamResponse:
         assert self._shell is not None
-        s: Session = request["session"]
+        s = self.current(request)
         esc = html.escape
         rows = []
         for d in await asyncio.to_thread(self._report_dirs):
@@ -303,7 +309,7 @@ class DashboardAuth:
         return self._shell("Báo cáo / Reports", self.account_html(s), body)
 
     async def _report_file(self, request: web.Request) -> web.StreamResponse:
-        s: Session = request["session"]
+        s = self.current(request)
         name, file = request.match_info["name"], request.match_info["file"]
         base = self.reports_dir
         if base is None or file not in REPORT_FILES or "/" in name or name.startswith("."):

@@ -24,6 +24,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     url: str
+    set_cookies: list[str]  # every Set-Cookie header (``headers`` keeps only one)
 
     @property
     def text(self) -> str:
@@ -60,9 +61,11 @@ class WebClient:
                                      headers=headers or {})
         try:
             with self.opener.open(req, timeout=20) as r:
-                return Reply(r.status, dict(r.headers), r.read(), r.url)
+                return Reply(r.status, dict(r.headers), r.read(), r.url,
+                             r.headers.get_all("Set-Cookie") or [])
         except urllib.error.HTTPError as err:
-            return Reply(err.code, dict(err.headers), err.read(), err.url)
+            return Reply(err.code, dict(err.headers), err.read(), err.url,
+                         err.headers.get_all("Set-Cookie") or [])
 
     def get(self, path: str, **kw: dict[str, str]) -> Reply:
         return self.request(path, **kw)
