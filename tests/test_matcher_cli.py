@@ -195,7 +195,9 @@ def test_serve_without_mqtt_section_is_a_config_error(tmp_path: Path) -> None:
     cfg = tmp_path / "m.yaml"
     cfg.write_text(yaml.safe_dump({"matcher": {"private_key": "m.key",
                                                "registry": "reg.yaml",
-                                               "db": f"sqlite:///{tmp_path / 'x.db'}"}}))
+                                               "db": f"sqlite:///{tmp_path / 'x.db'}",
+                                               "audit_log": "audit.log",
+                                               "audit_key": "audit.key"}}))
     res = CliRunner().invoke(cli, ["matcher", "serve", "--config", str(cfg)])
     assert res.exit_code == 1
     assert "needs an mqtt section" in res.output
