@@ -106,6 +106,9 @@ def _register() -> None:
                  "audit": f"{m}:audit_group", "custodian": f"{m}:custodian_group",
                  "broker": "bzgw.commands.mqtt:broker_group"})
     cli.commands = lazy
+    from bzgw.commands.users import staff_pin  # small: click and config models
+
+    config_group.add_command(staff_pin)
 
 
 _register()

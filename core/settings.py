@@ -16,6 +16,7 @@ from core.errors import ConfigError
 from core.yamlloc import line_of, load_yaml
 
 M = TypeVar("M", bound=BaseModel)
+SECRET_WORDS = ("pin", "password", "secret")  # such values are never echoed in errors
 
 
 class Section(BaseModel):
@@ -34,7 +35,9 @@ def format_errors(err: ValidationError, file: str,
         where = f"{file}:{line}" if line else file
         path = " -> ".join(str(x) for x in loc) or "(top)"
         value = e.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        secret = any(w in str(loc[-1]).lower() for w in SECRET_WORDS) if loc else False
+        shown = ("" if isinstance(value, dict | list) or value is None or secret
+                 else f" (got {value!r})")
         out.append((f"{where}: {path}", f"{e['msg']}{shown}"))
     return out
 

@@ -5,13 +5,15 @@ A whole file is read by the shell (``bzgw.config``), which adds the matcher's se
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ble.config import BleConfig, ProximityThresholds
 from contract import names
+from core.auth import is_secret_hash
 from core.settings import Section, load_model
 from mqtt.config import MqttConfig
 from qr.config import QrConfig
@@ -69,6 +71,30 @@ class StatusConfig(Section):
     port: int = Field(default=8080, ge=0, le=65535)
     health_interval_s: float = Field(default=60, gt=0, description="health topic period")
     refresh_s: float = Field(default=5, gt=0, le=300, description="status page refresh period")
+    staff_pin_hash: str = Field(
+        default="", description="Argon2id hash of the staff PIN (`bzgw config staff-pin`); "
+                                "without the PIN the page shows the working state and counts "
+                                "only, never the last check-ins")
+    staff_session_minutes: float = Field(default=60, gt=0, le=24 * 60,
+                                         description="how long an entered PIN lasts")
+    metrics_allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="networks allowed to read /metrics (default: this Pi only)")
+
+    @field_validator("staff_pin_hash")
+    @classmethod
+    def _pin_hash(cls, v: str) -> str:
+        if v and not is_secret_hash(v):
+            raise ValueError("not a PIN hash: put the line `bzgw config staff-pin` prints "
+                             "(never the PIN itself)")
+        return v
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return v
 
 
 class GatewayConfig(Section):

@@ -291,7 +291,10 @@ class Gateway:
         page = StatusPage(self.health, recent=self.feedback_events.recent,
                           metrics=GatewayMetrics(self.health, sync=self.sync.stats),
                           title=self.cfg.gateway.venue_name or self.cfg.gateway.venue,
-                          refresh_s=self.cfg.status.refresh_s)
+                          refresh_s=self.cfg.status.refresh_s,
+                          staff_pin_hash=self.cfg.status.staff_pin_hash,
+                          staff_session_s=self.cfg.status.staff_session_minutes * 60,
+                          metrics_allow=self.cfg.status.metrics_allow)
         try:
             await serve_status(page, host=self.cfg.status.listen, port=self.cfg.status.port,
                                stop=stop)

@@ -8,7 +8,20 @@ script are inlined from ``gateway/static/`` and allowed by hash in the Content-S
 the page loads nothing from anywhere, which suits a venue LAN without internet.
 
 Routes: ``/`` (HTML), ``/health`` (the health document), ``/checkins`` (recent staff feedback:
-time, outcome, masked identity only), ``/metrics`` (Prometheus text format).
+time, outcome, masked identity only), ``/metrics`` (Prometheus text format), ``POST /pin`` and
+``POST /lock``.
+
+Who sees what: anyone on the venue LAN sees the working state and the counts (the page and
+``/health``: no person in them). The last check-ins, masked as they are, are for staff: the page
+lists them, and ``/checkins`` answers, only in a session opened with the staff PIN
+(``status.staff_pin_hash``, an Argon2id hash; no hash configured: never). Wrong PINs are
+throttled per address and for everyone together (a PIN is short: a LAN full of addresses must
+not be able to try them all). ``/metrics`` answers only the networks of ``status.metrics_allow``
+(default: the Pi itself): a scraper cannot enter a PIN, and the venue's guest Wi-Fi has no
+business reading the gateway's internals; a monitoring host is added there by address.
+The PIN cookie is HttpOnly and SameSite=Strict but not Secure: the page is plain HTTP on the
+venue LAN (no certificate a venue tablet would trust), which is also why it ends after
+``status.staff_session_minutes``.
 """
 
 from __future__ import annotations
@@ -17,10 +30,12 @@ import asyncio
 import base64
 import hashlib
 import html
+import ipaddress
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from string import Template
@@ -29,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from contract.health import DISK_FULL, DISK_WARN, VENUE_TZ
+from core.auth import Session, Sessions, Throttle, new_token, same_token, verify_secret
 from core.errors import BzgwError
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 
@@ -43,6 +59,9 @@ CHECKIN_MARKS: dict[str, tuple[str, str, str]] = {
     "not saved": ("Chưa lưu được, quét lại", "Not saved, scan again", "no"),
 }
 RECENT_N = 8
+STAFF_COOKIE = "bzgw_staff"
+FORM_COOKIE = "bzgw_pin_form"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _asset(name: str) -> str:
@@ -96,12 +115,6 @@ def view(doc: Mapping[str, Any], checkins: Sequence[Mapping[str, Any]]) -> dict[
     disk_class = ("bad" if isinstance(fill, int | float) and fill >= DISK_FULL else
                   "warn" if isinstance(fill, int | float) and fill >= DISK_WARN else "")
     also = "".join(f"<li>{esc(a['vi'])} / {esc(a['en'])}</li>" for a in st.get("also", ()))
-    rows = []
-    for c in checkins:
-        vi, en, cls = CHECKIN_MARKS[c["state"]]
-        masked = f" {esc(c['masked'])}" if c["masked"] else ""
-        rows.append(f'<li><span class="t">{_clock(c["ts"])}</span>'
-                    f'<span class="{cls}">{esc(vi)} / {esc(en)}</span>{masked}</li>')
     last_sync = doc["link"].get("last_sync")
     outbox = doc["outbox"]
     return {
@@ -117,9 +130,21 @@ def view(doc: Mapping[str, Any], checkins: Sequence[Mapping[str, Any]]) -> dict[
                          if isinstance(outbox.get("fill"), int | float) else "0"),
         "last_sync": _clock(last_sync) if isinstance(last_sync, int | float) else "chưa / never",
         **dropped_view(doc.get("dropped") or {}),
-        "checkins": "".join(rows), "updated": _clock(float(doc["ts"]), seconds=True),
+        "checkins": view_rows(checkins), "updated": _clock(float(doc["ts"]), seconds=True),
         "gateway": esc(str(doc.get("gateway", ""))),
     }
+
+
+def view_rows(checkins: Sequence[Mapping[str, Any]]) -> str:
+    """The check-in list items (already HTML-escaped); ``status.js`` mirrors it."""
+    esc = html.escape
+    rows = []
+    for c in checkins:
+        vi, en, cls = CHECKIN_MARKS[c["state"]]
+        masked = f" {esc(c['masked'])}" if c["masked"] else ""
+        rows.append(f'<li><span class="t">{_clock(c["ts"])}</span>'
+                    f'<span class="{cls}">{esc(vi)} / {esc(en)}</span>{masked}</li>')
+    return "".join(rows)
 
 
 class StatusPage:
@@ -131,40 +156,62 @@ class StatusPage:
         metrics: the daemon's metrics (``/metrics`` answers 404 without them).
         title: venue name shown in the header.
         refresh_s: how often the page refreshes itself.
+        staff_pin_hash: Argon2id hash of the staff PIN; empty: check-ins are never shown.
+        staff_session_s: how long an entered PIN lasts.
+        metrics_allow: networks that may read ``/metrics``.
+        pin_throttle: wrong PINs per address (default: 5 free, then 2 s doubling to 15 min)
+            and, under the key ``"*"``, for everyone (20 free).
+        clock: wall time (sessions, throttles).
     """
 
     def __init__(self, health: HealthProvider, *, recent: RecentProvider | None = None,
                  metrics: GatewayMetrics | None = None, title: str = "",
-                 refresh_s: float = 5.0) -> None:
+                 refresh_s: float = 5.0, staff_pin_hash: str = "",
+                 staff_session_s: float = 3600.0,
+                 metrics_allow: Sequence[str] = ("127.0.0.1/32", "::1/128"),
+                 pin_throttle: tuple[Throttle, Throttle] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.health = health
         self.recent = recent
         self.metrics = metrics
         self.title = title or "Trạm ghi nhận / Venue gateway"
         self.refresh_s = refresh_s
+        self.staff_pin_hash = staff_pin_hash
+        self.sessions = Sessions(ttl_s=staff_session_s, max_sessions=64, clock=clock)
+        self.metrics_allow = [ipaddress.ip_network(n, strict=False) for n in metrics_allow]
+        self.addr_throttle, self.all_throttle = pin_throttle or (
+            Throttle(free=5, clock=clock), Throttle(free=20, clock=clock))
+        self._hashing = asyncio.Semaphore(1)  # an Argon2 check takes 64 MiB and a core
         css, js = _asset("status.css"), _asset("status.js")
         self._page = Template(_asset("status.html"))
         self._assets = {"css": css, "js": js}
         self._csp = ("default-src 'none'; "
                      f"script-src {_csp_hash(js)}; style-src {_csp_hash(css)}; "
                      "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                     "form-action 'none'; frame-ancestors 'none'")
+                     "form-action 'self'; frame-ancestors 'none'")
 
     def app(self) -> web.Application:
         """A new application with the page's routes."""
-        app = web.Application(middlewares=[self._headers])
+        app = web.Application(middlewares=[self._headers], client_max_size=4096)
         app.router.add_get("/", self._index)
         app.router.add_get("/health", self._health)
         app.router.add_get("/checkins", self._checkins)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/pin", self._pin)
+        app.router.add_post("/lock", self._lock)
         return app
 
     @web.middleware
-    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         resp: web.StreamResponse = await handler(request)
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "no-referrer"
         return resp
+
+    def staff(self, request: web.Request) -> Session | None:
+        """The request's PIN session, if any."""
+        return self.sessions.get(request.cookies.get(STAFF_COOKIE))
 
     def _doc(self) -> Mapping[str, Any]:
         try:
@@ -179,21 +226,107 @@ class StatusPage:
         return checkin_rows(self.recent(RECENT_N * 4))[:RECENT_N] if self.recent else []
 
     async def _index(self, request: web.Request) -> web.Response:
-        values = view(self._doc(), self._checkin_list())
+        return self._render(request, self.staff(request))
+
+    def _render(self, request: web.Request, staff: Session | None, *, error: str = "",
+                status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+        values = view(self._doc(), self._checkin_list() if staff else [])
+        # one form token per browser (double-submit): several open tabs all keep working
+        form_token = request.cookies.get(FORM_COOKIE) or new_token()
         body = self._page.substitute(values, title=html.escape(self.title),
                                      refresh_s=f"{self.refresh_s:g}",
                                      # without the script the whole page reloads: not too often
-                                     reload_s=f"{max(self.refresh_s, 5.0):g}", **self._assets)
-        return web.Response(text=body, content_type="text/html", charset="utf-8",
-                            headers={"Content-Security-Policy": self._csp})
+                                     reload_s=f"{max(self.refresh_s, 5.0):g}",
+                                     unlocked="1" if staff else "0",
+                                     staff=self._staff_html(staff, form_token, error,
+                                                            values["checkins"]),
+                                     **self._assets)
+        resp = web.Response(text=body, content_type="text/html", charset="utf-8",
+                            status=status, headers={"Content-Security-Policy": self._csp,
+                                                    **(headers or {})})
+        if staff is None and self.staff_pin_hash:
+            resp.set_cookie(FORM_COOKIE, form_token, httponly=True, samesite="Strict",
+                            path="/", max_age=3600)
+        return resp
+
+    def _staff_html(self, staff: Session | None, form_token: str, error: str,
+                    rows: str) -> str:
+        if staff is not None:
+            return (f'<ol id="checkins">{rows}</ol>'
+                    '<form method="post" action="lock" class="staff-form" id="lock-form">'
+                    f'<input type="hidden" name="csrf" value="{staff.csrf}">'
+                    '<button type="submit" id="lock">Khoá / Lock</button></form>')
+        if not self.staff_pin_hash:
+            return ('<p class="staff-note" id="staff-note">Chưa cài mã PIN nhân viên / No '
+                    "staff PIN is set up (status.staff_pin_hash)</p>")
+        err = f'<p class="staff-error" id="pin-error">{html.escape(error)}</p>' if error else ""
+        return (f'{err}<form method="post" action="pin" class="staff-form" id="pin-form">'
+                f'<input type="hidden" name="csrf" value="{form_token}">'
+                '<label>Mã PIN nhân viên / Staff PIN <input name="pin" id="pin" '
+                'type="password" inputmode="numeric" autocomplete="off" maxlength="12" '
+                'required></label><button type="submit" id="unlock">Mở / Show</button></form>')
+
+    async def _pin(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not same_token(str(form.get("csrf", "")), request.cookies.get(FORM_COOKIE)):
+            return self._render(request, None, status=403,
+                                error="Biểu mẫu đã hết hạn / The form expired: try again")
+        addr = request.remote or ""
+        wait = max(self.addr_throttle.wait_s(addr), self.all_throttle.wait_s("*"))
+        if wait > 0:
+            secs = int(wait) + 1
+            return self._render(request, None, status=429, headers={"Retry-After": str(secs)},
+                                error=f"Sai quá nhiều lần, thử lại sau {secs} giây / Too many "
+                                      f"wrong PINs: try again in {secs} s")
+        pin = str(form.get("pin", ""))[:64]
+        async with self._hashing:
+            ok = bool(self.staff_pin_hash) and await asyncio.to_thread(
+                verify_secret, self.staff_pin_hash, pin)
+        if not ok:
+            locked = max(self.addr_throttle.fail(addr), self.all_throttle.fail("*"))
+            log.warning("wrong staff PIN from %s%s", addr,
+                        f"; next try in {locked:.0f} s" if locked else "")
+            return self._render(request, None, status=401, error="Sai mã PIN / Wrong PIN")
+        self.addr_throttle.clear(addr)
+        token, _ = self.sessions.create("staff", "staff")
+        resp = web.HTTPSeeOther("./")
+        resp.set_cookie(STAFF_COOKIE, token, httponly=True, samesite="Strict", path="/",
+                        max_age=int(self.sessions.ttl_s))
+        resp.del_cookie(FORM_COOKIE, path="/")
+        raise resp
+
+    async def _lock(self, request: web.Request) -> web.StreamResponse:
+        token = request.cookies.get(STAFF_COOKIE)
+        s = self.sessions.get(token)
+        form = await request.post()
+        if s is None or not same_token(str(form.get("csrf", "")), s.csrf):
+            raise web.HTTPForbidden(text="no PIN session or a wrong form token")
+        self.sessions.drop(token)
+        resp = web.HTTPSeeOther("./")
+        resp.del_cookie(STAFF_COOKIE, path="/")
+        raise resp
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(self._doc(), dumps=_dumps)
 
     async def _checkins(self, request: web.Request) -> web.Response:
+        if self.staff(request) is None:
+            raise web.HTTPUnauthorized(text='{"error": "staff PIN required"}',
+                                       content_type="application/json")
         return web.json_response(self._checkin_list(), dumps=_dumps)
 
+    def _metrics_allowed(self, request: web.Request) -> bool:
+        try:
+            addr = ipaddress.ip_address((request.remote or "").split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.metrics_allow)
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._metrics_allowed(request):
+            raise web.HTTPForbidden(text="metrics are served to status.metrics_allow only")
         if self.metrics is None:
             raise web.HTTPNotFound(text="metrics are not enabled")
         try:

@@ -47,3 +47,18 @@ class MatcherConfig(BaseModel):
     audit_key: Path = Field(default=Path("/var/lib/bzgw-matcher/audit.key"),
                             description="Ed25519 key signing the audit log (made on first "
                                         "start; its .pub verifies the log)")
+    users_db: Path = Field(default=Path("/var/lib/bzgw-matcher/users.db"),
+                           description="dashboard users (SQLite, 0600): names, roles, "
+                                       "Argon2id password hashes")
+    dashboard_secure_cookies: bool = Field(
+        default=True, description="mark session cookies Secure: browsers send them over "
+                                  "HTTPS only (the TLS reverse proxy in front); false only "
+                                  "for plain http on a trusted network")
+    dashboard_session_hours: float = Field(default=8, gt=0, le=24 * 7,
+                                           description="a login lasts at most this long")
+    dashboard_idle_minutes: float = Field(default=30, gt=0, le=24 * 60,
+                                          description="a session unused this long ends")
+    dashboard_trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="reverse proxies whose X-Forwarded-For names the client address "
+                    "(failed logins are throttled per address)")

@@ -8,7 +8,8 @@ any browser of a health office and can be bookmarked. ``/api/dashboard.json`` re
 data. The store's connection belongs to one thread: the matcher service passes its own
 ``run_db`` (its store worker), so dashboard reads queue with ingest instead of racing it;
 without one, reads run on the loop's thread. Each view is a handful of grouped queries
-(timed in ``bench/bench_dashboard.py``).
+(timed in ``bench/bench_dashboard.py``). Every route needs a login
+(:mod:`matcher.dashboard_auth`): the application is never built without one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from aiohttp import web
 from contract.health import DISK_FULL, DISK_WARN, VENUE_TZ
 from core.errors import BzgwError
 from matcher.adoption import NO_DISTRICT, AdoptionRow, adoption_rows
+from matcher.audit import AuditLog
 from matcher.config import MatcherConfig
+from matcher.dashboard_auth import DashboardAuth
 from matcher.dashboard_queries import (
     AdoptionPoint,
     ExposureVenue,
@@ -41,6 +44,7 @@ from matcher.dashboard_queries import (
 )
 from matcher.rows import VenueInfo
 from matcher.store import Store
+from matcher.users import UserStore
 
 ExposureProvider = Callable[[], Sequence[ExposureVenue]]
 T = TypeVar("T")
@@ -100,13 +104,16 @@ class Dashboard:
         run_db: ``await run_db(fn, *args)`` runs a store call on the thread that owns the
             store's connection (``MatcherService._db``); default: inline.
         clock: wall time (tests pin it).
+        auth: users, sessions and throttles; :meth:`app` needs it.
     """
 
     def __init__(self, store: Store, *, exposures: ExposureProvider | None = None,
                  stale_after_s: float = 900.0, bucket_s: int = 3600, refresh_s: int = 60,
                  run_db: DbRunner | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 auth: DashboardAuth | None = None) -> None:
         self.store = store
+        self.auth = auth
         self.run_db = run_db or _inline
         self.exposures = exposures
         self.stale_after_s = stale_after_s
@@ -120,11 +127,29 @@ class Dashboard:
                      " form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
     def app(self) -> web.Application:
-        """A new application with the dashboard's routes."""
-        app = web.Application()
+        """A new application with the dashboard's routes, every one behind a login.
+
+        Raises:
+            ValueError: no ``auth``: the dashboard is never served without logins.
+        """
+        if self.auth is None:
+            raise ValueError("the dashboard needs users and sessions (auth=DashboardAuth)")
+        app = web.Application(client_max_size=64 * 1024)  # forms only, no uploads
+        self.auth.install(app, self._shell)
         app.router.add_get("/", self._index)
         app.router.add_get("/api/dashboard.json", self._json)
         return app
+
+    def _shell(self, title: str, account: str, body: str) -> web.Response:
+        """A page of the dashboard's frame (login, users, reports) with its policy."""
+        text = ('<!doctype html><html lang="vi"><head><meta charset="utf-8">'
+                '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<link rel="icon" href="data:,"><title>{html.escape(title)}</title>'
+                f'<style>{self._css}</style></head><body><header><span class="brand">bzgw'
+                f'</span> <a href="/" class="home">Bảng điều khiển tỉnh / Provincial '
+                f'dashboard</a> {account}</header><main>{body}</main></body></html>')
+        return web.Response(text=text, content_type="text/html", charset="utf-8",
+                            headers={"Content-Security-Policy": self._csp})
 
     # -- data -------------------------------------------------------------------------------
     def page(self, query: Mapping[str, str]) -> Page:
@@ -160,7 +185,9 @@ class Dashboard:
     # -- handlers ---------------------------------------------------------------------------
     async def _index(self, request: web.Request) -> web.Response:
         p: Page = await self.run_db(self.page, dict(request.query))
-        return web.Response(text=self.render(p), content_type="text/html", charset="utf-8",
+        account = self.auth.account_html(self.auth.session(request)) if self.auth else ""
+        return web.Response(text=self.render(p, account), content_type="text/html",
+                            charset="utf-8",
                             headers={"Content-Security-Policy": self._csp,
                                      "Cache-Control": "no-store",
                                      "X-Content-Type-Options": "nosniff"})
@@ -170,8 +197,8 @@ class Dashboard:
         return web.json_response(page_json(p))
 
     # -- rendering --------------------------------------------------------------------------
-    def render(self, p: Page) -> str:
-        """The HTML page."""
+    def render(self, p: Page, account: str = "") -> str:
+        """The HTML page (``account``: the header's user and logout form)."""
         by_id = {v.id: v for v in p.venues}
         links = [g.link for g in p.gateways]
         with_data = sum(1 for s in p.series.values() if s)
@@ -179,7 +206,7 @@ class Dashboard:
                 f"{len(p.drawn)} busiest of {with_data} venues."
                 if len(p.drawn) < with_data else "")
         return self._page.substitute(
-            css=self._css, refresh_s=self.refresh_s, updated=_when(p.now),
+            css=self._css, refresh_s=self.refresh_s, updated=_when(p.now), account=account,
             province_options=_options(sorted({v.province for v in p.venues}),
                                       p.filters.province),
             district_options=_options(sorted({v.district for v in p.venues if v.district and (
@@ -370,14 +397,28 @@ async def _inline(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
+def auth_from_config(cfg: MatcherConfig, audit: AuditLog | None) -> DashboardAuth:
+    """The dashboard's logins as the ``matcher`` section configures them."""
+    return DashboardAuth(UserStore(cfg.users_db), audit=audit,
+                         secure=cfg.dashboard_secure_cookies,
+                         session_s=cfg.dashboard_session_hours * 3600,
+                         idle_s=cfg.dashboard_idle_minutes * 60,
+                         trusted_proxies=cfg.dashboard_trusted_proxies,
+                         reports_dir=cfg.reports_dir)
+
+
 async def start_dashboard(store: Store, cfg: MatcherConfig, *,
                           exposures: ExposureProvider | None = None,
-                          run_db: DbRunner | None = None) -> web.AppRunner:
+                          run_db: DbRunner | None = None,
+                          auth: DashboardAuth | None = None,
+                          audit: AuditLog | None = None) -> web.AppRunner:
     """Serve the dashboard on ``cfg.dashboard_listen:cfg.dashboard_port``.
 
     Args:
         store: the matcher's store.
-        cfg: the ``matcher`` section (listen address and port).
+        cfg: the ``matcher`` section (listen address and port, users, cookies).
+        auth: logins (default: from ``cfg``, logging to ``audit``).
+        audit: the matcher's audit log (logins, failed logins, logouts, user changes).
         exposures: returns the exposure venues to list (e.g. ``lambda:
             load_exposure_venues(reports_dir)``).
         run_db: runs store calls on the thread owning the store (``MatcherService._db``).
@@ -387,7 +428,8 @@ async def start_dashboard(store: Store, cfg: MatcherConfig, *,
     Raises:
         BzgwError: the address cannot be bound.
     """
-    dash = Dashboard(store, exposures=exposures, run_db=run_db)
+    dash = Dashboard(store, exposures=exposures, run_db=run_db,
+                     auth=auth or auth_from_config(cfg, audit))
     runner = web.AppRunner(dash.app(), access_log=None)
     await runner.setup()
     try:

@@ -50,18 +50,22 @@ async def _dashboard(service: MatcherService, cfg: MatcherConfig) -> Any:
     """Start the dashboard on the service's store thread, or log why not (ingest goes on)."""
     if not cfg.dashboard_enabled:
         return None
-    from matcher.dashboard import start_dashboard
+    from matcher.dashboard import auth_from_config, start_dashboard
     from matcher.dashboard_queries import load_exposure_venues
 
     reports = cfg.reports_dir
     exposures = (lambda: load_exposure_venues(reports)) if reports is not None else None
     try:
+        auth = auth_from_config(cfg, service.audit)
         runner = await start_dashboard(service.store, cfg, exposures=exposures,
-                                       run_db=service.run_db)
+                                       run_db=service.run_db, auth=auth)
     except BzgwError as err:  # e.g. a second matcher process on this host: port taken
         log.error("%s; serving ingest without the dashboard", err)
         return None
     log.warning("dashboard on http://%s:%d/", cfg.dashboard_listen, cfg.dashboard_port)
+    if not auth.users.list():
+        log.warning("no dashboard users in %s: create the first admin with `bzgw matcher "
+                    "user add NAME --role admin --config FILE`", cfg.users_db)
     return runner
 
 

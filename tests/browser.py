@@ -261,7 +261,8 @@ def free_port() -> int:
 
 
 def gateway_config(tmp: Path, lab: Lab, *, status_port: int, gateway: str = "gw-a",
-                   simulate_from: float | None = None, refresh_s: float = 0.3) -> Config:
+                   simulate_from: float | None = None, refresh_s: float = 0.3,
+                   staff_pin_hash: str = "") -> Config:
     """A full ``bzgw run`` config for a lab gateway: fresh keys (the matcher's private key is
     left in ``tmp / "matcher.key"``), outbox under ``tmp``, status page on ``status_port``,
     and (with ``simulate_from``) the crowd simulator as the radio."""
@@ -284,7 +285,7 @@ def gateway_config(tmp: Path, lab: Lab, *, status_port: int, gateway: str = "gw-
         "outbox": {"path": str(tmp / "outbox.db"), "flush_interval_s": 2},
         "mqtt": lg.mqtt.model_dump(),
         "status": {"listen": "127.0.0.1", "port": status_port, "health_interval_s": 1,
-                   "refresh_s": refresh_s},
+                   "refresh_s": refresh_s, "staff_pin_hash": staff_pin_hash},
         "ble": ble})
 
 

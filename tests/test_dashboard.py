@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 from browser import SITE_GATEWAYS, ServedApp, Site, build_site
+from webclient import FAST_HASHER, WebClient
 
 from bzgw.labrecords import temp_store
 from core.errors import BzgwError
 from matcher.config import MatcherConfig
 from matcher.dashboard import Dashboard, adoption_svg, start_dashboard
+from matcher.dashboard_auth import DashboardAuth
 from matcher.dashboard_queries import (
     AdoptionPoint,
     adoption_series,
@@ -28,6 +30,7 @@ from matcher.dashboard_queries import (
     load_exposure_venues,
 )
 from matcher.store import open_store
+from matcher.users import UserStore
 
 NOW = float(int(time.time()) // 60 * 60)
 SVG = "{http://www.w3.org/2000/svg}"
@@ -182,16 +185,29 @@ def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
         return err.code, dict(err.headers), err.read()
 
 
-def test_served_page_and_json_api(site: Site) -> None:
-    with ServedApp(lambda: dashboard(site).app()) as srv:
-        status, headers, body = fetch(srv.url + "?province=hn&days=1")
+def test_served_page_and_json_api(site: Site, tmp_path: Path) -> None:
+    users = UserStore(tmp_path / "users.db", hasher=FAST_HASHER)
+    users.add("viewer.1", "viewer", "xem bang dieu khien")
+    auth = DashboardAuth(users, audit=None, secure=False)
+    with ServedApp(lambda: dashboard(site, auth=auth).app()) as srv:
+        assert fetch(srv.url + "api/dashboard.json")[0] == 401
+        client = WebClient(srv.url)
+        form = client.get("login")
+        client.post("login", {"csrf": form.field("csrf"), "user": "viewer.1",
+                              "password": "xem bang dieu khien"})
+
+        def fetch_in(url: str) -> tuple[int, dict[str, str], bytes]:
+            r = client.get(url[len(srv.url):])
+            return r.status, r.headers, r.body
+
+        status, headers, body = fetch_in(srv.url + "?province=hn&days=1")
         assert status == 200 and headers["Content-Type"].startswith("text/html")
         assert "default-src 'none'" in headers["Content-Security-Policy"]
         html = body.decode()
         assert 'data-gateway="gw-a"' in html and 'data-gateway="gw-c"' not in html
         assert "<script" not in html and "http://" not in html.replace(
             "http://www.w3.org/2000/svg", "")
-        status, headers, body = fetch(srv.url + "api/dashboard.json?days=1")
+        status, headers, body = fetch_in(srv.url + "api/dashboard.json?days=1")
         doc = json.loads(body)
         assert status == 200 and doc["days"] == 1
         assert {g["gateway"]: g["link"] for g in doc["gateways"]} == {
@@ -199,7 +215,8 @@ def test_served_page_and_json_api(site: Site) -> None:
         assert sorted(doc["adoption"]) == sorted(f"{p}/{v}" for _, p, _, v, _, _ in
                                                  SITE_GATEWAYS)
         assert doc["exposures"][0]["venue"] == "cho-dong-xuan"
-        assert fetch(srv.url + "nothing")[0] == 404
+        assert fetch_in(srv.url + "nothing")[0] == 404
+    users.close()
 
 
 def test_start_dashboard_on_the_configured_port(site: Site, tmp_path: Path) -> None:
@@ -207,22 +224,32 @@ def test_start_dashboard_on_the_configured_port(site: Site, tmp_path: Path) -> N
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = MatcherConfig(private_key=tmp_path / "k", registry=tmp_path / "r",
-                        dashboard_listen="127.0.0.1", dashboard_port=port)
+                        dashboard_listen="127.0.0.1", dashboard_port=port,
+                        users_db=tmp_path / "users.db", dashboard_secure_cookies=False)
+    with UserStore(cfg.users_db, hasher=FAST_HASHER) as users:
+        users.add("viewer.1", "viewer", "xem bang dieu khien")
     calls: list[str] = []
 
     async def run_db(fn: Any, *args: Any) -> Any:
         calls.append(fn.__name__)
         return fn(*args)
 
-    async def main() -> tuple[int, bytes]:
+    def browse() -> tuple[int, bytes, int, str]:
+        client = WebClient(f"http://127.0.0.1:{port}/")
+        first = client.get("")  # redirected to the login form
+        page = client.post("login", {"csrf": first.field("csrf"), "user": "viewer.1",
+                                     "password": "xem bang dieu khien"})
+        return page.status, page.body, first.status, first.url
+
+    async def main() -> tuple[int, bytes, int, str]:
         runner = await start_dashboard(site.store, cfg, run_db=run_db)
         try:
             with pytest.raises(BzgwError, match="cannot listen"):
                 await start_dashboard(site.store, cfg)  # the port is taken now
-            return await asyncio.to_thread(lambda: fetch(f"http://127.0.0.1:{port}/")[::2])
+            return await asyncio.to_thread(browse)
         finally:
             await runner.cleanup()
 
-    status, body = asyncio.run(main())
-    assert status == 200 and b"gw-b" in body
-    assert calls == ["page"]  # store reads went through the owner's runner
+    status, body, first_status, first_url = asyncio.run(main())
+    assert first_status == 200 and "/login?next=" in first_url and calls == ["page"]
+    assert status == 200 and b"gw-b" in body  # store reads went through the owner's runner

@@ -48,6 +48,26 @@ def _get(url: str) -> tuple[int, str]:
         return r.status, r.read().decode("utf-8")
 
 
+def _dashboard_json(cfg: Path, port: int) -> tuple[int, str]:
+    """Make a user with the command (while serve runs), log in, read the JSON API."""
+    from webclient import WebClient
+
+    client = WebClient(f"http://127.0.0.1:{port}/", follow=False)
+    assert client.get("api/dashboard.json").status == 401
+    res = CliRunner().invoke(cli, ["matcher", "user", "add", "viewer.1", "--role", "viewer",
+                                   "--config", str(cfg), "--password-stdin"],
+                             input="xem bang dieu khien\n")
+    assert res.exit_code == 0, res.output
+    form = client.get("login")
+    pre = form.set_cookies[0].split(";")[0]  # Secure cookies: urllib keeps them for https
+    got = client.post("login", {"csrf": form.field("csrf"), "user": "viewer.1",
+                                "password": "xem bang dieu khien"}, headers={"Cookie": pre})
+    assert got.status == 303, got.text
+    session = next(c for c in got.set_cookies if "bzgw_session=" in c).split(";")[0]
+    page = client.get("api/dashboard.json", headers={"Cookie": session})
+    return page.status, page.text
+
+
 def _config(lab: Lab, tmp_path: Path) -> tuple[Path, bytes, Ed25519PrivateKey]:
     private, public = generate_matcher_keypair()
     save_matcher_keypair(private, public, tmp_path / "matcher.key", tmp_path / "matcher.pub")
@@ -66,6 +86,7 @@ def _config(lab: Lab, tmp_path: Path) -> tuple[Path, bytes, Ed25519PrivateKey]:
         "audit_log": str(tmp_path / "audit.log"), "audit_key": str(tmp_path / "audit.key"),
         "client_id": "matcher-cli-test", "purge_interval_s": 3600,
         "dashboard_port": free_port(), "reports_dir": "reports",
+        "users_db": "users.db",
         "mqtt": {"host": m.host, "port": m.port, "ca_file": str(m.ca_file),
                  "cert_file": str(m.cert_file), "key_file": str(m.key_file),
                  "keepalive_s": 10, "backoff_min_s": 0.05, "backoff_max_s": 1}}}
@@ -114,7 +135,7 @@ def test_serve_then_status_then_match(lab: Lab, tmp_path: Path) -> None:
         acks = asyncio.run(asyncio.wait_for(_send(lab, public, batches), 30))
         assert sorted((a["seq"], a["status"]) for a in acks) == [(1, "stored"), (2, "stored")]
         port = yaml.safe_load(cfg.read_text())["matcher"]["dashboard_port"]
-        code, page = _get(f"http://127.0.0.1:{port}/api/dashboard.json")
+        code, page = _dashboard_json(cfg, port)
         assert code == 200 and "gw-a" in page  # the dashboard reads the same store
         proc.send_signal(signal.SIGHUP)  # reloads the registry, keeps serving
         time.sleep(0.3)
@@ -227,7 +248,9 @@ def test_serve_without_mqtt_section_is_a_config_error(tmp_path: Path) -> None:
     cfg = tmp_path / "m.yaml"
     cfg.write_text(yaml.safe_dump({"matcher": {"private_key": "m.key",
                                                "registry": "reg.yaml",
-                                               "db": f"sqlite:///{tmp_path / 'x.db'}"}}))
+                                               "db": f"sqlite:///{tmp_path / 'x.db'}",
+                                               "audit_log": "audit.log",
+                                               "audit_key": "audit.key"}}))
     res = CliRunner().invoke(cli, ["matcher", "serve", "--config", str(cfg)])
     assert res.exit_code == 1
     assert "needs an mqtt section" in res.output

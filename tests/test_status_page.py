@@ -17,10 +17,12 @@ import pytest
 from browser import RunningGateway, ServedApp, free_port, gateway_config
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from webclient import FAST_HASHER, WebClient
 
 from ble.simulator import Crowd
 from bzgw.lab import Lab
 from contract.health import CAMERA_STATES, RADIO_STATES, validate_health
+from core.auth import Throttle, hash_secret
 from gateway.clock import TrackedClock
 from gateway.daemon import DaemonState, Gateway
 from gateway.feedback import Feedback
@@ -30,6 +32,8 @@ from qr.recognizers import Recognizer
 from qr.records import FeedbackState, ScannedCheckIn
 
 CCCD = "079190001234||Trần Thị Bình|02021990|Nữ|12 Lê Lợi, Quận 1, TP. Hồ Chí Minh|01012022"
+PIN = "482915"
+PIN_HASH = hash_secret(PIN, FAST_HASHER)
 
 
 def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -65,8 +69,15 @@ def gateway(lab: Lab, tmp_path: Path) -> Iterator[Gateway]:
 
 
 def page_for(gw: Gateway, **kw: Any) -> StatusPage:
+    kw.setdefault("staff_pin_hash", PIN_HASH)
     return StatusPage(gw.health, recent=gw.feedback_events.recent,
                       metrics=GatewayMetrics(gw.health), title="Chợ A", **kw)
+
+
+def unlock(client: WebClient, pin: str = PIN) -> Any:
+    """Enter the staff PIN the way the page's form does."""
+    page = client.get("")
+    return client.post("pin", {"csrf": page.field("csrf"), "pin": pin})
 
 
 def test_daemon_health_comes_from_the_health_module(gateway: Gateway) -> None:
@@ -83,20 +94,30 @@ def test_daemon_health_comes_from_the_health_module(gateway: Gateway) -> None:
 
 def test_page_shows_state_figures_and_masked_checkins_only(gateway: Gateway) -> None:
     with ServedApp(page_for(gateway).app) as srv:
-        status, headers, body = fetch(srv.url)
-    html = body.decode()
-    assert status == 200 and headers["Cache-Control"] == "no-store"
-    assert "Đang kết nối" in html and "Connecting" in html
-    doc = gateway.health()
-    assert f'<span id="phones" class="v">{doc["phones"]["phones"]}</span>' in html
+        client = WebClient(srv.url)
+        locked = client.get("")
+        unlocked = unlock(client)
     masked = next(e["masked"] for e in gateway.feedback_events.recent(10)
                   if e["state"] == "accepted")
-    assert masked and html.count(masked) == 2  # accepted, then already checked in
+    doc = gateway.health()
+    for reply in (locked, unlocked):
+        html = reply.text
+        assert reply.status == 200 and reply.headers["Cache-Control"] == "no-store"
+        assert "Đang kết nối" in html and "Connecting" in html
+        assert f'<span id="phones" class="v">{doc["phones"]["phones"]}</span>' in html
+        # nothing readable about the person: not the number, not the name
+        for secret in ("079190001234", "Trần Thị Bình", "BÌNH", "Lê Lợi"):
+            assert secret not in html
+        assert "no /dev/video0" not in html  # camera events are not check-ins
+    # without the PIN: state and counts only, and the PIN form
+    assert masked and masked not in locked.text and 'id="pin-form"' in locked.text
+    assert 'data-unlocked="0"' in locked.text
+    # with it: the masked check-ins, accepted then already checked in
+    html = unlocked.text
+    assert unlocked.url == srv.url and 'data-unlocked="1"' in html
+    assert html.count(masked) == 2
     assert "Đã ghi nhận / Accepted" in html and "Không đọc được / Unreadable" in html
-    # nothing readable about the person: not the number, not the name
-    for secret in ("079190001234", "Trần Thị Bình", "BÌNH", "Lê Lợi"):
-        assert secret not in html
-    assert "no /dev/video0" not in html  # camera events are not check-ins
+    assert 'id="lock-form"' in html and 'id="pin-form"' not in html
 
 
 def test_inline_assets_are_exactly_what_the_policy_allows(gateway: Gateway) -> None:
@@ -120,7 +141,10 @@ def test_inline_assets_are_exactly_what_the_policy_allows(gateway: Gateway) -> N
 def test_health_and_checkins_json(gateway: Gateway) -> None:
     with ServedApp(page_for(gateway).app) as srv:
         _, h1, health = fetch(srv.url + "health")
-        _, _, checkins = fetch(srv.url + "checkins")
+        assert fetch(srv.url + "checkins")[0] == 401  # the list is the staff's
+        client = WebClient(srv.url)
+        unlock(client)
+        checkins = client.get("checkins").body
     doc = json.loads(health)
     assert h1["Content-Type"].startswith("application/json")
     assert validate_health(doc) == [] and doc["gateway"] == "gw-a"
@@ -199,3 +223,111 @@ def test_run_serves_the_page_on_the_configured_port(lab: Lab, tmp_path: Path) ->
         assert b"bzgw_mqtt_connected 1.0" in metrics
         assert b'bzgw_sync_events_total{event="connects"} 1.0' in metrics
     assert fetch_refused(url)  # the page stops with the daemon
+
+
+# -- the staff PIN -------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_760_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_status_auth_wrong_pins_are_throttled_per_address_and_overall(
+        gateway: Gateway) -> None:
+    clock = Clock()
+    per_addr, overall = Throttle(free=3, clock=clock), Throttle(free=5, clock=clock)
+    page = page_for(gateway, pin_throttle=(per_addr, overall), clock=clock)
+    with ServedApp(page.app) as srv:
+        client = WebClient(srv.url)
+        statuses = [unlock(client, "000000").status for _ in range(3)]
+        assert statuses == [401, 401, 401]
+        wrong = unlock(client, "111111")  # the 4th wrong PIN starts a wait...
+        assert wrong.status == 401 and per_addr.wait_s("127.0.0.1") == 2.0
+        # ...during which even the right PIN is not checked
+        held = unlock(client)
+        assert held.status == 429 and held.headers["Retry-After"] == "3"
+        assert "Too many wrong PINs" in held.text and client.get("checkins").status == 401
+        clock.t += 2.5
+        assert unlock(client, "222222").status == 401  # the next wait doubles
+        assert per_addr.wait_s("127.0.0.1") == 4.0
+        clock.t += 4.5
+        # everyone together: five wrong PINs are free, the sixth (from whichever address)
+        # holds every address
+        assert overall.failures("*") == 5 and overall.wait_s("*") == 0
+        assert unlock(client, "333333").status == 401 and overall.wait_s("*") == 2.0
+        per_addr.clear("127.0.0.1")  # as if from another address: still held
+        assert unlock(WebClient(srv.url)).status == 429
+        clock.t += 10
+        per_addr.clear("127.0.0.1")
+        overall.clear("*")
+        ok = unlock(client)
+        assert ok.status == 200 and 'data-unlocked="1"' in ok.text
+        assert per_addr.failures("127.0.0.1") == 0
+
+
+def test_status_auth_forms_need_their_token_and_sessions_end(gateway: Gateway) -> None:
+    clock = Clock()
+    page = page_for(gateway, staff_session_s=600, clock=clock)
+    with ServedApp(page.app) as srv:
+        client = WebClient(srv.url)
+        client.get("")
+        # a PIN posted without the form's token (another site's form) is refused unread
+        forged = client.post("pin", {"csrf": "x", "pin": PIN})
+        assert forged.status == 403 and client.get("checkins").status == 401
+        other = WebClient(srv.url)  # a fresh browser has no form cookie at all
+        assert other.post("pin", {"csrf": "", "pin": PIN}).status == 403
+        unlocked = unlock(client)
+        cookie = client.cookie("bzgw_staff")
+        assert cookie is not None and cookie.has_nonstandard_attr("HttpOnly")
+        assert client.get("checkins").status == 200
+        # locking needs the session's token too
+        assert client.post("lock", {"csrf": "nope"}).status == 403
+        assert client.get("checkins").status == 200
+        assert client.post("lock", {"csrf": unlocked.field("csrf")}).status == 200
+        assert client.get("checkins").status == 401
+        # an entered PIN lasts staff_session_s
+        unlock(client)
+        assert client.get("checkins").status == 200
+        clock.t += 601
+        assert client.get("checkins").status == 401
+        assert 'id="pin-form"' in client.get("").text
+
+
+def test_status_auth_without_a_pin_set_up_checkins_are_never_shown(gateway: Gateway) -> None:
+    with ServedApp(page_for(gateway, staff_pin_hash="").app) as srv:
+        client = WebClient(srv.url)
+        page = client.get("")
+        assert page.status == 200 and 'id="staff-note"' in page.text
+        assert 'id="pin-form"' not in page.text and "***" not in page.text
+        assert client.post("pin", {"csrf": "", "pin": "123456"}).status == 403
+        assert client.get("checkins").status == 401
+
+
+def test_status_auth_metrics_only_for_allowed_networks(gateway: Gateway) -> None:
+    with ServedApp(page_for(gateway, metrics_allow=["10.20.0.0/16"]).app) as srv:
+        status, _, body = fetch(srv.url + "metrics")
+        assert status == 403 and b"metrics_allow" in body
+        assert fetch(srv.url + "health")[0] == 200  # state and counts stay open
+    with ServedApp(page_for(gateway, metrics_allow=["127.0.0.0/8"]).app) as srv:
+        assert fetch(srv.url + "metrics")[0] == 200
+
+
+def test_status_auth_config_keeps_hashes_only(tmp_path: Path) -> None:
+    from bzgw.config import load
+    from core.errors import ConfigError
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"status:\n  staff_pin_hash: '{PIN_HASH}'\n  metrics_allow: [10.1.0.0/16]\n")
+    assert load(cfg).status.staff_pin_hash == PIN_HASH
+    cfg.write_text("status:\n  listen: 0.0.0.0\n  staff_pin_hash: '482915'\n")
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+    (where, msg), = err.value.problems
+    assert where.endswith("gw.yaml:3: status -> staff_pin_hash") and "not a PIN hash" in msg
+    assert "482915" not in where + msg  # a PIN put there by mistake is not echoed to logs
+    cfg.write_text("status:\n  metrics_allow: [10.1.0.0/33]\n")
+    with pytest.raises(ConfigError, match="metrics_allow"):
+        load(cfg)

@@ -520,3 +520,12 @@ def audit_show(log: Path, last: int | None) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("ts", 0)))
         click.echo(f"{e.get('seq'):>6} {when}Z {e.get('event'):<13} {e.get('actor')}: "
                    f"{json.dumps(e.get('data'), ensure_ascii=False)}")
+
+
+def _add_user_commands() -> None:
+    from bzgw.commands.users import user_group
+
+    matcher_group.add_command(user_group)
+
+
+_add_user_commands()

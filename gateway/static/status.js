@@ -1,4 +1,5 @@
-// Refreshes the status page from /health and /checkins; mirrors gateway/status.py `view`.
+// Refreshes the status page from /health (and /checkins once the staff PIN is entered);
+// mirrors gateway/status.py `view`.
 (function () {
   "use strict";
   var VENUE_OFFSET_S = 7 * 3600; // Asia/Ho_Chi_Minh, fixed UTC+7
@@ -53,7 +54,7 @@
     if (dropped) { dropped.textContent = String(total); dropped.className = "v" + (total ? " bad" : ""); }
     text("dropped-detail", parts.join(" · "));
     var list = el("checkins");
-    list.replaceChildren.apply(list, checkins.map(function (c) {
+    if (list && checkins) list.replaceChildren.apply(list, checkins.map(function (c) {
       var mark = MARKS[c.state] || [c.state, c.state, ""];
       var li = document.createElement("li");
       var t = document.createElement("span");
@@ -75,8 +76,16 @@
     });
   }
 
+  // the last check-ins are the staff's, behind the PIN: asked for only while unlocked
+  var unlocked = document.body.dataset.unlocked === "1";
+
   function tick() {
-    Promise.all([get("health"), get("checkins")]).then(function (got) {
+    var checkins = unlocked ? fetch("checkins", {cache: "no-store"}).then(function (r) {
+      if (r.status === 401) { location.reload(); throw new Error("PIN session ended"); }
+      if (!r.ok) { throw new Error("checkins: HTTP " + r.status); }
+      return r.json();
+    }) : Promise.resolve(null);
+    Promise.all([get("health"), checkins]).then(function (got) {
       render(got[0], got[1]);
       document.body.classList.remove("stale");
       refreshed += 1;
