@@ -158,6 +158,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     }), encoding="utf-8")
     f = Fleet(tmp=tmp, inventory=inventory, extra=extra, first="", second="",
               broker_port=port)
+    # the custodians' keys, made offline and placed on the control node for the province
+    subprocess.run([str(BZGW), "custodian", "init", "--name", "health-office", "--name",
+                    "police", "--name", "peoples-committee", "-k", "2", "--days", "30",
+                    "--out", str(tmp / "custodians")], check=True, capture_output=True)
+    (tmp / "pki" / "hn" / "custody").mkdir(parents=True)
+    for name in ("identity-keys.json", "blind.key"):
+        shutil.copy2(tmp / "custodians" / name, tmp / "pki" / "hn" / "custody" / name)
     f.first = f.run("site.yml").stdout
     f.second = f.run("site.yml").stdout
     return f
@@ -269,7 +276,12 @@ def test_rendered_configs_pass_config_check(fleet: Fleet) -> None:
     assert cfg.mqtt.port == fleet.broker_port
     assert cfg.sealing.device_key == fleet.root("gw-t-1") / "var/lib/bzgw/keys/device.key"
     assert load(fleet.root("gw-t-2") / "etc/bzgw/gateway.yaml").qr.source == "none"
+    # check-in identities are sealed for the custodians; the unit's blind key is its own
+    assert cfg.sealing.identity_keys == fleet.root("gw-t-1") / "etc/bzgw/identity-keys.json"
+    assert cfg.sealing.blind_key is not None and mode(cfg.sealing.blind_key) == 0o600
     mcfg = load(fleet.root("matcher-t") / "etc/bzgw/matcher.yaml")
+    assert mcfg.matcher is not None and mcfg.matcher.identity_keys is not None
+    assert mcfg.matcher.audit_log.parent == fleet.root("matcher-t") / "var/lib/bzgw-matcher"
     assert mcfg.matcher is not None
     assert mcfg.matcher.db.startswith("sqlite:///") and "var/lib/bzgw-matcher" in mcfg.matcher.db
 

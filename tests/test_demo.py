@@ -64,6 +64,49 @@ def test_demo_reports_the_f0_phones_venues_and_windows(tmp_path: Path) -> None:
     assert _mosquittos(out) == []
 
 
+def test_custodian_demo_opening_and_no_identity_on_any_disk(tmp_path: Path) -> None:
+    """After the demo, no byte the matcher or the gateways wrote (databases, WAL, outboxes,
+    broker store, logs, audit log) holds a name, ID number, phone or birth date of the demo's
+    people; only the approved report lists them."""
+    from bzgw.demo import PEOPLE
+    from matcher.audit import entries, load_audit_public, verify
+
+    out = tmp_path / "demo"
+    res = subprocess.run([*BZGW, "demo", "--out", str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Custodians approve the opening" in res.stderr and "2 of 3" in res.stderr
+    needles: list[str] = []
+    for person in PEOPLE:
+        b = person["birth_date"]  # ddmmyyyy as on the card
+        needles += [person["cccd"], person["name"], person["name"].upper(), b,
+                    f"{b[4:]}-{b[2:4]}-{b[:2]}"]
+        if person["old_id"]:
+            needles.append(person["old_id"])
+    needles += ["0901234567", "+84901234567"]  # the phone on the demo's personal QR
+    state = out / "state"
+    written = [p for d in (state / "matcher", state / "site", *state.glob("gw-*"))
+               for p in d.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("matcher.db") for p in written)
+    assert any(p.name == "outbox.db" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for n in needles:
+            assert n.encode() not in data, f"{n!r} in {path}"
+    # the approved report is where they appear, the sealed one has masked forms only
+    opened = (out / "report.json").read_text(encoding="utf-8")
+    assert PEOPLE[0]["cccd"] in opened and PEOPLE[0]["name"] in opened
+    sealed = (out / "sealed-report" / "report.json").read_text(encoding="utf-8")
+    assert not any(n in sealed for n in needles[:4])
+    assert (out / "sealed-report" / "opening-request.json").is_file()
+    # the audit log: query, two approvals, the opening; it verifies
+    log = state / "matcher" / "audit.log"
+    assert log.name.startswith("audit")
+    events = [e["event"] for e in entries(log)]
+    assert events == ["f0_query", "f0_query", "approval", "approval", "open"]
+    assert verify(log, load_audit_public(state / "matcher" / "audit.pub"))[1] == []
+
+
 def test_demo_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.Popen([*BZGW, "demo", "--out", str(out)], stderr=subprocess.PIPE,
