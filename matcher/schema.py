@@ -17,12 +17,17 @@ Indexes follow the match queries:
   time range (co-presence), and retention (purged venue by venue through the same index);
 - ``checkins(subject)``, ``checkins(phone)``: identity F0 (CCCD number or phone → that
   person's check-ins; ``phone`` is normalised by :mod:`matcher.identity`).
+
+On PostgreSQL, ``sightings`` and ``checkins`` are partitioned by day on their time column
+(schema 5, :mod:`matcher.partitions`); every index above exists on each partition.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from matcher import partitions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -190,6 +195,9 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    #: The one dialect the statements apply to; elsewhere the version is recorded as applied
+    #: with nothing to do.
+    dialect: str | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -215,6 +223,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "DROP INDEX sightings_ident",  # first, so the fill does not maintain it
         "{fill_ident_key}",
         "CREATE INDEX sightings_ident_key ON sightings (ident_key)")),
+    # A province keeps ~1.6e8 sightings for 21 days: day partitions make retention a DROP
+    # TABLE per day instead of deleting rows one by one (matcher/partitions.py).
+    Migration(5, "record tables partitioned by day", (
+        partitions.FUNCTION,
+        *(partitions.convert_statement(t, c) for t, c in partitions.TABLES)),
+        dialect="postgres"),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
