@@ -328,6 +328,7 @@ def _count(schema_name: str, n_gw: int, n_matchers: int, seconds: float, go: flo
         stored = {(g, int(s)): (float(c), float(r), int(n)) for g, s, c, r, n in db.execute(
             "SELECT g.gateway_id, b.seq, b.created_at, b.received_at, b.n_sightings FROM "
             "batches b JOIN gateways g ON g.id = b.gw_id")}
+        wire = db.execute("SELECT avg(size) FROM batches WHERE n_sightings = ?", (PER_BATCH,))
         rows_per_batch = {(g, int(s)): int(n) for g, s, n in db.execute(
             "SELECT g.gateway_id, s.seq, count(*) FROM sightings s JOIN gateways g ON "
             "g.id = s.gw_id GROUP BY g.gateway_id, s.seq")}
@@ -361,6 +362,7 @@ def _count(schema_name: str, n_gw: int, n_matchers: int, seconds: float, go: flo
         "burst_sightings_per_s": round(burst_sightings / max(1e-9, burst_end - burst_at), 1),
         "burst_lag_p99_s": round(_percentile([r - c for c, r, _ in burst], 0.99), 3),
         "sightings_in_default_partition": in_default,
+        "wire_bytes_per_paced_batch": round(float(wire[0][0] or 0.0)),
         "schema_bytes": size,
     }
 
