@@ -42,9 +42,11 @@ PER_BATCH = 40  # busy hour: 2,400 sightings per venue per hour (about a day's a
 BURST = 2  # batches per gateway sealed at once after the paced phase
 BURST_PER_BATCH = 200
 # Gateways per process. paho waits on select(), which takes no descriptor above 1023, and each
-# client holds three (its socket and a wake-up socket pair): about 300 clients fit one process.
-PER_WORKER = 250
-CONNECT_GAP_S = 0.01  # between two gateways' first connects in one process
+# client holds up to five across a reconnect (its socket, wake-up socket pairs): 150 clients
+# keep well below that.
+PER_WORKER = 150
+_LOW_FDS = 1000  # descriptors below this are kept for the MQTT sockets
+CONNECT_GAP_S = 0.03  # between two gateways' first connects in one process
 
 
 def _sizes(quick: bool) -> tuple[int, int, float]:
@@ -90,7 +92,9 @@ async def _gateway_worker(spec: dict[str, Any]) -> dict[str, Any]:
     gws, outboxes, sealers, syncs = spec["gateways"], {}, {}, {}
     # Hold the low descriptors while the outboxes open their SQLite files, so the MQTT
     # sockets opened later get them (select() above).
-    reserved = [os.open(os.devnull, os.O_RDONLY) for _ in range(3 * len(gws) + 16)]
+    reserved = [os.open(os.devnull, os.O_RDONLY)]
+    while reserved[-1] < _LOW_FDS:
+        reserved.append(os.open(os.devnull, os.O_RDONLY))
     for g in gws:
         gid = g["id"]
         outboxes[gid] = Outbox(root / "gw" / f"{gid}.db", max_bytes=1 << 26, max_age_s=86400)
