@@ -17,8 +17,6 @@ from matcher import partitions, schema
 from matcher.store import Store, open_store
 from matcher.testing import Header, checkin, drop_schema, entry, sighting, unique_schema
 
-pytestmark = pytest.mark.postgres
-
 DAY = 86400.0
 # Noon (UTC) of the real today: the store creates today's partitions when it opens.
 NOW = (time.time() // DAY) * DAY + DAY / 2
@@ -53,6 +51,7 @@ def _rows(store: Store, table: str, col: str) -> dict[int, tuple[float, int, str
         f"SELECT id, {col}, xmin::text::bigint, tableoid::regclass::text FROM {table}")}
 
 
+@pytest.mark.postgres
 def test_new_postgres_store_has_day_partitions_ahead_and_a_default(pg_store: Store) -> None:
     assert partitions.is_partitioned(pg_store.db, "sightings")
     assert partitions.is_partitioned(pg_store.db, "checkins")
@@ -72,6 +71,7 @@ def test_new_postgres_store_has_day_partitions_ahead_and_a_default(pg_store: Sto
         assert n_idx == n_parent >= 3
 
 
+@pytest.mark.postgres
 def test_partition_rows_of_a_missing_day_wait_in_default_then_move_to_their_day(
         pg_store: Store) -> None:
     later = NOW + 10 * DAY  # beyond the partitions created ahead
@@ -91,6 +91,7 @@ def test_partition_rows_of_a_missing_day_wait_in_default_then_move_to_their_day(
     assert partitions.ensure(pg_store.db, later) == []  # idempotent
 
 
+@pytest.mark.postgres
 def test_retention_drops_expired_day_partitions_and_touches_nothing_younger(
         pg_store: Store) -> None:
     partitions.ensure(pg_store.db, NOW, behind_days=30)
@@ -127,6 +128,7 @@ def test_retention_drops_expired_day_partitions_and_touches_nothing_younger(
     assert pg_store.purge(NOW, 21)["sightings"] == 0
 
 
+@pytest.mark.postgres
 def test_retention_with_partitions_keeps_replays_refused(pg_store: Store) -> None:
     partitions.ensure(pg_store.db, NOW, behind_days=30)
     gw = entry("gw-a")
@@ -137,6 +139,7 @@ def test_retention_with_partitions_keeps_replays_refused(pg_store: Store) -> Non
     assert pg_store.add_batch(gw, Header("gw-a", 1, t), _day_batch(t), digest=b"1") == "replay"
 
 
+@pytest.mark.postgres
 def test_partition_a_schema_4_store_is_migrated_with_rows_ids_and_indexes(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     name = unique_schema()
@@ -183,6 +186,7 @@ def test_partition_a_schema_4_store_is_migrated_with_rows_ids_and_indexes(
         drop_schema(pg_url, name)
 
 
+@pytest.mark.postgres
 def test_partition_rows_move_to_their_new_day_when_a_clock_correction_retimes_them(
         pg_store: Store) -> None:
     partitions.ensure(pg_store.db, NOW, behind_days=3)
