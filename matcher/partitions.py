@@ -192,8 +192,12 @@ def drop_expired(db: Database, cutoff: float) -> dict[str, int]:
         for p in partitions(db, table):
             if p.hi is None or p.hi > cutoff:
                 continue
+            # counted before the lock (an expired day gets no new rows but a late batch's)
+            n += int(db.scalar(f'SELECT count(*) FROM "{p.name}"'))
             with db.transaction():
-                n += int(db.scalar(f'SELECT count(*) FROM "{p.name}"'))
+                # parent first, as every insert and update locks them: no lock-order deadlock
+                # with a matcher storing a batch meanwhile; held only for the DROP itself
+                db.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
                 db.execute(f'DROP TABLE "{p.name}"')
             dropped.append(p.name)
         with db.transaction():
