@@ -28,7 +28,7 @@ from contract.batch import Batch
 from contract.records import Sighting
 from contract.registry import GatewayEntry
 from core.clock import ClockEpoch
-from matcher import retime, schema
+from matcher import partitions, retime, schema
 from matcher.db import MIGRATION_LOCK, Database, StoreError, connect
 from matcher.rows import Counter, EpochInfo, GatewayState, HeaderLike
 from matcher.store_read import StoreReads
@@ -56,6 +56,7 @@ class Store(StoreReads):
         self._pending_stats: dict[str, float] = {}
         self._tx_depth = 0
         self.migrate()
+        partitions.ensure(db)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def migrate(self) -> list[int]:
@@ -73,7 +74,7 @@ class Store(StoreReads):
                 raise StoreError(f"database schema version {max(applied)} is newer than this "
                                  f"matcher ({schema.SCHEMA_VERSION}): upgrade bzgw")
             for m in schema.pending(applied):
-                for stmt in m.statements:
+                for stmt in m.statements if m.dialect in (None, db.dialect) else ():
                     db.execute(schema.render(stmt, db.dialect))
                 db.execute("INSERT INTO schema_migrations (version, name, applied_at) "
                            "VALUES (?, ?, ?)", (m.version, m.name, time.time()))
@@ -336,9 +337,12 @@ class Store(StoreReads):
     def purge(self, now: float, retention_days: float) -> dict[str, int]:
         """Delete every record older than the window; return rows deleted per table.
 
-        Records go by their own time (venue by venue, through the venue+time indexes); batch
-        rows go by receipt time, and each gateway keeps the highest purged sequence number so
-        a replay of a purged batch is still refused.
+        Records go by their own time; batch rows go by receipt time, and each gateway keeps
+        the highest purged sequence number so a replay of a purged batch is still refused.
+        Day-partitioned tables (PostgreSQL) lose whole expired days as ``DROP TABLE`` and only
+        the rows before the cutoff in the day it falls in are deleted; partitions for the
+        coming days are created in the same run. Elsewhere rows are deleted venue by venue
+        (through the venue+time indexes).
         """
         if retention_days <= 0:
             raise StoreError("retention must be positive")
@@ -346,11 +350,17 @@ class Store(StoreReads):
         db = self.db
         out = {"sightings": 0, "checkins": 0, "adoption_counts": 0, "batches": 0,
                "clock_corrections": 0}
+        by_venue = [("sightings", "first_seen"), ("checkins", "ts"),
+                    ("adoption_counts", "window_start")]
+        if partitions.is_partitioned(db):
+            partitions.ensure(db, now)
+            dropped = partitions.drop_expired(db, cutoff)
+            out.update(dropped)
+            by_venue = [t for t in by_venue if t[0] not in dropped]
         venue_ids = [int(r[0]) for r in db.execute("SELECT id FROM venues")]
         for vid in venue_ids:
             with db.transaction():
-                for table, col in (("sightings", "first_seen"), ("checkins", "ts"),
-                                   ("adoption_counts", "window_start")):
+                for table, col in by_venue:
                     out[table] += self._delete(
                         f"DELETE FROM {table} WHERE venue_id = ? AND {col} < ?", (vid, cutoff))
         with db.transaction():
