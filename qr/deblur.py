@@ -16,7 +16,7 @@ none of those frames). The smear is a linear blur by a short line, so it can be 
 4. :func:`wiener` deconvolves the region with that line (in the Fourier domain, with a
    noise-to-signal floor), upscales it 2× and gives it a quiet zone for the reader.
 
-numpy's FFT does the work on a crop of ~200×200 pixels (well under a millisecond); written
+numpy's FFT does the work on a crop of ~200×200 pixels (1–2 ms with the upscale); written
 here because no well-kept Python library offers blind motion deblurring at this cost
 (scikit-image has Wiener / Richardson–Lucy for a *known* kernel only, and a large import).
 """
@@ -34,7 +34,8 @@ BLOCK = 16  # px: the grid on which code-like regions are found
 MARGIN = 24  # px of context kept around the region (the blur spreads the code's edge)
 PAD = 16  # px of mirrored border against the FFT's wrap-around
 # Smaller / larger gradient energy of the region above which there is no smear to undo. Blurred
-# screen photos measure 0.3–0.65, sharp or evenly blurred codes and camera scenes 0.8–1.
+# screen photos measure 0.3–0.65, evenly blurred codes and textured camera scenes 0.95–1, most
+# sharp photos of codes above 0.8.
 MAX_ANISOTROPY = 0.75
 
 
