@@ -12,7 +12,7 @@ Measured in one run, on the same frames:
   0–40° rotation, blur, noise, low contrast, a glare spot), same readers.
 - ``qr_screens_*``: the held-out set of 32 rendered photos of CCCD codes on phone screens
   (:mod:`qr.screens`: perspective, moiré, low contrast, glare, motion blur, JPEG), same
-  readers.
+  readers plus the combined decoder without its motion-blur retries (``no_deblur``).
 - ``qr_empty_*``: frames with no code (most of a camera's day): a new scene gets every
   retry up to the budget; a camera stream of an unchanged scene (``skip_static``, as the
   check-in pipeline runs it) gets each retry once and then only the first pass.
@@ -44,6 +44,7 @@ CORPORA = Path(os.environ.get("BZGW_CORPORA",
                               Path(__file__).resolve().parent.parent.parent / "shared" /
                               "corpora"))
 Reader = Callable[[np.ndarray], list[bytes]]
+NO_DEBLUR = "no_deblur"  # compared on the screen photos only, where the motion-blur retries aim
 
 
 def _corpus() -> list[tuple[np.ndarray, bytes]]:
@@ -96,6 +97,7 @@ def _readers() -> dict[str, Reader]:
 
     zx = ZxingReader()
     combined = Decoder(budget_ms=30)
+    no_deblur = Decoder(budget_ms=30, deblur=False)
     fmts = (zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode)
 
     def texts(codes: list[DecodedCode]) -> list[bytes]:
@@ -106,6 +108,7 @@ def _readers() -> dict[str, Reader]:
         "zxing": lambda g: [r.text.encode("utf-8")
                             for r in zxingcpp.read_barcodes(g, formats=fmts)],
         "zxing_plain": lambda g: texts(zx.read(g)[0]),
+        NO_DEBLUR: lambda g: texts(no_deblur.decode(g).codes),
     }
     try:
         zb = ZbarQrReader()
@@ -236,12 +239,13 @@ def _pipeline(quick: bool) -> list[dict[str, Any]]:
 def run(quick: bool) -> list[dict[str, Any]]:
     """All QR benchmarks (``quick``: fewer repeats and frames)."""
     repeats = 2 if quick else 5
-    readers = _readers()
+    with_ablation = _readers()
+    readers = {k: r for k, r in with_ablation.items() if k != NO_DEBLUR}
     rows: list[dict[str, Any]] = []
     if (CORPORA / "qr").is_dir():
         rows += _compare("qr_corpus", _corpus(), readers, repeats)
     rows += _compare("qr_hard", _hard_frames(20 if quick else 60), readers, repeats)
-    rows += _compare("qr_screens", _screen_frames(), readers, repeats)
+    rows += _compare("qr_screens", _screen_frames(), with_ablation, repeats)
     rows += _empty(readers, repeats, quick)
     rows += _recognize(quick)
     rows += _pipeline(quick)

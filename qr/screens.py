@@ -127,7 +127,8 @@ def render_screen_photo(payload: str, seed: int) -> ScreenPhoto:
     rx, ry = rng.uniform(50, 110), rng.uniform(30, 80)
     glare = fx["glare"] * np.exp(-(((xx - gx) / rx) ** 2 + ((yy - gy) / ry) ** 2))
     arr = arr + glare  # a lamp reflected in the glass
-    arr = _motion_blur(arr, fx["blur_px"], rng.uniform(0, np.pi))
+    fx["blur_angle"] = rng.uniform(0, np.pi)  # radians, image axes (x right, y down)
+    arr = _motion_blur(arr, fx["blur_px"], fx["blur_angle"])
     arr = arr + np_rng(rng).normal(0, fx["noise"], arr.shape).astype(np.float32)
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     buf = io.BytesIO()

@@ -33,15 +33,21 @@ def test_combined_decoder_reads_clearly_more_than_zxing_alone(held_out: list) ->
     pytest.importorskip("cv2", reason="the OpenCV retries need opencv-python-headless")
     # A generous budget: this counts what the ladder can read, not how fast (bench/ does).
     ours = Decoder(budget_ms=1000)
-    without_cv = Decoder(budget_ms=1000, opencv=False)
+    without_cv = Decoder(budget_ms=1000, opencv=False, deblur=False)
+    without_deblur = Decoder(budget_ms=1000, deblur=False)
     alone = sum(any(r.bytes == p.payload for r in zxingcpp.read_barcodes(p.gray, formats=FORMATS))
                 for p in held_out)
-    read = [any(c.raw == p.payload for c in ours.decode(p.gray).codes) for p in held_out]
-    old = sum(any(c.raw == p.payload for c in without_cv.decode(p.gray).codes)
-              for p in held_out)
-    assert sum(read) >= alone + 6, (sum(read), alone)
-    assert sum(read) > old
-    assert sum(read) >= 25
+
+    def count(dec: Decoder) -> int:
+        return sum(any(c.raw == p.payload for c in dec.decode(p.gray).codes) for p in held_out)
+
+    read, old, filtered = count(ours), count(without_cv), count(without_deblur)
+    assert read >= 28, (read, alone)  # the requirement: at least 28 of the 32 held-out photos
+    assert read >= alone + 8, (read, alone)
+    # each family of retries earns its place: the OpenCV filters over the plain ladder, the
+    # motion-blur passes over the filters
+    assert filtered > old, (filtered, old)
+    assert read > filtered, (read, filtered)
 
 
 def test_opencv_retries_come_after_the_first_pass_and_only_with_opencv() -> None:
