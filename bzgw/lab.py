@@ -7,6 +7,8 @@ generated ACLs on a free loopback port. Nothing here is used on a deployed gatew
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.registry import GatewayEntry, Registry
 from contract.sealing import signing_public_hex
+from matcher.custody import Opening, Window
 from mqtt.broker import MosquittoProcess, free_port
 from mqtt.broker_config import TlsFiles, write_broker_config
 from mqtt.config import MqttConfig
@@ -151,6 +154,26 @@ def gateway_identity_files(root: Path, folder: Path) -> tuple[Path, Path]:
     if not blind.exists():
         shutil.copy2(custody / "blind.key", blind)
     return custody / "identity-keys.json", blind
+
+
+def lab_opening(root: Path, scope: Sequence[Window] | None = None, *,
+                lookup: bool = True) -> Opening:
+    """An opening as two of the lab's custodians would approve it (for tests and benches
+    that match what lab gateways sealed): the request, both approvals and the rebuild."""
+    import tempfile
+
+    from contract.custody import load_identity_keys
+    from matcher.custody import approve, load_share_file, make_request, open_request
+
+    custody = custody_files(root)
+    keys = load_identity_keys(custody / "identity-keys.json")
+    with tempfile.NamedTemporaryFile(suffix=".json") as f0:
+        windows = list(scope) if scope is not None else [Window("*", time.time() - 21 * 86400,
+                                                                 time.time())]
+        request = make_request("lab", Path(f0.name), windows, lookup=lookup)
+    approvals = [approve(request, load_share_file(custody / f"custodian-{name}.json"))
+                 for name in LAB_CUSTODIANS[:2]]
+    return open_request(keys, request, approvals)
 
 
 def write_gateway_config(lab: Lab, gid: str, folder: Path, **sections: dict[str, object]

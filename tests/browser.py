@@ -26,7 +26,7 @@ from ble.aggregator import WindowAggregator
 from ble.simulator import Crowd
 from bzgw.config import Config
 from bzgw.config import parse as parse_config
-from bzgw.lab import Lab, gateway_identity_files
+from bzgw.lab import Lab, gateway_identity_files, lab_opening
 from contract import sealing
 from contract.custody import IdentitySealer
 from contract.records import AdoptionCount
@@ -36,6 +36,7 @@ from core.clock import Clock, ClockEpoch, ClockSource, ReplayClock
 from gateway.health import Component, build_health
 from gateway.outbox import Outbox, OutboxStatus
 from gateway.pipeline import CapturePipeline, PipelineStats
+from matcher.custody import Window
 from matcher.dashboard_queries import consume_message
 from matcher.f0 import F0, F0Case
 from matcher.ingest import Ingestor
@@ -210,8 +211,9 @@ def build_site(tmp: Path, store: Store, *, now: float, hours: float = 6.0) -> Si
         outbox.close()
     _reports(store, registry, now)
     reports = tmp / "reports"
+    opening = lab_opening(tmp, [Window("*", now - 2 * 86400, now + 86400)])
     result = match_f0(store, F0(source="test", format="identity", signer="test", cases=[
-        F0Case(label="F0-1", kind="identity", subjects=(subject,))]))
+        F0Case(label="F0-1", kind="identity", subjects=(subject,))]), opening=opening)
     write_reports(result, reports / "case-1")
     return Site(store=store, registry=registry, now=now, counts=counts, reports=reports,
                 subject=subject)
@@ -281,7 +283,9 @@ def gateway_config(tmp: Path, lab: Lab, *, status_port: int, gateway: str = "gw-
         "gateway": {"id": gateway, "province": lg.entry.province, "venue": lg.entry.venue,
                     "venue_name": lg.entry.venue_name},
         "sealing": {"matcher_public_key": str(tmp / "matcher.pub"),
-                    "device_key": str(tmp / "device.pem")},
+                    "device_key": str(tmp / "device.pem"),
+                    **dict(zip(("identity_keys", "blind_key"),
+                               map(str, gateway_identity_files(lab.root, tmp)), strict=True))},
         "outbox": {"path": str(tmp / "outbox.db"), "flush_interval_s": 2},
         "mqtt": lg.mqtt.model_dump(),
         "status": {"listen": "127.0.0.1", "port": status_port, "health_interval_s": 1,

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from ackmatcher import AckMatcher
 
-from bzgw.lab import Lab
+from bzgw.lab import Lab, gateway_identity_files
 from contract import sealing as sealer
 from gateway.outbox import read_status
 
@@ -111,7 +111,9 @@ def write_configs(lab: Lab, root: Path, gw: str = "gw-a") -> tuple[Path, Path, b
     cfg: dict[str, Any] = {
         "gateway": {"id": gw, "province": g.entry.province, "venue": g.entry.venue},
         "sealing": {"matcher_public_key": str(root / "matcher.pub"),
-                    "device_key": str(root / "device.pem")},
+                    "device_key": str(root / "device.pem"),
+                    **dict(zip(("identity_keys", "blind_key"),
+                               map(str, gateway_identity_files(lab.root, root)), strict=True))},
         "outbox": {"path": str(root / "outbox.db"), "flush_interval_s": 5},
         "mqtt": {**mqtt, "inflight": 8},
         "status": {"enabled": False, "health_interval_s": 0.5},

@@ -115,7 +115,7 @@ def test_demo_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
     assert proc.stderr is not None
     seen = ""
     deadline = time.monotonic() + 60
-    while "[2/5]" not in seen and time.monotonic() < deadline:  # the broker is running
+    while "[2/6]" not in seen and time.monotonic() < deadline:  # the broker is running
         seen += proc.stderr.readline()
     assert _mosquittos(out), "the demo's broker should be running"
     proc.send_signal(signal.SIGINT)
