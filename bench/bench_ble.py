@@ -8,9 +8,10 @@ Measured in one run, on the same adverts, against ``bluetooth_data_tools``'
   including the final flush) vs bluetooth-data-tools with its LRU cache.
 - ``ble_pipeline_adverts``: the object path every ``AdvertSource`` feeds (``decode`` →
   ``Advert`` → :meth:`WindowAggregator.add`) vs the same.
-- ``ble_daemon_path``: what ``bzgw run`` does per advert a source hands it: decode →
-  ``Advert`` → :meth:`gateway.pipeline.CapturePipeline.on_advert` (sealing in its worker
-  thread, into a real outbox) and the live phone count, vs the same.
+- ``ble_daemon_path``: what ``bzgw run`` does with the raw report batches every source hands
+  it: :meth:`gateway.pipeline.CapturePipeline.on_reports` → ``WindowAggregator.feed`` (decode
+  on a miss only; sealing in its worker thread, into a real outbox) with the live phone count
+  as the aggregator's watcher, in batches of 256, vs the same.
 - ``ble_parse_uncached``: our parser + classifier with no cache at all
   (:func:`ble.decoders.decode_uncached`) vs bluetooth-data-tools' uncached parse.
 - ``ble_replay_file``: a capture file end to end (btsnoop records → HCI reports → adverts →
@@ -119,15 +120,18 @@ def _workload(label: str, reps: list[Report], repeats: int) -> list[dict[str, An
             pipe = CapturePipeline(aggregator=WindowAggregator(THRESHOLDS), sealer=sealer,
                                    outbox=outbox, clock=clock, background=True)
             phones = PhonesNow()
-            on_advert, seen, advance = pipe.on_advert, phones.add, clock.advance
-            for ts, address, rssi, data in reps:
-                advance(ts)
-                adv = advert_of(ts, address, 1, rssi, decode(data))
-                on_advert(adv)
-                seen(adv)
+            pipe.aggregator.watcher = phones.seen
+            on_reports, advance = pipe.on_reports, clock.advance
+            # batches as the sources hand them over (the radio queue's bound, a feed's 256)
+            for i in range(0, len(reps5), 256):
+                batch = reps5[i:i + 256]
+                advance(batch[-1][0])
+                on_reports(batch)
             pipe.flush(end, final=True)
             pipe.close()
             outbox.close()
+
+    reps5 = [(ts, address, 1, rssi, data) for ts, address, rssi, data in reps]
 
     def ours_uncached() -> None:
         for _ts, _address, _rssi, data in reps:

@@ -1,6 +1,6 @@
 """Footprint of the real ``bzgw run`` at a busy venue, and the zstd level it seals with.
 
-- ``footprint [<feed>]``: the daemon as a process (``python -m gateway.cli -v run``) with a
+- ``footprint [<feed>]``: the daemon as a process (``python -m bzgw.cli -v run``) with a
   400-device venue (40 % Bluezone, 17 % EN, 10 % iPhones, the rest other devices, 3.2
   adverts/s each while advertising; some phones duty-cycle: about 1,000 adverts/s), fed by
   the crowd simulator paced in real time, or by a btsnoop capture of such a crowd replayed
@@ -162,7 +162,7 @@ def _free_port() -> int:
 def _run_daemon(cfg: Path, seconds: float, warmup: float, cap: CpuCap | None,
                 status_port: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-v", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "bzgw.cli", "-v", "run", "--config",
                              str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             env=env, cwd=ROOT, preexec_fn=cap.enter if cap else None)
     hz = os.sysconf("SC_CLK_TCK")

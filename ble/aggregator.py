@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ble.config import ProximityThresholds
@@ -131,11 +131,22 @@ class WindowAggregator:
         count_window_s: adoption window length, aligned to the UTC epoch.
         clock: clock epoch used when :meth:`add` is called without one.
         bluezone_slot_s: Bluezone ID lifetime (86400 / ``max``; 900 by default).
+        watcher: told ``(ts, address, kind)`` of every address heard (the live phone
+            count), at least every ``watch_refresh_s`` per address that keeps sending:
+            repeated adverts between two calls cost nothing more (see :meth:`feed`).
+        watch_refresh_s: how stale a watcher's last-heard time may get.
+        resolve: reads the ID of a ``BLUEZONE_IOS`` advert heard by :meth:`feed`:
+            ``(ts, address, address_type) -> ID or None`` (an
+            :meth:`~ble.ios.IosResolver.resolve_raw`); until it answers, each advert of
+            that address takes the slow path and asks again.
     """
 
     def __init__(self, thresholds: ProximityThresholds | None = None, *, max_ids: int = 20000,
                  count_window_s: int = 900, clock: ClockEpoch | None = None,
-                 bluezone_slot_s: int = BLUEZONE_SLOT_S) -> None:
+                 bluezone_slot_s: int = BLUEZONE_SLOT_S,
+                 watcher: Callable[[float, str, IdKind], None] | None = None,
+                 watch_refresh_s: float = 10.0,
+                 resolve: Callable[[float, str, int], bytes | None] | None = None) -> None:
         if max_ids < 1:
             raise ValueError("max_ids must be positive")
         if count_window_s <= 0 or 86400 % bluezone_slot_s:
@@ -145,6 +156,9 @@ class WindowAggregator:
         self.max_ids = max_ids
         self.count_window_s = count_window_s
         self.clock = clock
+        self.watcher = watcher
+        self.watch_refresh_s = watch_refresh_s
+        self.resolve = resolve
         self._slot_len = {IdKind.BLUEZONE: bluezone_slot_s, IdKind.BLUEZONE_IOS: bluezone_slot_s,
                           IdKind.GAEN: EN_INTERVAL}
         self._tracks: dict[tuple[bytes, int], _Track] = {}
@@ -212,15 +226,17 @@ class WindowAggregator:
         """Decode and account one raw report, skipping the decode when ``data`` repeats."""
         self.feed(((ts, address, rssi, data),), clock)
 
-    def feed(self, reports: Sequence[tuple[float, str, int | None, bytes]],
-             clock: ClockEpoch | None = None) -> int:
-        """Decode and account a batch of raw ``(ts, address, rssi, data)`` reports.
+    def feed(self, reports: Sequence[Sequence[Any]], clock: ClockEpoch | None = None) -> int:
+        """Decode and account a batch of raw reports: the one fast path of every source.
 
-        The hot path. An address repeating its previous payload within the same window and
-        ID slot skips decoding and every lookup but one (habluetooth's trick of skipping
-        repeated raw payloads per address): only its sighting's statistics move. Grouping
-        repeats with C-level ``zip``/``Counter`` was measured and is slower here: building
-        the tuples costs more than this loop.
+        Each report is ``(ts, address, rssi, data)`` or ``(ts, address, address_type, rssi,
+        data)`` (:data:`ble.records.Report`; a simulator's or a capture's report tuple).
+        An address repeating its previous payload within the same window and ID slot skips
+        decoding and every lookup but one (habluetooth's trick of skipping repeated raw
+        payloads per address): only its sighting's statistics move. Grouping repeats with
+        C-level ``zip``/``Counter`` was measured and is slower here: building the tuples
+        costs more than this loop. The module is compiled with Cython where it can be
+        (``ble.compiled``), which makes this loop about 5× faster.
 
         Returns:
             The number of reports consumed.
@@ -232,8 +248,13 @@ class WindowAggregator:
         get = self._fast.get
         get_alt = self._fast_alt.get
         observe = self._observe
+        resolve = self.resolve
         slow = 0
-        for ts, address, rssi, data in reports:
+        for r in reports:
+            ts = r[0]
+            address = r[1]
+            rssi = r[-2]
+            data = r[-1]
             st = get(address)
             # Active scanning alternates an advert and its scan response: try both payloads.
             if st is not None and (st[0] == data or (
@@ -251,8 +272,10 @@ class WindowAggregator:
                             tr.first = ts
                     continue
             slow += 1
-            d = decode(data)
-            observe(ts, address, rssi, d.kind, d.ident, d.aem, d.tx_power, ck, data)
+            kind, ident, aem, tx = decode(data)
+            if kind is IdKind.BLUEZONE_IOS and ident is None and resolve is not None:
+                ident = resolve(ts, address, r[2] if len(r) > 4 else 1)
+            observe(ts, address, rssi, kind, ident, aem, tx, ck, data)
         self.adverts += len(reports) - slow  # the slow path counts its own
         return len(reports)
 
@@ -312,12 +335,20 @@ class WindowAggregator:
                     tr.tx_power = tx
                 if aem is not None:
                     tr.aem = aem
-        if clock is self._fast_clock:
-            # Let repeats take the fast path until the window or the slot ends.
+        watcher = self.watcher
+        if watcher is not None:
+            watcher(ts, address, kind)
+        if clock is self._fast_clock and not (
+                kind is IdKind.BLUEZONE_IOS and ident is None and self.resolve is not None):
+            # Let repeats take the fast path until the window or the slot ends (or, with a
+            # watcher, until it is due to hear of this address again); an iOS phone whose ID
+            # is still being read keeps the slow path, which asks the resolver again.
             if tr is None:
                 lo, hi = float(win.start), win.end
             else:
                 lo, hi = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
+            if watcher is not None and ts + self.watch_refresh_s < hi:
+                hi = ts + self.watch_refresh_s
             hist = None if tr is None else tr.hist
             if data is not None:
                 prev = self._fast.get(address)
@@ -457,3 +488,11 @@ class WindowAggregator:
         return {"adverts": self.adverts, "open_sightings": len(self._tracks),
                 "cached_addresses": len(self._recent), "late_adverts": self.late,
                 "window_devices": len(self._win.devices) if self._win else 0}
+
+
+COMPILED = False
+"""Whether the Cython-compiled copy of this module is in use (see :mod:`ble.compiled`)."""
+if __name__ == "ble.aggregator":
+    from ble.compiled import adopt
+
+    adopt(globals(), "ble._aggregator_c")

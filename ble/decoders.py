@@ -79,23 +79,38 @@ def classify(f: AdFields) -> Decoded:
                    f.tx_power)
 
 
+# Kinds as module constants and shared results for payloads without TX power: most adverts
+# are not tracing phones, so the cache-miss path mostly returns one of these without
+# building anything (results are read-only, like the cache's).
+_K_BZ, _K_GAEN, _K_IOS, _K_IBEACON, _K_APPLE, _K_PHONE, _K_OTHER = (
+    IdKind.BLUEZONE, IdKind.GAEN, IdKind.BLUEZONE_IOS, IdKind.IBEACON, IdKind.APPLE,
+    IdKind.PHONE, IdKind.OTHER)
+_tuple_new = tuple.__new__  # builds a Decoded without the namedtuple's Python-level __new__
+_IOS0 = Decoded(_K_IOS, None, None, None)
+_APPLE0 = Decoded(_K_APPLE, None, None, None)
+_PHONE0 = Decoded(_K_PHONE, None, None, None)
+_OTHER0 = Decoded(_K_OTHER, None, None, None)
+
+
 def _decide(bz: bytes | None, en: bytes | None, ios: bool, apple: bytes | None, phone: bool,
             tx: int | None) -> Decoded:
     """The classification ladder shared by :func:`classify` and :func:`decode_uncached`."""
     if bz is not None and len(bz) == BLUEZONE_ID_LEN:
-        return Decoded(IdKind.BLUEZONE, bz, None, tx)
+        return _tuple_new(Decoded, (_K_BZ, bz, None, tx))
     if en is not None and len(en) == EN_PAYLOAD_LEN:
-        return Decoded(IdKind.GAEN, en[:16], en[16:], tx)
+        return _tuple_new(Decoded, (_K_GAEN, en[:16], en[16:], tx))
     if ios:
-        return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
+        return _IOS0 if tx is None else _tuple_new(Decoded, (_K_IOS, None, None, tx))
     if apple is not None:
         if (len(apple) == APPLE_OVERFLOW_LEN and apple[0] == APPLE_OVERFLOW_TYPE
                 and apple[1] & BLUEZONE_OVERFLOW_BIT):
-            return Decoded(IdKind.BLUEZONE_IOS, None, None, tx)
+            return _IOS0 if tx is None else _tuple_new(Decoded, (_K_IOS, None, None, tx))
         if len(apple) == IBEACON_LEN and apple[:2] == IBEACON_PREFIX:
-            return Decoded(IdKind.IBEACON, apple[2:22], None, tx)
-        return Decoded(IdKind.APPLE, None, None, tx)
-    return Decoded(IdKind.PHONE if phone else IdKind.OTHER, None, None, tx)
+            return _tuple_new(Decoded, (_K_IBEACON, apple[2:22], None, tx))
+        return _APPLE0 if tx is None else _tuple_new(Decoded, (_K_APPLE, None, None, tx))
+    if phone:
+        return _PHONE0 if tx is None else _tuple_new(Decoded, (_K_PHONE, None, None, tx))
+    return _OTHER0 if tx is None else _tuple_new(Decoded, (_K_OTHER, None, None, tx))
 
 
 def decode_uncached(data: bytes) -> Decoded:
@@ -259,6 +274,50 @@ def decode_parts(manufacturer_data: Mapping[int, bytes], service_data: Mapping[s
                                       tx_power))
 
 
+def ad_from_parts(manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes],
+                  service_uuids: Iterable[str], tx_power: int | None) -> bytes:
+    """AD structures equivalent to a scanner's split view (bleak, BlueZ D-Bus).
+
+    BlueZ hands over an advert already split into fields; building the bytes back lets
+    such a source feed the same raw fast path as every other (``decode`` of the result
+    classifies exactly as :func:`decode_parts` does). Malformed UUID strings and values too
+    long for one AD structure are left out.
+    """
+    out = bytearray()
+
+    def put(ad_type: int, body: bytes) -> None:
+        if len(body) <= 254:
+            out.append(len(body) + 1)
+            out.append(ad_type)
+            out.extend(body)
+
+    if tx_power is not None and -128 <= tx_power <= 127:
+        put(0x0A, (tx_power & 0xFF).to_bytes(1, "little"))
+    u16s = bytearray()
+    for uuid in service_uuids:
+        u16 = _uuid16_of(uuid)
+        if u16 is not None:
+            u16s += u16.to_bytes(2, "little")
+        else:
+            wire = _uuid128_of(uuid)
+            if wire is not None:
+                put(0x07, wire)
+    if u16s:
+        put(0x03, bytes(u16s))
+    for uuid, value in service_data.items():
+        u16 = _uuid16_of(uuid)
+        if u16 is not None:
+            put(0x16, u16.to_bytes(2, "little") + bytes(value))
+        else:
+            wire = _uuid128_of(uuid)
+            if wire is not None:
+                put(0x21, wire + bytes(value))
+    for company, value in manufacturer_data.items():
+        if isinstance(company, int) and 0 <= company <= 0xFFFF:
+            put(0xFF, company.to_bytes(2, "little") + bytes(value))
+    return bytes(out)
+
+
 def _uuid16_of(uuid: str) -> int | None:
     u = uuid.lower()
     if len(u) == 36 and u.startswith("0000") and u.endswith(_BASE_SUFFIX):
@@ -275,3 +334,11 @@ def _uuid128_of(uuid: str) -> bytes | None:
     except ValueError:
         return None
     return raw[::-1] if len(raw) == 16 else None
+
+
+COMPILED = False
+"""Whether the Cython-compiled copy of this module is in use (see :mod:`ble.compiled`)."""
+if __name__ == "ble.decoders":
+    from ble.compiled import adopt
+
+    adopt(globals(), "ble._decoders_c")

@@ -121,17 +121,23 @@ class IosResolver:
         """
         if advert.kind is not IdKind.BLUEZONE_IOS or advert.ident is not None:
             return advert
-        ident = self.cached(advert.address, advert.ts)
+        ident = self.resolve_raw(advert.ts, advert.address, advert.address_type)
         if ident is not None:
             return Advert(advert.ts, advert.address, advert.address_type, advert.rssi,
                           advert.kind, ident, None, advert.tx_power)
-        self._maybe_read(advert)
         return advert
 
-    def _maybe_read(self, advert: Advert) -> None:
+    def resolve_raw(self, ts: float, address: str, address_type: int) -> bytes | None:
+        """The ID of the iOS Bluezone phone at ``address`` when known, else ``None`` (and
+        maybe a background read for next time): the aggregator's ``resolve`` hook."""
+        ident = self.cached(address, ts)
+        if ident is None:
+            self._maybe_read(ts, address, address_type)
+        return ident
+
+    def _maybe_read(self, now: float, address: str, address_type: int) -> None:
         if self._task is not None and not self._task.done():
             return  # one connection at a time
-        now = advert.ts
         if self._t_tokens is not None:
             self._tokens = min(self._burst, self._tokens + (now - self._t_tokens) * self._rate)
         self._t_tokens = now
@@ -142,7 +148,7 @@ class IosResolver:
         self.stats.reads += 1
         slot = int(now // self._slot_s)
         self._task = asyncio.get_running_loop().create_task(
-            self._read(advert.address, advert.address_type, slot))
+            self._read(address, address_type, slot))
 
     async def _read(self, address: str, address_type: int, slot: int) -> None:
         try:

@@ -7,6 +7,7 @@ What the gateway seals (:class:`~contract.records.Sighting`, adoption counts) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from contract.records import IdKind
 
@@ -34,3 +35,9 @@ class Advert:
     ident: bytes | None = None
     aem: bytes | None = None
     tx_power: int | None = None
+
+
+Report: TypeAlias = tuple[float, str, int, int | None, bytes]
+"""One raw advertising report as every source hands it to the aggregator's fast path:
+``(ts, address, address_type, rssi, data)`` (in memory only: it holds a MAC). A simulator's
+:class:`~ble.simulator.SimReport` is one."""

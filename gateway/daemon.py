@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ble.aggregator import WindowAggregator
-from ble.records import Advert
+from ble.records import Advert, Report
 from contract.custody import IdentitySealer
 from contract.sealing import Sealer, load_matcher_public_key, load_signing_key
 from core.clock import Clock, ReplayClock
@@ -90,8 +90,12 @@ class Gateway:
                         matcher_public_key=load_matcher_public_key(cfg.sealing.matcher_public_key),
                         signing_key=load_signing_key(cfg.sealing.device_key),
                         suite=cfg.sealing.suite)
+        # the live phone count rides on the aggregator's per-address cache: it hears of an
+        # address on the slow path only (new payload, or every 10 s), never per repeat
+        self.phones = PhonesNow()
         aggregator = WindowAggregator(cfg.ble.proximity, max_ids=cfg.ble.max_ids_per_window,
-                                      count_window_s=cfg.ble.count_window_s)
+                                      count_window_s=cfg.ble.count_window_s,
+                                      watcher=self.phones.seen)
         identities = None
         if cfg.sealing.identity_keys is not None and cfg.sealing.blind_key is not None:
             identities = IdentitySealer.from_files(cfg.sealing.identity_keys,
@@ -103,7 +107,6 @@ class Gateway:
                                         background=True)
         self.sync: Any = None
         self.link = LinkWatch(self.state.started_at)
-        self.phones = PhonesNow()
         self.feedback_events = FeedbackEvents()  # staff feedback shown on the status page
         self.feedback = Feedback.from_config(cfg.qr, clock=self.clock.now,
                                              events=self.feedback_events)
@@ -144,10 +147,14 @@ class Gateway:
         source = open_source(self.cfg.ble, self.clock, venue=self.cfg.gateway.venue)
         self._source = source
         self.state.radio.state = "scanning"
+        resolver = source.resolver
+        self.pipeline.aggregator.resolve = resolver.resolve_raw if resolver else None
         try:
-            async for adv in source:
-                self._on_advert(adv)
+            # the one fast path of every backend: raw report batches into the aggregator
+            async for batch in source.batches():
+                self._on_reports(batch)
         finally:
+            self.pipeline.aggregator.resolve = None
             await source.close()
             # keep the counts of this source across a restart
             self.state.radio.dropped += self._source_count("dropped")
@@ -176,9 +183,14 @@ class Gateway:
         self.pipeline.on_checkin(checkin)
         self.state.last_progress_mono = time.monotonic()
 
+    def _on_reports(self, batch: list[Report]) -> None:
+        self.pipeline.on_reports(batch)
+        self.state.last_progress_mono = time.monotonic()
+
     def _on_advert(self, adv: Advert) -> None:
+        """One decoded advert (the demo and tests); the phone count hears of it through
+        the aggregator's watcher."""
         self.pipeline.on_advert(adv)
-        self.phones.add(adv)
         self.state.last_progress_mono = time.monotonic()
 
     async def _ticker(self, stop: asyncio.Event) -> None:

@@ -32,7 +32,7 @@ from contract.health import (
     describe_state,
     scrub,
 )
-from contract.records import PHONE_CLASS, PhoneClass
+from contract.records import PHONE_CLASS, IdKind, PhoneClass
 from core.clock import ClockEpoch
 
 if TYPE_CHECKING:
@@ -120,29 +120,38 @@ class PhonesNow:
         self._cache_until = -math.inf
 
     def add(self, adv: Advert) -> None:
-        """Account one advert (called per advert: keep it cheap)."""
-        if adv.ts >= self._cache_until:
+        """Account one advert."""
+        self.seen(adv.ts, adv.address, adv.kind)
+
+    def seen(self, ts: float, address: str, kind: IdKind) -> None:
+        """Account an address heard at ``ts`` as ``kind``.
+
+        The daemon passes this as the aggregator's ``watcher``: it is called on the
+        aggregator's slow path only (a new payload, or every ``watch_refresh_s`` per address),
+        so a device's last-heard time may lag by that much; repeated adverts cost nothing here.
+        """
+        if ts >= self._cache_until:
             self._digests.clear()  # an address is held one window at most
-            self._cache_until = adv.ts + self.window_s
-        digest = self._digests.get(adv.address)
+            self._cache_until = ts + self.window_s
+        digest = self._digests.get(address)
         if digest is None:
-            digest = hashlib.blake2b(adv.address.encode(), key=self._key,
+            digest = hashlib.blake2b(address.encode(), key=self._key,
                                      digest_size=8).digest()
             if len(self._digests) < self.max_entries:
-                self._digests[adv.address] = digest
-        rank = int(PHONE_CLASS.get(adv.kind, PhoneClass.DEVICE))
+                self._digests[address] = digest
+        rank = int(PHONE_CLASS.get(kind, PhoneClass.DEVICE))
         seen = self._seen
         old = seen.get(digest)
         if old is not None:
             seen.move_to_end(digest)
-            seen[digest] = (adv.ts, old[1] if old[1] > rank else rank)
+            seen[digest] = (ts, old[1] if old[1] > rank else rank)
             return
         if len(seen) >= self.max_entries:
-            self._expire(adv.ts)
+            self._expire(ts)
             if len(seen) >= self.max_entries:
                 self.untracked += 1
                 return
-        seen[digest] = (adv.ts, rank)
+        seen[digest] = (ts, rank)
 
     def _expire(self, now: float) -> None:
         seen, cutoff = self._seen, now - self.window_s

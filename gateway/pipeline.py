@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ble.aggregator import WindowAggregator
-from ble.records import Advert
+from ble.records import Advert, Report
 from contract.batch import Batch, ClockCorrection
 from contract.custody import IdentityKeyError, IdentitySealer
 from contract.records import CheckIn
@@ -52,7 +53,7 @@ class PipelineStats:
     last_advert_at: float | None = None
     last_batch_at: float | None = None
     outbox_full: bool = False
-    by_kind: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)  # decoded adverts (on_advert)
 
 
 class CapturePipeline:
@@ -94,6 +95,20 @@ class CapturePipeline:
         self.stats.last_advert_at = adv.ts
         self.aggregator.add(adv, self.clock.epoch())
         self.tick(adv.ts)
+
+    def on_reports(self, reports: Sequence[Report]) -> None:
+        """Feed a batch of raw reports, in time order: the daemon's one fast path.
+
+        Every source hands its reports here (see :meth:`WindowAggregator.feed`); counters
+        move once per batch, not per advert. Flushes when the interval has passed.
+        """
+        if not reports:
+            return
+        last = reports[-1][0]
+        self.stats.adverts += len(reports)
+        self.stats.last_advert_at = last
+        self.aggregator.feed(reports, self.clock.epoch())
+        self.tick(last)
 
     def on_checkin(self, scan: ScannedCheckIn) -> int:
         """Seal an accepted check-in at once; returns its batch sequence number.

@@ -156,18 +156,38 @@ def test_resolver_leaves_other_adverts_alone() -> None:
     assert res.resolve(adv) is adv
 
 
+def _raw(ts: float, n: int = 1) -> tuple[float, str, int, int, bytes]:
+    """A raw report of a Bluezone Android phone (what radio callbacks queue)."""
+    return (ts, f"C0:00:00:00:00:{n:02X}", 1, -60, b"\x0f\xff\xb5\x22" + bytes([n]) * 12)
+
+
 def test_queue_source_drops_and_counts_when_full() -> None:
     async def go() -> tuple[list[Advert], dict[str, object]]:
         q = QueueSource(queue_size=3)
         for i in range(5):
-            q._put(_ios(T0 + i))
+            q._put(_raw(T0 + i))
         await q.close()
         got = [a async for a in q]
         return got, q.diagnostics()
 
     got, diag = asyncio.run(go())
     assert [a.ts for a in got] == [T0, T0 + 1, T0 + 2]
+    assert [a.kind for a in got] == [IdKind.BLUEZONE] * 3 and got[0].ident == bytes([1]) * 12
     assert diag["received"] == 5 and diag["dropped"] == 2
+
+
+def test_queue_source_hands_over_raw_batches() -> None:
+    async def go() -> list[list[tuple[float, str, int, int | None, bytes]]]:
+        q = QueueSource(queue_size=10)
+        q.BATCH_MAX = 3
+        for i in range(5):
+            q._put(_raw(T0 + i, i))
+        await q.close()
+        return [b async for b in q.batches()]
+
+    got = asyncio.run(go())
+    assert [len(b) for b in got] == [3, 2]
+    assert [r for b in got for r in b] == [_raw(T0 + i, i) for i in range(5)]
 
 
 def test_importing_ble_needs_no_bluepy(tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ble.records import Advert
+from ble.decoders import advert_of, decode
+from ble.records import Advert, Report
 from core.clock import Clock
 from core.errors import BzgwError
 
@@ -28,6 +29,16 @@ class AdvertSource(Protocol):
 
     def __aiter__(self) -> AsyncIterator[Advert]:
         """The source itself."""
+        ...
+
+    def batches(self) -> AsyncIterator[list[Report]]:
+        """Raw reports in time-ordered batches: the daemon's fast path (no decoding here:
+        the aggregator decodes only payloads it has not seen; ``resolver`` reads iOS IDs)."""
+        ...
+
+    @property
+    def resolver(self) -> IosResolver | None:
+        """The iOS ID resolver the consumer of :meth:`batches` must use, if any."""
         ...
 
     async def __anext__(self) -> Advert:
@@ -62,24 +73,34 @@ class ScannerStartError(SourceError):
 class QueueSource:
     """Base for radio sources: callbacks push into a bounded queue, the consumer pulls.
 
-    A full queue drops the newest advert and counts it (``dropped``): a stalled consumer must
-    not grow memory without bound.
+    A full queue drops the newest report and counts it (``dropped``): a stalled consumer must
+    not grow memory without bound. The queue holds raw :data:`~ble.records.Report` tuples;
+    :meth:`batches` hands them over as they are, iteration decodes each into an
+    :class:`Advert` (and resolves iOS IDs).
     """
+
+    BATCH_MAX = 1024
+    _resolver: IosResolver | None = None
 
     def __init__(self, queue_size: int = 4096) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be positive")
-        self._queue: asyncio.Queue[Advert | None] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[Report | None] = asyncio.Queue(queue_size)
         self._started = False
         self._closed = False
         self._failure: BaseException | None = None
         self.received = 0
         self.dropped = 0
 
-    def _put(self, advert: Advert) -> None:
+    @property
+    def resolver(self) -> IosResolver | None:
+        """The iOS ID resolver (see :meth:`AdvertSource.batches`)."""
+        return self._resolver
+
+    def _put(self, report: Report) -> None:
         self.received += 1
         try:
-            self._queue.put_nowait(advert)
+            self._queue.put_nowait(report)
         except asyncio.QueueFull:
             self.dropped += 1
 
@@ -102,6 +123,12 @@ class QueueSource:
         return self
 
     async def __anext__(self) -> Advert:
+        rep = await self._next_report()
+        ts, address, atype, rssi, data = rep
+        adv = advert_of(ts, address, atype, rssi, decode(data))
+        return self._resolver.resolve(adv) if self._resolver is not None else adv
+
+    async def _next_report(self) -> Report:
         if not self._started and not self._closed:
             await self.start()
         while True:
@@ -113,6 +140,25 @@ class QueueSource:
             item = await self._queue.get()
             if item is not None:
                 return item
+
+    async def batches(self) -> AsyncIterator[list[Report]]:
+        """Everything queued, as soon as there is something (at most ``BATCH_MAX``)."""
+        get = self._queue.get_nowait
+        while True:
+            try:
+                first = await self._next_report()
+            except StopAsyncIteration:
+                return
+            batch = [first]
+            while len(batch) < self.BATCH_MAX:
+                try:
+                    item = get()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:  # a wake-up: closed or failed, seen on the next round
+                    break
+                batch.append(item)
+            yield batch
 
     async def close(self) -> None:
         """Mark closed and wake the consumer; subclasses stop their radio first."""
@@ -134,6 +180,7 @@ class TimedFeed:
     """
 
     YIELD_EVERY = 256
+    TICK_S = 0.05
 
     def __init__(self, clock: Clock, *, speed: float | None,
                  resolver: IosResolver | None) -> None:
@@ -142,6 +189,41 @@ class TimedFeed:
         self.resolver = resolver
         self.n = 0
         self._t0: tuple[float, float] | None = None  # (stream time, monotonic) of the first
+
+    async def batches(self, reports: Iterable[Any]) -> AsyncIterator[list[Report]]:
+        """Raw reports in batches, paced like :meth:`emit` but waking at most every
+        ``TICK_S`` (a real-time feed of 1,000 adverts/s then costs 20 wake-ups a second,
+        not 1,000); the clock is advanced to each batch's last report before it is handed
+        over. ``reports`` yields ``(ts, address, address_type, rssi, data)`` tuples."""
+        batch: list[Report] = []
+        speed = self._speed
+        for rep in reports:
+            ts = rep[0]
+            if speed is not None:
+                if self._t0 is None:
+                    self._t0 = (ts, time.monotonic())
+                due = self._t0[1] + (ts - self._t0[0]) / speed
+                if due > time.monotonic():
+                    if batch:
+                        yield self._handed(batch)
+                        batch = []
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(max(delay, self.TICK_S))
+            batch.append(rep)
+            if len(batch) >= self.YIELD_EVERY:
+                yield self._handed(batch)
+                batch = []
+                if speed is None:
+                    await asyncio.sleep(0)
+        if batch:
+            yield self._handed(batch)
+
+    def _handed(self, batch: list[Report]) -> list[Report]:
+        self.n += len(batch)
+        if self._advance is not None:
+            self._advance(batch[-1][0])
+        return batch
 
     async def emit(self, adv: Advert) -> Advert:
         """Account for, pace and resolve one advert."""

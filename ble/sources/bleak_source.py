@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ble.config import BleConfig
-from ble.decoders import BLUEZONE_IOS_SERVICE_WIRE, Decoded, advert_of, decode_parts
+from ble.decoders import BLUEZONE_IOS_SERVICE_WIRE, ad_from_parts
 from ble.ios import IosResolver
 from ble.sources.base import QueueSource, ScannerStartError
 from core.clock import Clock
@@ -83,7 +83,7 @@ class BleakSource(QueueSource):
         self._watchdog: asyncio.Task[None] | None = None
         self._last_rx = 0.0  # loop time of the last advert
         self._started_at = 0.0  # loop time of the last (re)start
-        self._last: dict[str, tuple[Any, Any, Any, Any, Decoded]] = {}
+        self._last: dict[str, tuple[Any, Any, Any, Any, bytes]] = {}
         self.restarts = 0
         self.resets = 0
         self.errors = 0
@@ -233,20 +233,18 @@ class BleakSource(QueueSource):
         prev = self._last.get(address)
         if prev is not None and prev[0] == mfr and prev[1] == sd and prev[2] == uuids \
                 and prev[3] == tx:
-            d = prev[4]  # BlueZ repeats the cached properties with each RSSI update
+            data = prev[4]  # BlueZ repeats the cached properties with each RSSI update
         else:
-            d = decode_parts(mfr, sd, uuids, tx)
+            data = ad_from_parts(mfr, sd, uuids, tx)
             if len(self._last) >= _ADDR_CACHE_MAX:
                 self._last.pop(next(iter(self._last)))
-            self._last[address] = (mfr, sd, uuids, tx, d)
+            self._last[address] = (mfr, sd, uuids, tx, data)
         details = device.details if isinstance(device.details, dict) else {}
         props = details.get("props") or {}
         atype = 1 if props.get("AddressType") == "random" else 0
         rssi = adv.rssi if adv.rssi != _BLEAK_NO_RSSI else None
-        advert = advert_of(self._clock.now(), address, atype, rssi, d)
-        if self._resolver is not None:
-            advert = self._resolver.resolve(advert)
-        self._put(advert)
+        # raw bytes, like every other source: repeats then cost one dict lookup downstream
+        self._put((self._clock.now(), address, atype, rssi, data))
 
     async def close(self) -> None:
         """Stop the watchdog, the scanner and any GATT read."""

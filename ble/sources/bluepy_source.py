@@ -13,9 +13,7 @@ import threading
 from typing import Any
 
 from ble.config import BleConfig
-from ble.decoders import advert_of, decode
 from ble.ios import IosResolver
-from ble.records import Advert
 from ble.sources.base import QueueSource, ScannerStartError, SourceError
 from core.clock import Clock
 from core.errors import DependencyMissingError
@@ -122,14 +120,9 @@ class BluepySource(QueueSource):
         raw = dev.rawData
         data = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
         atype = _ADDR_TYPES.get(dev.addrType, 1)
-        advert = advert_of(self._clock.now(), str(dev.addr).upper(), atype, dev.rssi,
-                           decode(data))
-        loop.call_soon_threadsafe(self._deliver, advert)
-
-    def _deliver(self, advert: Advert) -> None:
-        if self._resolver is not None:
-            advert = self._resolver.resolve(advert)
-        self._put(advert)
+        # raw, undecoded: the consumer decodes only payloads it has not seen yet
+        loop.call_soon_threadsafe(self._put, (self._clock.now(), str(dev.addr).upper(),
+                                              atype, dev.rssi, data))
 
     async def close(self) -> None:
         """Stop the scanner thread (within one ``process_s``)."""

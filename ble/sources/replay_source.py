@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ble.ios import IosResolver
-from ble.records import Advert
-from ble.replay import ReplayStats, read_adverts
+from ble.records import Advert, Report
+from ble.replay import ReplayStats, read_adverts, read_reports
 from ble.sources.base import TimedFeed
 from core.clock import Clock
 
@@ -44,6 +44,23 @@ class ReplaySource:
         except StopIteration:
             raise StopAsyncIteration from None
         return await self._feed.emit(adv)
+
+    @property
+    def resolver(self) -> IosResolver | None:
+        """The iOS ID resolver, for the consumer of :meth:`batches`."""
+        return self._feed.resolver
+
+    async def batches(self) -> AsyncIterator[list[Report]]:
+        """The capture's raw reports in batches (see :meth:`TimedFeed.batches`)."""
+        if self._closed:
+            return
+        reps = read_reports(self.path, self.stats)
+        self._iter = reps  # type: ignore[assignment]  # closed by close() like the adverts
+        async for batch in self._feed.batches(
+                (ts, r.address, r.address_type, r.rssi, r.data) for ts, r in reps):
+            if self._closed:
+                return
+            yield batch
 
     async def close(self) -> None:
         """Close the capture file."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from ble.config import SimulatorSettings
 from ble.ios import IosResolver
-from ble.records import Advert
+from ble.records import Advert, Report
 from ble.simulator import Crowd
 from ble.sources.base import TimedFeed
 from core.clock import Clock
@@ -44,6 +44,7 @@ class SimulatorSource:
         self.crowd = crowd
         self.venue = venue
         self._iter: Iterator[Advert] = crowd.adverts(venue, start, end, rate_hz)
+        self._span = (start, end, rate_hz)
         self._feed = TimedFeed(clock, speed=1.0 if realtime else None, resolver=resolver)
         self._closed = False
 
@@ -58,6 +59,20 @@ class SimulatorSource:
         except StopIteration:
             raise StopAsyncIteration from None
         return await self._feed.emit(adv)
+
+    @property
+    def resolver(self) -> IosResolver | None:
+        """The iOS ID resolver, for the consumer of :meth:`batches`."""
+        return self._feed.resolver
+
+    async def batches(self) -> AsyncIterator[list[Report]]:
+        """The crowd's raw reports in batches (see :meth:`TimedFeed.batches`)."""
+        start, end, rate_hz = self._span
+        async for batch in self._feed.batches(self.crowd.reports(self.venue, start, end,
+                                                                 rate_hz)):
+            if self._closed:
+                return
+            yield batch
 
     async def close(self) -> None:
         """Stop generating; cancel a simulated GATT read in flight."""
