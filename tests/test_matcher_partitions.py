@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from bzgw.labrecords import LAB, Header, checkin, drop_schema, entry, sighting, unique_schema
+from bzgw.labrecords import (
+    LAB,
+    Header,
+    checkin,
+    drop_schema,
+    entry,
+    sighting,
+    temp_store,
+    unique_schema,
+)
 from contract.batch import Batch, ClockCorrection
 from contract.custody import day_of, lookup_tags
 from core.clock import ClockEpoch, ClockSource
@@ -24,14 +33,9 @@ NOW = (time.time() // DAY) * DAY + DAY / 2
 
 
 @pytest.fixture
-def pg_store(pg_url: str) -> Iterator[Store]:
-    name = unique_schema()
-    store = open_store(pg_url, schema_name=name)
-    try:
+def pg_store(pg_url: str, tmp_path: Path) -> Iterator[Store]:
+    with temp_store("postgres", tmp_path, pg_url) as store:
         yield store
-    finally:
-        store.close()
-        drop_schema(pg_url, name)
 
 
 def _day_batch(t: float, n: int = 3, subject: str = "001099012345") -> Batch:

@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -376,6 +377,14 @@ def test_probe_connections_that_cannot_be_opened_leave_fewer_not_an_error(
     assert db.probes == 1 and "no more could be opened" in caplog.text
 
 
+def _old_gateway(db: Any) -> None:
+    """Venue 1, gateway 1 and clock epoch 1, written as an older schema's code did."""
+    db.execute("INSERT INTO venues (id, province, venue) VALUES (1, 'hn', 'old')")
+    db.execute("INSERT INTO gateways (id, gateway_id, venue_id) VALUES (1, 'gw-old', 1)")
+    db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source,"
+               " uncertainty, applied_offset) VALUES (1, 1, 'b', 0, 1, 'ntp', 0.5, 0)")
+
+
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_sightings_stored_before_the_join_key_are_found_after_migrating(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest,
@@ -385,10 +394,7 @@ def test_sightings_stored_before_the_join_key_are_found_after_migrating(
     monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
     with temp_store(kind, tmp_path, url) as store:
         db = store.db
-        db.execute("INSERT INTO venues (id, province, venue) VALUES (1, 'hn', 'old')")
-        db.execute("INSERT INTO gateways (id, gateway_id, venue_id) VALUES (1, 'gw-old', 1)")
-        db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source,"
-                   " uncertainty, applied_offset) VALUES (1, 1, 'b', 0, 1, 'ntp', 0.5, 0)")
+        _old_gateway(db)
         idents = [b"\x80" + bytes(11), b"\x7f" + b"\xff" * 15, b"\x01\x02", os.urandom(12)]
         for i, x in enumerate(idents):
             db.execute("INSERT INTO sightings (gw_id, venue_id, seq, epoch_id, kind, ident, "
@@ -411,10 +417,7 @@ def test_plaintext_identities_are_dropped_by_the_custodian_migration(
     monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)
     with temp_store(kind, tmp_path, url) as store:
         db = store.db
-        db.execute("INSERT INTO venues (id, province, venue) VALUES (1, 'hn', 'old')")
-        db.execute("INSERT INTO gateways (id, gateway_id, venue_id) VALUES (1, 'gw-old', 1)")
-        db.execute("INSERT INTO clock_epochs (id, gw_id, boot_id, clock_offset, synced, source,"
-                   " uncertainty, applied_offset) VALUES (1, 1, 'b', 0, 1, 'ntp', 0.5, 0)")
+        _old_gateway(db)
         db.execute("INSERT INTO checkins (gw_id, venue_id, seq, epoch_id, ts, kind, subject, "
                    "masked, fields, phone) VALUES (1, 1, 1, 1, ?, 'cccd', '079185001234', "
                    "'***234', '{\"name\": \"Phạm Thị Dung\"}', NULL)", (T0,))
