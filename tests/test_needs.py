@@ -22,7 +22,7 @@ def test_missing_service_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_missing_service_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="no PostgreSQL.*CI=true"):
+    with pytest.raises(pytest.fail.Exception, match=r"no PostgreSQL.*CI=true"):
         missing("no PostgreSQL")
 
 
