@@ -13,7 +13,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from gateway.cli import cli
+from gateway.cli import EXIT_CONFIG, cli
 from gateway.outbox import Outbox
 from matcher.service import MatcherService
 from matcher.store import open_store
@@ -81,5 +81,5 @@ def test_run_refuses_config_without_gateway_sections(tmp_path: Path) -> None:
     f = tmp_path / "gw.yaml"
     f.write_text("ble:\n  source: simulator\n")
     res = CliRunner().invoke(cli, ["run", "--config", str(f)])
-    assert res.exit_code == 1
+    assert res.exit_code == EXIT_CONFIG
     assert "needs the section(s): gateway, sealing, mqtt" in res.output

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.batch import Batch
-from gateway.cli import cli
+from gateway.cli import EXIT_CONFIG, cli
 from gateway.clock import ClockEpoch, ClockSource
 from gateway.sealer import Sealer, generate_matcher_keypair, save_matcher_keypair
 from matcher.ids import bluezone_day_ids
@@ -176,7 +176,7 @@ def test_serve_without_mqtt_section_is_a_config_error(tmp_path: Path) -> None:
                                                "registry": "reg.yaml",
                                                "db": f"sqlite:///{tmp_path / 'x.db'}"}}))
     res = CliRunner().invoke(cli, ["matcher", "serve", "--config", str(cfg)])
-    assert res.exit_code == 1
+    assert res.exit_code == EXIT_CONFIG
     assert "needs an mqtt section" in res.output
 
 
