@@ -22,12 +22,11 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str,
         out: dict[Any, Any] = {}
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = _construct(key_node, file, problems) if not isinstance(
-                key_node, yaml.ScalarNode) else key_node.value
             line = key_node.start_mark.line + 1
-            if not isinstance(key, str | int | float | bool | None):
+            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]: x` and the like
                 problems.append((f"{file}:{line}", "a key must be a plain name"))
                 continue
+            key = key_node.value
             if key in seen:
                 problems.append((f"{file}:{line}", f"duplicate key {key!r} (first at line "
                                  f"{seen[key]})"))
