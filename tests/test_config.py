@@ -132,3 +132,23 @@ def test_consistent_settings_pass(tmp_path: Path, extra: str) -> None:
     f.write_text(GOOD + extra)
     res = CliRunner().invoke(cli, ["config", "check", str(f)])
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    (b"gateway:\n  id: gw-\x88\n", 2, "not UTF-8"),
+    (b"ble:\n  replay_file: !weird a.btsnoop\n", 2, "could not determine a constructor"),
+    (b"ble:\n  ? [a, b]\n  : x\n", 2, "a key must be a plain name"),
+])
+def test_odd_yaml_is_a_located_error(tmp_path: Path, text: bytes, line: int,
+                                     words: str) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_bytes(text)
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    assert ei.value.problems[0][0] == f"{f}:{line}" and words in ei.value.problems[0][1]
+
+
+def test_empty_value_at_the_end_of_the_file_is_null(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_bytes(b"ble:\n  source: simulator\n  adapter:")  # no newline at the end
+    assert load(f).ble.adapter is None

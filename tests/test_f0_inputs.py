@@ -297,3 +297,20 @@ def test_protobuf_reader_fuzz_raises_only_f0_input_error() -> None:
         except F0InputError:
             pass
     assert parsed > 0  # mutations that keep the framing must still parse
+
+
+def test_damaged_key_export_zip_is_refused_not_raised(p256_key: ec.EllipticCurvePrivateKey
+                                                      ) -> None:
+    # every single-byte change of a real export zip: read, or refused as F0InputError
+    # (a corrupt deflate stream raised zlib.error, a bad offset ValueError, before)
+    z = en_export.build_export_zip([Tek(bytes(range(16)), 2_650_000, 144)], p256_key)
+    outcomes = set()
+    for i in range(len(z)):
+        for v in (0x00, 0xFF, z[i] ^ 0x55):
+            damaged = z[:i] + bytes([v]) + z[i + 1:]
+            try:
+                en_export.read_export_zip(damaged)
+                outcomes.add("read")
+            except F0InputError:
+                outcomes.add("refused")
+    assert outcomes == {"read", "refused"}
