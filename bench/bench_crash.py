@@ -1,5 +1,7 @@
 """kill -9 endurance: the real ``bzgw run`` killed at random moments, many more times than the
-test suite does (``tests/test_crash.py``: 120), with the same checks.
+test suite does (``tests/test_crash.py``: 120), with the same checks; then the same against the
+real matcher service on SQLite; then ``bzgw matcher serve`` itself killed 120 times while two
+gateways keep syncing.
 
 Each round forks ``bzgw run --config X`` (crowd simulator as the radio, syncing to a real
 Mosquitto with TLS) from a pre-imported process and SIGKILLs it after a random delay; a last
@@ -22,19 +24,40 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 def run(quick: bool) -> list[dict[str, Any]]:
     """Benchmark entry point for ``bzgw bench``."""
     sys.path.insert(0, str(TESTS))
-    from crashkit import crash_loop
+    from crashkit import crash_loop, ingest_totals, matcher_kill_loop, stored_batches
 
+    from matcher.store import open_store
     from mqtt.lab import make_lab
 
     kills = 40 if quick else 400
+    matcher_kills = 15 if quick else 120
     with tempfile.TemporaryDirectory(prefix="bzgw-bench-crash-") as tmp:
         root = Path(tmp)
-        gws = [{"id": "gw-a", "province": "hn", "venue": "cho-a"}]
+        gws = [{"id": "gw-a", "province": "hn", "venue": "cho-a"},
+               {"id": "gw-b", "province": "hn", "venue": "ben-xe-b"}]
         with make_lab(root / "lab", gws, matchers=("matcher",)) as lab:
             (root / "run").mkdir()
+            (root / "real").mkdir()
+            (root / "mk").mkdir()
             rep = asyncio.run(crash_loop(lab, root / "run", kills=kills, seed=20210501))
+            with open_store(f"sqlite:///{root / 'real' / 'matcher.db'}") as store:
+                real = asyncio.run(crash_loop(lab, root / "real", kills=kills // 4,
+                                              seed=20210502, store=store))
+            db = root / "mk" / "matcher.db"
+            mk = asyncio.run(matcher_kill_loop(lab, root / "mk", kills=matcher_kills,
+                                               db_url=f"sqlite:///{db}", seed=20210503,
+                                               sqlite_file=db))
+            with open_store(f"sqlite:///{db}") as store:
+                rows = stored_batches(store)
+                totals = ingest_totals(store)
     bad = (len(rep.missing) + len(rep.conflicts) + len(rep.seq_went_back)
            + len(rep.integrity) + len(rep.early_exits))
+    bad_real = (len(real.missing) + len(real.conflicts) + len(real.seq_went_back)
+                + len(real.integrity) + len(real.early_exits) + abs(real.stored - real.accepted))
+    want = {(g, q) for g, n in mk.accepted.items() for q in range(1, n + 1)}
+    bad_mk = (len(want ^ set(rows)) + len(rows) - len(set(rows)) + totals.get("replay", 0)
+              + len(mk.integrity) + len(mk.early_exits))
+    accepted_mk = sum(mk.accepted.values())
     return [
         {"name": "SIGKILLs of bzgw run (random moments)", "value": rep.kills, "unit": "kills"},
         {"name": "kills per minute (spawn, run, kill, integrity check)",
@@ -46,6 +69,26 @@ def run(quick: bool) -> list[dict[str, Any]]:
         {"name": "repeat deliveries deduped by the matcher", "value": rep.arrivals - rep.stored,
          "unit": "batches"},
         {"name": "lost, doubled, reused or corrupt (must be 0)", "value": bad, "unit": "count"},
+        {"name": "SIGKILLs of bzgw run, real matcher.service on SQLite", "value": real.kills,
+         "unit": "kills"},
+        {"name": "  batches stored by matcher.service", "value": real.stored,
+         "unit": "batches", "vs": "accepted", "vs_value": real.accepted,
+         "ratio": round(real.stored / real.accepted, 4) if real.accepted else None},
+        {"name": "  lost, doubled, reused or corrupt (must be 0)", "value": bad_real,
+         "unit": "count"},
+        {"name": "SIGKILLs of bzgw matcher serve (SQLite) while 2 gateways sync",
+         "value": mk.kills, "unit": "kills"},
+        {"name": "  matcher kills per minute", "value": round(mk.kills / mk.run_s * 60, 1),
+         "unit": "kills/min"},
+        {"name": "  batches stored (exactly once)", "value": len(rows), "unit": "batches",
+         "vs": "accepted", "vs_value": accepted_mk,
+         "ratio": round(len(rows) / accepted_mk, 4) if accepted_mk else None},
+        {"name": "  batches resent by the gateways (no ack before the kill)",
+         "value": mk.resent, "unit": "batches"},
+        {"name": "  duplicates deduped by the store", "value": totals.get("duplicate", 0),
+         "unit": "batches"},
+        {"name": "  lost, doubled, reused or corrupt (must be 0)", "value": bad_mk,
+         "unit": "count"},
     ]
 
 
