@@ -9,18 +9,32 @@ stored exactly once and that no batch was acked without being committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from faultkit import Fleet, check_exactly_once
 from needs import missing
 from pgcluster import pg_bin, private_postgres
 
+from gateway.outbox import read_status
 from matcher.store import open_store
 from mqtt import topics
 from mqtt.client import MqttClient
 from mqtt.lab import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _until(cond: object, timeout: float = 30.0) -> None:
@@ -129,3 +143,147 @@ def test_broker_restart_mid_stream_with_persistence(lab: Lab, tmp_path: Path) ->
 
     assert asyncio.run(retained()) == {"gw-a": "offline", "gw-b": "offline"}
     fleet.close()
+
+
+# ---------------------------------------------------------------- full disks
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (root only)."""
+    where.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                          str(where)], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        missing(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'not root'})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file taking all of ``disk`` but ``leave`` bytes; delete it to give the space back."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_matcher_enospc_no_ack_until_space_returns(lab: Lab, tmp_path: Path) -> None:
+    fleet = Fleet(lab, tmp_path)
+    with small_disk(tmp_path / "mdisk", "32m") as disk:
+        store = open_store(f"sqlite:///{disk / 'matcher.db'}")
+        filler = fill(disk, 400_000)
+        svc = fleet.service(store)
+        seen: dict[str, int] = {}
+
+        async def body() -> None:
+            stored = lambda: svc.stats.batches.get("stored", 0)  # noqa: E731
+            errors = lambda: svc.stats.batches.get("error", 0)  # noqa: E731
+            await _until(lambda: errors() > 0, timeout=90)  # the disk is full now
+            n, depth = stored(), fleet.depth()
+            await asyncio.sleep(3)
+            seen["stored_while_full"] = stored() - n
+            seen["outbox_growth"] = fleet.depth() - depth
+            fleet.producing.clear()  # what the outboxes hold now must fit once space returns
+            filler.unlink()  # space returns
+            await fleet.drained()
+
+        asyncio.run(fleet.run(body, svc))
+        totals = check_exactly_once(fleet, store)
+        assert store.db.scalar("PRAGMA integrity_check") == "ok"
+        print(f"stored {len(fleet.accepted())}, store errors {svc.stats.batches['error']}, "
+              f"stored while full {seen['stored_while_full']}, outbox growth "
+              f"{seen['outbox_growth']}, duplicates {totals.get('duplicate', 0)}")
+        store.close()
+    # while full nothing (or almost nothing: a batch may still fit a freed page) was stored,
+    # and as nothing was acked the gateways' outboxes kept it
+    assert seen["stored_while_full"] <= 2 and seen["outbox_growth"] > 0
+    fleet.close()
+
+
+def _gateway_config(lab: Lab, root: Path, outbox: Path, port: int) -> Path:
+    from crashkit import write_configs
+
+    capture, _, _ = write_configs(lab, root)
+    cfg = yaml.safe_load(capture.read_text())
+    cfg["outbox"] = {"path": str(outbox), "flush_interval_s": 0.3}
+    cfg["status"] = {"enabled": True, "listen": "127.0.0.1", "port": port,
+                     "health_interval_s": 0.5, "refresh_s": 1}
+    cfg["ble"]["simulator"]["rate_hz"] = 20
+    cfg["ble"]["simulator"]["bluezone_phones"] = 200
+    path = root / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+            return doc
+    except (OSError, ValueError):
+        return None
+
+
+def _poll(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_gateway_enospc_degrades_capture_and_says_so(lab: Lab, tmp_path: Path) -> None:
+    from mqtt.broker import free_port
+
+    lab.broker.stop()  # nothing drains: the outbox only grows
+    port = free_port()
+    with small_disk(tmp_path / "gdisk", "3m") as disk:
+        cfg = _gateway_config(lab, tmp_path, disk / "outbox.db", port)
+        log = (tmp_path / "daemon.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
+                                 str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            _poll(lambda: _health(port), 30, "status page up")
+            filler = fill(disk, 200_000)
+
+            def full() -> dict[str, Any] | None:
+                doc = _health(port)
+                return doc if doc and doc["outbox"]["full"] else None
+
+            doc = _poll(full, 120, "outbox full reported")
+            assert proc.poll() is None  # still running
+            codes = [doc["state"]["code"]] + [a["code"] for a in doc["state"]["also"]]
+            assert "outbox_full" in codes and doc["state"]["code"] in ("outbox_full",
+                                                                      "radio_fault")
+            assert doc["disk"]["fill"] > 0.9
+            # capture goes on: records that find no room are counted, not hidden
+            lost = _poll(lambda: (d := _health(port)) and d["dropped"]["lost_records"], 30,
+                         "lost records counted")
+            assert lost > 0
+            accepted = read_status(disk / "outbox.db").next_seq - 1
+            filler.unlink()  # space returns: appends succeed again, the flag clears
+            _poll(lambda: (d := _health(port)) and not d["outbox"]["full"], 60,
+                  "outbox no longer full")
+            _poll(lambda: read_status(disk / "outbox.db").next_seq - 1 > accepted + 2, 60,
+                  "appends resumed")
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+            log.close()
+        assert rc == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+        conn = sqlite3.connect(disk / "outbox.db")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+        st = read_status(disk / "outbox.db")
+        assert st.depth == st.next_seq - 1  # nothing lost from what was accepted
