@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from faultkit import Fleet, check_exactly_once
+from faultkit import Fleet, check_exactly_once, outage
 from needs import missing
 from pgcluster import pg_bin, private_postgres
 
@@ -51,7 +51,7 @@ async def _until(cond: object, timeout: float = 30.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_postgres_restart_and_outage_during_ingest(lab: Lab, tmp_path: Path) -> None:
+def test_postgres_restart_and_stop_during_ingest(lab: Lab, tmp_path: Path) -> None:
     if pg_bin() is None:
         missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
     fleet = Fleet(lab, tmp_path)
@@ -287,3 +287,28 @@ def test_gateway_enospc_degrades_capture_and_says_so(lab: Lab, tmp_path: Path) -
         conn.close()
         st = read_status(disk / "outbox.db")
         assert st.depth == st.next_seq - 1  # nothing lost from what was accepted
+
+
+# ---------------------------------------------------------------- a day offline
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_outage_of_24_hours_at_a_busy_venue(lab: Lab, tmp_path: Path) -> None:
+    # A batch of 400 IDs a minute for 24 h on a fast clock, the outbox bounded below what
+    # that makes: it must stay in its bound, drop oldest first and say so, and drain the
+    # rest in order once the broker is back.
+    rep = asyncio.run(outage(lab, tmp_path, hours=24, sightings=400, max_bytes=8_000_000))
+    print(f"24 h offline: {rep.appended} batches sealed, {rep.dropped} dropped "
+          f"({rep.dropped_bytes} bytes), {rep.kept} kept, max outbox {rep.max_seen_bytes} "
+          f"bytes (bound {rep.bound}); drained in {rep.drain_s:.1f} s = "
+          f"{rep.drain_batches_per_s:.0f} batches/s, {rep.drain_sightings_per_s:.0f} "
+          f"sightings/s; {rep.connect_failures} failed connects meanwhile")
+    assert rep.appended == 24 * 60
+    assert rep.max_seen_bytes <= rep.bound  # never over its bound
+    assert rep.dropped > 0 and rep.dropped + rep.kept == rep.appended  # all accounted for
+    assert rep.health_dropped == rep.dropped  # reported as dropped in the health document
+    assert "offline" in rep.health_codes or "connecting" in rep.health_codes
+    assert rep.connect_failures > 0  # the sync kept trying throughout and did not die
+    # the oldest went, the newest stayed, and they arrived in order and once each
+    assert rep.stored_seqs == list(range(rep.dropped + 1, rep.appended + 1))
