@@ -1,7 +1,8 @@
 """kill -9 endurance: the real ``bzgw run`` killed at random moments, many more times than the
 test suite does (``tests/test_crash.py``: 120), with the same checks; then the same against the
 real matcher service on SQLite; then ``bzgw matcher serve`` itself killed 120 times while two
-gateways keep syncing.
+gateways keep syncing; then 100 power cuts of ``bzgw run`` (every outbox write that was not
+synced is thrown away, see ``tests/powercut.py``).
 
 Each round forks ``bzgw run --config X`` (crowd simulator as the radio, syncing to a real
 Mosquitto with TLS) from a pre-imported process and SIGKILLs it after a random delay; a last
@@ -24,13 +25,15 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 def run(quick: bool) -> list[dict[str, Any]]:
     """Benchmark entry point for ``bzgw bench``."""
     sys.path.insert(0, str(TESTS))
-    from crashkit import crash_loop, ingest_totals, matcher_kill_loop, stored_batches
+    from crashkit import crash_loop, ingest_totals, matcher_kill_loop, power_loop, stored_batches
+    from powercut import build_shim
 
     from matcher.store import open_store
     from mqtt.lab import make_lab
 
     kills = 40 if quick else 400
     matcher_kills = 15 if quick else 120
+    cuts = 20 if quick else 100
     with tempfile.TemporaryDirectory(prefix="bzgw-bench-crash-") as tmp:
         root = Path(tmp)
         gws = [{"id": "gw-a", "province": "hn", "venue": "cho-a"},
@@ -50,6 +53,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
             with open_store(f"sqlite:///{db}") as store:
                 rows = stored_batches(store)
                 totals = ingest_totals(store)
+            (root / "pc").mkdir()
+            shim = build_shim(root / "pc")
+            with open_store(f"sqlite:///{root / 'pc' / 'matcher.db'}") as store:
+                pc = asyncio.run(power_loop(lab, root / "pc", store, shim, cuts=cuts,
+                                            seed=20210504))
     bad = (len(rep.missing) + len(rep.conflicts) + len(rep.seq_went_back)
            + len(rep.integrity) + len(rep.early_exits))
     bad_real = (len(real.missing) + len(real.conflicts) + len(real.seq_went_back)
@@ -89,6 +97,18 @@ def run(quick: bool) -> list[dict[str, Any]]:
          "unit": "batches"},
         {"name": "  lost, doubled, reused or corrupt (must be 0)", "value": bad_mk,
          "unit": "count"},
+        {"name": "power cuts of bzgw run (unsynced writes discarded)", "value": pc.cuts,
+         "unit": "cuts"},
+        {"name": "  unsynced bytes thrown away by the cuts", "value": pc.bytes_lost,
+         "unit": "bytes"},
+        {"name": "  cuts that lost a commit not yet synced (append had not returned)",
+         "value": pc.lost_commits, "unit": "cuts"},
+        {"name": "  batches stored by matcher.service (exactly once)", "value": pc.stored,
+         "unit": "batches", "vs": "accepted", "vs_value": pc.accepted,
+         "ratio": round(pc.stored / pc.accepted, 4) if pc.accepted else None},
+        {"name": "  lost, doubled, reused or corrupt (must be 0)",
+         "value": (len(pc.missing) + pc.conflicts + len(pc.integrity) + len(pc.went_back)
+                   + len(pc.early_exits) + abs(pc.stored - pc.accepted)), "unit": "count"},
     ]
 
 

@@ -70,10 +70,11 @@ for line in sys.stdin:
 class Zygote:
     """A pre-imported process that forks ``bzgw run`` children on request."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(log)], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env)
 
     def _ask(self, line: str) -> int:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -400,4 +401,128 @@ async def matcher_kill_loop(lab: Lab, root: Path, *, kills: int, db_url: str,
         rep.accepted[s.gw.entry.id] = st.next_seq - 1
         rep.resent += s.sync.counters.resent
         s.outbox.close()
+    return rep
+
+
+# ------------------------------------------------------- power cuts instead of SIGKILL
+
+
+@dataclass
+class PowerReport:
+    """What a power-cut loop did and found."""
+
+    cuts: int = 0
+    seed: int = 0
+    accepted: int = 0
+    stored: int = 0
+    arrivals: int = 0
+    missing: list[int] = field(default_factory=list)
+    conflicts: int = 0
+    integrity: list[str] = field(default_factory=list)
+    early_exits: list[str] = field(default_factory=list)
+    bytes_lost: int = 0  # unsynced bytes the cuts threw away, all files
+    lost_commits: int = 0  # cuts where the outbox's last commit was written but not synced
+    went_back: list[tuple[int, int]] = field(default_factory=list)  # below a delivered seq
+    run_s: float = 0.0
+
+
+def _status_of_copy(folder: Path, name: str) -> tuple[int, str]:
+    """``(next_seq, integrity)`` of the outbox in ``folder``, read from a copy (reading the
+    original would checkpoint it behind the power-cut shim's back)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in folder.iterdir():
+            if f.is_file() and not f.name.endswith((".durable", ".durable.tmp")):
+                shutil.copyfile(f, Path(tmp) / f.name)
+        db = Path(tmp) / name
+        if not db.exists() or (db.stat().st_size == 0 and not (
+                Path(tmp) / (name + "-wal")).exists()):
+            return 1, "ok"
+        return read_status(db).next_seq, _integrity(db)
+
+
+def _all_durable(folder: Path) -> None:
+    """After the "reboot": what is on disk now is durable (the next cut starts from it)."""
+    import shutil
+
+    for f in folder.iterdir():
+        if f.name.endswith(".durable") and not f.with_name(f.name[:-8]).exists():
+            f.unlink()
+    for f in folder.iterdir():
+        if f.is_file() and not f.name.endswith((".durable", ".durable.tmp")):
+            shutil.copyfile(f, f.with_name(f.name + ".durable"))
+
+
+async def power_loop(lab: Lab, root: Path, store: Store, shim: Path, *, cuts: int,
+                     seed: int | None = None, max_delay_s: float = 0.6) -> PowerReport:
+    """Run ``bzgw run`` with its outbox folder behind the power-cut shim, cut the power at a
+    random moment (SIGKILL, then every outbox file back to its last synced content), boot
+    again, ``cuts`` times; then drain into the real matcher and compare.
+    """
+    from powercut import cut_power, shim_env
+
+    seed = int(os.environ.get("CRASH_SEED", random.randrange(2**32))) if seed is None else seed
+    rng = random.Random(seed)
+    rep = PowerReport(seed=seed)
+    disk = root / "disk"
+    disk.mkdir()
+    capture, drain, priv = write_configs(lab, root)
+    for cfg in (capture, drain):  # the outbox lives on the "disk" that loses power
+        doc = yaml.safe_load(cfg.read_text())
+        doc["outbox"]["path"] = str(disk / "outbox.db")
+        cfg.write_text(yaml.safe_dump(doc))
+    sink = RealSink(lab, store, priv)
+    stop = asyncio.Event()
+    mtask = asyncio.create_task(sink.run(stop))
+    await asyncio.wait_for(sink.ready.wait(), 15)
+    zyg = Zygote(root / "daemon.log", env=shim_env(shim, disk))
+    t0 = time.monotonic()
+    try:
+        for _ in range(cuts):
+            pid = await asyncio.to_thread(zyg.spawn, capture)
+            await asyncio.sleep(rng.uniform(0.05, max_delay_s) if rng.random() < 0.8
+                                else rng.uniform(max_delay_s, 3 * max_delay_s))
+            os.kill(pid, signal.SIGKILL)
+            status = await asyncio.to_thread(zyg.reap, pid)
+            if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+                rep.early_exits.append(zyg.tail())
+            rep.cuts += 1
+            written, _ = await asyncio.to_thread(_status_of_copy, disk, "outbox.db")
+            lost = await asyncio.to_thread(cut_power, disk)
+            rep.bytes_lost += sum(max(0, v) for v in lost.values())
+            synced, check = await asyncio.to_thread(_status_of_copy, disk, "outbox.db")
+            if check != "ok":
+                rep.integrity.append(check)
+            if synced < written:
+                rep.lost_commits += 1
+            delivered = max((q for g, q in stored_batches(store) if g == "gw-a"), default=0)
+            if synced <= delivered:  # would hand out a delivered number again
+                rep.went_back.append((delivered, synced))
+            await asyncio.to_thread(_all_durable, disk)
+        pid = await asyncio.to_thread(zyg.spawn, drain)
+        started = time.monotonic()
+        while time.monotonic() < started + 60:
+            st = read_status(disk / "outbox.db")
+            if (st.depth == 0 and len(sink.seen) >= st.next_seq - 1 - st.dropped_batches
+                    and time.monotonic() > started + 1.0):
+                break
+            await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGTERM)
+        status = await asyncio.to_thread(zyg.reap, pid)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            rep.early_exits.append(f"drain run ended with {status}: {zyg.tail()}")
+    finally:
+        zyg.close()
+        stop.set()
+        await asyncio.wait_for(mtask, 15)
+    rep.run_s = time.monotonic() - t0
+    st = read_status(disk / "outbox.db")
+    rep.accepted = st.next_seq - 1
+    mine = sink.seqs("gw-a")
+    rep.stored = len(set(mine))
+    rep.arrivals = len(sink.arrivals)
+    rep.missing = sorted(set(range(1, st.next_seq)) - set(mine))
+    rep.conflicts = len(sink.conflicts)
     return rep
