@@ -154,8 +154,8 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
                           str(where)], capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        missing(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'not root'})")
+    if res.returncode != 0:  # needs root (or CAP_SYS_ADMIN); not one of CI's services
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'not root'})")
     try:
         yield where
     finally:
