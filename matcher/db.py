@@ -199,7 +199,6 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, *, schema: str | None = None, probes: int = 2,
                  create_schema: bool = True) -> None:
         import psycopg
-        from psycopg import sql
 
         self.integrity_errors = (psycopg.errors.IntegrityError,)
         self.errors = (psycopg.Error,)

@@ -160,6 +160,8 @@ def _integrity(db: Path) -> str:
     conn = sqlite3.connect(db, timeout=5)
     try:
         return "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+    except sqlite3.DatabaseError as err:  # "file is not a database", "malformed"
+        return f"{type(err).__name__}: {err}"
     finally:
         conn.close()
 
@@ -325,18 +327,23 @@ class MatcherKillReport:
     early_exits: list[str] = field(default_factory=list)
     integrity: list[str] = field(default_factory=list)
     resent: int = 0
+    bytes_lost: int = 0  # with power cuts: unsynced bytes thrown away
     run_s: float = 0.0
 
 
 async def matcher_kill_loop(lab: Lab, root: Path, *, kills: int, db_url: str,
                             seed: int | None = None, gateways: tuple[str, ...] = ("gw-a", "gw-b"),
                             min_up_s: float = 0.05, max_up_s: float = 1.2,
-                            sqlite_file: Path | None = None) -> MatcherKillReport:
+                            sqlite_file: Path | None = None,
+                            power_cut: Path | None = None) -> MatcherKillReport:
     """SIGKILL ``bzgw matcher serve`` ``kills`` times at random moments while the gateways'
     real sync (outbox → MQTT → ack) keeps sending; then let a last matcher drain them.
 
     Returns what the outboxes accepted and what the store holds (read by the caller's own
     check of the store) — every accepted batch must be stored exactly once.
+
+    With ``power_cut`` (the shim from :func:`powercut.build_shim`) each kill is a power cut
+    of the folder holding ``sqlite_file``: every write the matcher had not synced is lost.
     """
     from ackmatcher import Site
 
@@ -360,7 +367,13 @@ async def matcher_kill_loop(lab: Lab, root: Path, *, kills: int, db_url: str,
             site.sync.wake()
             await asyncio.sleep(rng.uniform(0.005, 0.04))
 
-    zyg = Zygote(root / "matcher.log")
+    env = None
+    if power_cut is not None:
+        from powercut import cut_power, shim_env
+
+        assert sqlite_file is not None
+        env = shim_env(power_cut, sqlite_file.parent)
+    zyg = Zygote(root / "matcher.log", env=env)
     tasks = [asyncio.create_task(s.sync.run(stop)) for s in sites]
     tasks.append(asyncio.create_task(produce()))
     t0 = time.monotonic()
@@ -373,10 +386,17 @@ async def matcher_kill_loop(lab: Lab, root: Path, *, kills: int, db_url: str,
             if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
                 rep.early_exits.append(zyg.tail())
             rep.kills += 1
+            if power_cut is not None and sqlite_file is not None:
+                lost = await asyncio.to_thread(cut_power, sqlite_file.parent)
+                rep.bytes_lost += sum(max(0, v) for v in lost.values())
             if sqlite_file is not None:
                 check = await asyncio.to_thread(_integrity_if_there, sqlite_file)
                 if check != "ok":
                     rep.integrity.append(check)
+            if power_cut is not None and sqlite_file is not None:
+                # the check above opened (and may have checkpointed) the database without
+                # the shim, as the next boot would: what is on disk now is durable
+                await asyncio.to_thread(_all_durable, sqlite_file.parent)
         producing.clear()
         await tasks[-1]
         pid = await asyncio.to_thread(zyg.exec, "matcher", "serve", "--config", str(cfg))

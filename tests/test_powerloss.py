@@ -17,13 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from crashkit import power_loop
+from crashkit import matcher_kill_loop, power_loop
 from powercut import build_shim, cut_power, shim_env
+from test_crash import check_matcher_kills
 
+from matcher.store import open_store
 from matcher.testing import temp_store
 from mqtt.lab import Lab
 
 CUTS = 25
+MATCHER_CUTS = 10
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +89,20 @@ def test_power_cuts_of_the_gateway_lose_no_accepted_batch(shim: Path, lab: Lab,
     assert rep.went_back == []  # never a delivered sequence number handed out again
     assert rep.accepted >= 10
     assert rep.missing == [] and rep.stored == rep.accepted and rep.conflicts == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_power_cuts_of_the_matcher_lose_no_acked_batch(shim: Path, lab: Lab,
+                                                       tmp_path: Path) -> None:
+    # an ack deletes the batch from the gateway's outbox: it must only go out for a commit
+    # that survives the cut
+    disk = tmp_path / "mdisk"
+    disk.mkdir()
+    db = disk / "matcher.db"
+    rep = asyncio.run(matcher_kill_loop(lab, tmp_path, kills=MATCHER_CUTS,
+                                        db_url=f"sqlite:///{db}", sqlite_file=db,
+                                        power_cut=shim))
+    assert rep.bytes_lost > 0
+    with open_store(f"sqlite:///{db}") as store:
+        check_matcher_kills(rep, store, MATCHER_CUTS)
