@@ -43,7 +43,8 @@ def _capture(tmp_path: Path) -> tuple[Path, Crowd]:
 
 def test_source_kind_follows_the_config() -> None:
     for name in ("bleak", "bluepy", "replay", "simulator"):
-        assert source_kind(BleConfig(source=name)) is SourceKind(name)  # type: ignore[arg-type]
+        cfg = BleConfig(source=name, replay_file=Path("x.btsnoop"))  # type: ignore[arg-type]
+        assert source_kind(cfg) is SourceKind(name)
 
 
 def test_replay_source_runs_on_capture_time(tmp_path: Path) -> None:

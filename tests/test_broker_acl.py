@@ -296,12 +296,12 @@ def test_broker_config_cli_output_runs_a_broker_that_enforces_it(lab: Lab,
 
 
 def test_broker_config_cli_reports_bad_registry(tmp_path: Path) -> None:
-    from gateway.cli import cli
+    from gateway.cli import EXIT_CONFIG, cli
 
     reg = tmp_path / "r.yaml"
     reg.write_text("gateways:\n  - id: Bad_Id\n    province: hn\n    venue: v\n"
                    "    signing_key: '00'\n")
     res = CliRunner().invoke(cli, ["broker", "config", "--registry", str(reg), "--out",
                                    str(tmp_path / "o")])
-    assert res.exit_code == 1 and "r.yaml:2" in res.output
+    assert res.exit_code == EXIT_CONFIG and "r.yaml:2" in res.output
     assert not (tmp_path / "o" / "acl").exists()

@@ -47,7 +47,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(lab: Lab,
     assert rep.arrivals >= rep.stored
 
 
-REAL_KILLS = 30
+REAL_KILLS = 20
 
 
 def _check(rep: CrashReport, kills: int) -> None:

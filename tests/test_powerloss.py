@@ -25,7 +25,7 @@ from matcher.store import open_store
 from matcher.testing import temp_store
 from mqtt.lab import Lab
 
-CUTS = 25
+CUTS = 15
 MATCHER_CUTS = 10
 
 
