@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+
+def _key_error(key: str, message: str, value: object) -> ValidationError:
+    """A validation error located at ``key`` of this section, so ``bzgw config check`` names
+    the key's own line. (A few lines kept per section package: they import no common one.)"""
+    return ValidationError.from_exception_data("config", [InitErrorDetails(
+        type=PydanticCustomError("cross_field", message), loc=(key,), input=value)])
 
 
 class ProximityThresholds(BaseModel):
@@ -15,6 +23,14 @@ class ProximityThresholds(BaseModel):
     near_dbm: int = Field(default=-65, ge=-127, le=20, description="RSSI ≥ this: near (<2 m)")
     medium_dbm: int = Field(default=-80, ge=-127, le=20, description="RSSI ≥ this: medium")
     calibrated: bool = Field(default=False, description="true once measured on this unit")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ProximityThresholds:
+        if self.near_dbm <= self.medium_dbm:
+            raise _key_error("near_dbm", f"near_dbm ({self.near_dbm}) must be above medium_dbm "
+                             f"({self.medium_dbm}): a nearer phone is heard louder",
+                             self.near_dbm)
+        return self
 
 
 class SimulatorSettings(BaseModel):
@@ -95,3 +111,10 @@ class BleConfig(BaseModel):
         default=None,
         description="file where bzgw ble calibrate keeps this unit's thresholds, outside the "
                     "provisioned config; when it exists its proximity overrides ble.proximity")
+
+    @model_validator(mode="after")
+    def _source_has_input(self) -> BleConfig:
+        if self.enabled and self.source == "replay" and self.replay_file is None:
+            raise _key_error("source", "source: replay needs replay_file (the capture to "
+                             "replay)", self.source)
+        return self

@@ -62,6 +62,7 @@ def run_benches(only: tuple[str, ...], quick: bool) -> list[dict[str, Any]]:
         if spec is None or spec.loader is None:
             continue
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[f.stem] = mod  # dataclasses in a bench module look their module up here
         spec.loader.exec_module(mod)
         t0 = time.perf_counter()
         rows = mod.run(quick)

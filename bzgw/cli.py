@@ -2,7 +2,7 @@
 
 Each package contributes its own commands (``ble.cli``, ``qr.cli``, ``mqtt.cli``,
 ``matcher.cli``); this module assembles them and turns :class:`BzgwError` into one line on
-stderr with exit status 1.
+stderr with exit status 1, or 78 (EX_CONFIG) when the problem is the configuration.
 """
 
 from __future__ import annotations
@@ -26,8 +26,12 @@ def _version() -> str:
         return "0+unknown"
 
 
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG; the systemd units list it in RestartPreventExitStatus=
+
+
 class BzgwGroup(click.Group):
-    """Group that reports product errors as one line and exit status 1."""
+    """Group that reports product errors as one line and exit status 1 (78 for an invalid
+    config, which a restart cannot fix)."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -35,7 +39,7 @@ class BzgwGroup(click.Group):
         except ConfigError as err:
             for loc, msg in err.problems:
                 click.echo(f"error: {loc}: {msg}" if loc else f"error: {msg}", err=True)
-            ctx.exit(1)
+            ctx.exit(EXIT_CONFIG)
         except BzgwError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(1)

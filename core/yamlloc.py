@@ -22,9 +22,11 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str,
         out: dict[Any, Any] = {}
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(
-                key_node, yaml.ScalarNode) else key_node.value
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]: x` and the like
+                problems.append((f"{file}:{line}", "a key must be a plain name"))
+                continue
+            key = key_node.value
             if key in seen:
                 problems.append((f"{file}:{line}", f"duplicate key {key!r} (first at line "
                                  f"{seen[key]})"))
@@ -39,7 +41,17 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str,
             lines[(*path, i)] = item.start_mark.line + 1
             items.append(_walk(item, (*path, i), lines, file, problems))
         return items
-    return yaml.safe_load(yaml.serialize(node))
+    return _construct(node, file, problems)
+
+
+def _construct(node: yaml.Node, file: str, problems: list[tuple[str, str]]) -> Any:
+    # built directly: a round trip through yaml.serialize turns an empty value into "..."
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except yaml.YAMLError as err:  # e.g. an unknown !tag
+        problems.append((f"{file}:{node.start_mark.line + 1}",
+                         f"YAML: {getattr(err, 'problem', None) or err}"))
+        return None
 
 
 def load_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
@@ -53,6 +65,9 @@ def load_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([(file, f"cannot read config: {err.strerror}")]) from err
+    except UnicodeDecodeError as err:
+        line = text_line(path.read_bytes(), err.start)
+        raise ConfigError([(f"{file}:{line}", f"not UTF-8 text (byte {err.start})")]) from err
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -79,3 +94,8 @@ def line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
             return lines[loc]
         loc = loc[:-1]
     return None
+
+
+def text_line(raw: bytes, offset: int) -> int:
+    """1-based line of byte ``offset`` in ``raw``."""
+    return raw.count(b"\n", 0, offset) + 1

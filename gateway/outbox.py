@@ -11,7 +11,8 @@ lose the last commits on power loss, and a lost ``append`` would hand its sequen
 again after reboot, possibly for different content than the copy already at the matcher (which
 would then discard the new batch as a duplicate). One fsync per flush and per group of acks is
 cheap by comparison. The counter row ``next_seq`` is advanced in the same transaction as the
-insert, so sequence numbers never repeat.
+insert, so sequence numbers never repeat. ``tests/test_powerloss.py`` cuts the power under
+``bzgw run`` (every write not yet synced is thrown away) and fails with ``NORMAL``.
 
 Writes hold ``BEGIN IMMEDIATE`` for a few milliseconds at most; all methods are thread-safe so
 the sync loop may run acks in a worker thread while capture appends on the event loop. Reads

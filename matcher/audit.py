@@ -189,9 +189,54 @@ class AuditLog:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         head, problems = verify(self.path, self.public)
+        if problems and self._finish_interrupted_append():
+            head, problems = verify(self.path, self.public)
         if problems:
             raise AuditError(problems)
         self.head = head
+
+    def _finish_interrupted_append(self) -> bool:
+        """Complete an append that a crash (kill -9, power cut) interrupted, and only that.
+
+        An append writes the line, fsyncs, then replaces the head. Cut before the fsync, the
+        log may end in a partial line after the entry the head names: that line was never
+        acknowledged and is cut off. Cut after it, the log holds one whole, validly signed
+        entry past the head: the head is moved to it. Anything else is left for ``verify`` to
+        report, and the matcher does not start.
+        """
+        hf = self.path.with_name(self.path.name + ".head")
+        if not self.path.exists():
+            return False
+        data = self.path.read_bytes()
+        try:
+            doc = json.loads(hf.read_text()) if hf.exists() else {"seq": 0, "hash": GENESIS}
+            sig = doc.pop("sig", None)
+            if sig is not None:
+                self.public.verify(bytes.fromhex(sig), _canonical(doc))
+            head = Head(int(doc["seq"]), str(doc["hash"]))
+        except (OSError, ValueError, KeyError, TypeError, InvalidSignature):
+            return False
+        whole = data[:data.rfind(b"\n") + 1]
+        lines = whole.splitlines(keepends=True)
+        prefix_ok = head.seq == 0 or (len(lines) >= head.seq
+                                      and _line_hash(lines[head.seq - 1]) == head.hash)
+        if not prefix_ok or len(lines) > head.seq + 1:
+            return False
+        if len(whole) < len(data):  # a partial line after the last whole one
+            with self.path.open("r+b") as f:
+                f.truncate(len(whole))
+                f.flush()
+                os.fsync(f.fileno())
+        if len(lines) == head.seq + 1:  # written and synced, head not yet moved
+            try:
+                entry = json.loads(lines[-1])
+                self.public.verify(bytes.fromhex(entry.pop("sig")), _canonical(entry))
+            except (ValueError, KeyError, AttributeError, TypeError, InvalidSignature):
+                return False
+            if entry.get("seq") != head.seq + 1 or entry.get("prev") != head.hash:
+                return False
+            self._write_head(Head(head.seq + 1, _line_hash(lines[-1])))
+        return True
 
     @classmethod
     def open(cls, path: Path, key_path: Path) -> AuditLog:

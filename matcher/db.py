@@ -201,7 +201,6 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, *, schema: str | None = None, probes: int = 2,
                  create_schema: bool = True) -> None:
         import psycopg
-        from psycopg import sql
 
         self.integrity_errors = (psycopg.errors.IntegrityError,)
         self.errors = (psycopg.Error,)
@@ -209,6 +208,14 @@ class PostgresDatabase(Database):
         self.probes = probes
         self._url = url
         self._siblings: list[PostgresDatabase] = []
+        self.reconnects = 0
+        self._connect(create_schema)
+
+    def _connect(self, create_schema: bool = False) -> None:
+        import psycopg
+        from psycopg import sql
+
+        url, schema = self._url, self.schema
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as err:
@@ -224,34 +231,45 @@ class PostgresDatabase(Database):
                         sql.Identifier(schema)))
             self.conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 
+    def _live(self) -> Any:
+        """The connection; a new one when the server dropped the old (restart, failover,
+        idle timeout). The statement that found it broken has failed and its transaction
+        rolled back; the caller retries (the matcher: the gateway resends, no ack)."""
+        if self.conn.broken:
+            log.warning("PostgreSQL connection lost; reconnecting to %s", _redact(self._url))
+            self.conn.close()
+            self._connect()
+            self.reconnects += 1
+        return self.conn
+
     @staticmethod
     def _pg(sql: str) -> str:
         return sql.replace("?", "%s")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one statement."""
-        cur = self.conn.execute(self._pg(sql), params or None)
+        cur = self._live().execute(self._pg(sql), params or None)
         return cur.fetchall() if cur.description else []
 
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; rows changed."""
-        return self.conn.execute(self._pg(sql), params or None).rowcount
+        return self._live().execute(self._pg(sql), params or None).rowcount
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement per row (pipelined by psycopg)."""
-        with self.conn.cursor() as cur:
+        with self._live().cursor() as cur:
             cur.executemany(self._pg(sql), rows)
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """psycopg's transaction block (savepoints when nested)."""
-        return _discard(self.conn.transaction())
+        return _discard(self._live().transaction())
 
     def insert_rows(self, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
         """COPY the rows in (text protocol handled by psycopg's dumpers)."""
         if not rows:
             return
-        with self.conn.cursor() as cur, cur.copy(
+        with self._live().cursor() as cur, cur.copy(
                 f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
             for r in rows:
                 cp.write_row(r)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -253,7 +254,10 @@ def read_export_zip(data: bytes) -> tuple[bytes, bytes]:
                 if len(blob) > MAX_MEMBER:
                     raise F0InputError(f"{name} inflates beyond {MAX_MEMBER} bytes")
                 out.append(blob)
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as err:
+    # zipfile reports damage in many ways: a corrupt deflate stream (zlib.error), a bad
+    # offset (ValueError: negative seek), an encrypted member (RuntimeError)...
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+            ValueError, RuntimeError) as err:
         raise F0InputError(f"not a readable key export zip: {err}") from err
     return out[0], out[1]
 

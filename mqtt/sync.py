@@ -261,8 +261,7 @@ class GatewaySync:
             if not items or free <= 0:
                 self._wake.clear()
                 timeout = self.poll_s if free > 0 else min(self.poll_s, 0.05)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await _wait_event(self._wake, timeout)
 
     def _puback(self, seq: int, fut: asyncio.Future[None]) -> None:
         if fut.cancelled():
@@ -342,6 +341,20 @@ class GatewaySync:
             except MqttPublishError as err:
                 log.error("health refused: %s", err)
             await asyncio.sleep(self.health_interval_s)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` at most ``timeout`` seconds.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it swallows a cancellation that arrives just
+    as the event is set, and the send loop, woken for every appended batch, then never ended
+    when its session was torn down (seen under CPU load during broker restarts).
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 def _plain(x: Any) -> Any:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+
+def _key_error(key: str, message: str, value: object) -> ValidationError:
+    """A validation error located at ``key`` of this section, so ``bzgw config check`` names
+    the key's own line. (A few lines kept per section package: they import no common one.)"""
+    return ValidationError.from_exception_data("config", [InitErrorDetails(
+        type=PydanticCustomError("cross_field", message), loc=(key,), input=value)])
 
 
 class QrConfig(BaseModel):
@@ -36,3 +44,13 @@ class QrConfig(BaseModel):
     feedback: bool = Field(default=True, description="drive the staff LED and buzzer")
     led_pin: str | None = Field(default="GPIO17", description="LED pin (gpiozero name)")
     buzzer_pin: str | None = Field(default="GPIO27", description="buzzer pin (gpiozero name)")
+
+    @model_validator(mode="after")
+    def _source_has_input(self) -> QrConfig:
+        if self.enabled and self.source == "folder" and self.folder is None:
+            raise _key_error("source", "source: folder needs folder (the image folder to "
+                             "watch)", self.source)
+        if self.enabled and self.source == "video" and self.video is None:
+            raise _key_error("source", "source: video needs video (the video file to read)",
+                             self.source)
+        return self

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from needs import missing
 
 from ble.aggregator import WindowAggregator
 from ble.simulator import Crowd
@@ -66,16 +66,16 @@ def chromium_page(width: int = 1100, height: int = 900) -> Iterator[Any]:
     """A fresh headless Chromium page; skips the test where no browser can run."""
     exe = find_chromium()
     if exe is None:
-        pytest.skip("no Chromium found (install Debian's chromium or set BZGW_CHROMIUM)")
+        missing("no Chromium found (install Debian's chromium or set BZGW_CHROMIUM)")
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
+        missing("playwright is not installed (pip install playwright)")
     with sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=exe, args=LAUNCH_ARGS, headless=True)
         except Error as err:
-            pytest.skip(f"Chromium at {exe} does not start: {err.message.splitlines()[0]}")
+            missing(f"Chromium at {exe} does not start: {err.message.splitlines()[0]}")
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             yield page

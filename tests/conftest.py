@@ -6,8 +6,10 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from needs import missing
 
 from bzgw.lab import Lab, make_lab
 
@@ -35,8 +37,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _pg_reachable() -> bool:
+    u = urlsplit(PG_URL)
     try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 5432), timeout=0.5):
             return True
     except OSError:
         return False
@@ -44,9 +47,9 @@ def _pg_reachable() -> bool:
 
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    """URL of a reachable PostgreSQL server, or skip with the reason."""
+    """URL of a reachable PostgreSQL server, or skip with the reason (fail under CI=true)."""
     if not _pg_reachable():
-        pytest.skip("no PostgreSQL answering on 127.0.0.1:5432 (set BZGW_TEST_PG)")
+        missing(f"no PostgreSQL answering at {PG_URL} (set BZGW_TEST_PG)")
     return PG_URL
 
 

@@ -32,6 +32,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from needs import missing
 
 from bzgw.config import load
 from contract.registry import load_registry
@@ -392,7 +393,7 @@ async def _exchange(fleet: Fleet, gateway: str, topic: str) -> tuple[str, bytes]
 
 def test_mosquitto_runs_the_rendered_config_with_enrolled_identities(fleet: Fleet) -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto is not installed")
+        missing("mosquitto is not installed")
     own = topics.batch("hn", "cho-a", "gw-t-1")
     with running_broker(fleet):
         assert asyncio.run(_exchange(fleet, "gw-t-1", own)) == (own, b"sealed")
@@ -515,7 +516,7 @@ def test_matcher_role_sets_up_postgresql(pg_url: str, tmp_path: Path) -> None:
     psql = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", u.hostname or "127.0.0.1",
             "-p", str(u.port or 5432), "-U", u.username or "postgres"]
     if shutil.which("psql") is None:
-        pytest.skip("psql is not installed")
+        missing("psql is not installed")
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,

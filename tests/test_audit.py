@@ -105,3 +105,26 @@ def test_audit_rejects_unknown_events(tmp_path: Path) -> None:
     log = _log(tmp_path, 0)
     with pytest.raises(ValueError):
         log.append("anything", actor="x")
+
+
+def test_audit_an_append_cut_by_a_crash_is_finished_not_refused(tmp_path: Path) -> None:
+    log = _log(tmp_path, 3)
+    path, head = tmp_path / "audit.log", tmp_path / "audit.log.head"
+    good_head = head.read_bytes()
+    log.append("login", actor="admin")
+    whole = path.read_bytes()
+    # cut before the fsync: a partial line past the entry the head names
+    path.write_bytes(whole[:-20])
+    head.write_bytes(good_head)
+    again = AuditLog.open(path, tmp_path / "audit.key")
+    assert again.head.seq == 3 and _problems(tmp_path) == []
+    # cut after the fsync, before the head moved: the whole entry is kept
+    path.write_bytes(whole)
+    head.write_bytes(good_head)
+    again = AuditLog.open(path, tmp_path / "audit.key")
+    assert again.head.seq == 4 and _problems(tmp_path) == []
+    # but an entry removed from the end is not a crash: still refused
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]))
+    with pytest.raises(AuditError):
+        AuditLog.open(path, tmp_path / "audit.key")

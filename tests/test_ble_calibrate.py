@@ -96,6 +96,7 @@ CONFIG = """\
 # gateway at the market entrance
 ble:
   source: replay   # captures only on this test box
+  replay_file: market.btsnoop
   watchdog_s: 60
   proximity:
     near_dbm: -50  # placeholder until calibrated

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ble.config import BleConfig
 from ble.ios import IosResolver
@@ -43,7 +44,8 @@ def _capture(tmp_path: Path) -> tuple[Path, Crowd]:
 
 def test_source_kind_follows_the_config() -> None:
     for name in ("bleak", "bluepy", "replay", "simulator"):
-        assert source_kind(BleConfig(source=name)) is SourceKind(name)  # type: ignore[arg-type]
+        cfg = BleConfig(source=name, replay_file=Path("x.btsnoop"))  # type: ignore[arg-type]
+        assert source_kind(cfg) is SourceKind(name)
 
 
 def test_replay_source_runs_on_capture_time(tmp_path: Path) -> None:
@@ -58,8 +60,12 @@ def test_replay_source_runs_on_capture_time(tmp_path: Path) -> None:
 
 
 def test_replay_source_without_a_file_is_a_clear_error() -> None:
+    with pytest.raises(ValidationError, match="needs replay_file"):
+        BleConfig(source="replay")  # refused by the config check already
+    # and by the source itself, for a config built without validation
     with pytest.raises(SourceError, match="replay_file"):
-        open_source(BleConfig(source="replay"), ReplayClock())
+        open_source(BleConfig.model_construct(source="replay", replay_file=None),
+                    ReplayClock())
 
 
 def test_replay_source_surfaces_a_bad_capture(tmp_path: Path) -> None:

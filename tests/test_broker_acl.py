@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -92,22 +94,45 @@ def test_certificate_from_another_ca_is_refused(lab: Lab, tmp_path: Path) -> Non
     assert "certificate verify failed" in lab.broker.tail(50)
 
 
-def test_plain_tcp_is_refused(lab: Lab) -> None:
+def _check_plain_tcp_refused(port: int) -> None:
+    """Fail unless something listens on ``port`` and refuses a plain (non-TLS) MQTT client."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
+
+    # The broker must be listening (a refused TCP connect would prove nothing): a plain
+    # MQTT CONNECT reaches it and is answered by no CONNACK, only a TLS alert or a close.
+    connect = bytes([0x10, 13, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 1]) + b"p"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(connect)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(4096):
+                got += chunk
+    assert not got.startswith(b"\x20")  # no CONNACK
+    assert got == b"" or got[0] == 0x15  # nothing, or a TLS alert record
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id="plain", protocol=paho.MQTTv5)
     results: list[object] = []
     c.on_connect = lambda *a: results.append(a[3])
+    c.connect("127.0.0.1", port, 5)  # raises if nothing listens
     try:
-        c.connect("127.0.0.1", lab.broker.port, 5)
         for _ in range(50):
             c.loop(0.05)
-    except OSError:
-        pass
     finally:
         c.disconnect()
     assert not any(not getattr(rc, "is_failure", True) for rc in results)
+
+
+def test_plain_tcp_is_refused(lab: Lab) -> None:
+    _check_plain_tcp_refused(lab.broker.port)
+
+
+def test_plain_tcp_check_fails_when_nothing_listens() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        _check_plain_tcp_refused(port)
 
 
 # ---------------------------------------------------------------- what each may do
@@ -271,12 +296,12 @@ def test_broker_config_cli_output_runs_a_broker_that_enforces_it(lab: Lab,
 
 
 def test_broker_config_cli_reports_bad_registry(tmp_path: Path) -> None:
-    from bzgw.cli import cli
+    from bzgw.cli import EXIT_CONFIG, cli
 
     reg = tmp_path / "r.yaml"
     reg.write_text("gateways:\n  - id: Bad_Id\n    province: hn\n    venue: v\n"
                    "    signing_key: '00'\n")
     res = CliRunner().invoke(cli, ["broker", "config", "--registry", str(reg), "--out",
                                    str(tmp_path / "o")])
-    assert res.exit_code == 1 and "r.yaml:2" in res.output
+    assert res.exit_code == EXIT_CONFIG and "r.yaml:2" in res.output
     assert not (tmp_path / "o" / "acl").exists()

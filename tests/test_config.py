@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bzgw.cli import cli
+from bzgw.cli import EXIT_CONFIG, cli
 from bzgw.config import load
 from core.errors import ConfigError
 
@@ -69,7 +69,7 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     assert ok.exit_code == 0 and "OK" in ok.output
     f.write_text(GOOD.replace("province: hn", "province: Hà Nội"))
     bad = CliRunner().invoke(cli, ["config", "check", str(f)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == EXIT_CONFIG
     assert f"{f}:3: gateway -> province" in bad.output
 
 
@@ -77,5 +77,78 @@ def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     f = tmp_path / "gw.yaml"
     f.write_text("gateway:\n  id: [unclosed\n")
     res = CliRunner().invoke(cli, ["config", "check", str(f)])
-    assert res.exit_code == 1
+    assert res.exit_code == EXIT_CONFIG
     assert "YAML syntax error" in res.output and f"{f}:" in res.output
+
+
+# ------------------------------------------------------------- cross-field mistakes
+
+MQTT = """\
+mqtt:
+  host: broker.example
+  ca_file: ca.crt
+  cert_file: gw.crt
+  key_file: gw.key
+"""
+
+CROSS_FIELD = [
+    # (extra YAML, line of the key, key path, words of the message)
+    ("ble:\n  source: replay\n  watchdog_s: 60\n", 12, "ble -> source",
+     "needs replay_file"),
+    ("qr:\n  enabled: true\n  source: folder\n", 13, "qr -> source", "needs folder"),
+    ("qr:\n  source: video\n", 12, "qr -> source", "needs video"),
+    ("ble:\n  proximity:\n    medium_dbm: -60\n    near_dbm: -70\n", 14,
+     "ble -> proximity -> near_dbm", "must be above medium_dbm (-60)"),
+    ("ble:\n  proximity:\n    near_dbm: -80\n", 13, "ble -> proximity -> near_dbm",
+     "must be above medium_dbm (-80)"),  # equal to the default medium: no medium band
+    (MQTT + "  backoff_min_s: 600\n  backoff_max_s: 60\n", 16, "mqtt -> backoff_min_s",
+     "is above backoff_max_s (60)"),
+    (MQTT + "  backoff_min_s: 600\n", 16, "mqtt -> backoff_min_s",
+     "is above backoff_max_s (300)"),  # against the default maximum
+]
+
+
+@pytest.mark.parametrize(("extra", "line", "key", "words"), CROSS_FIELD)
+def test_config_check_names_line_and_key_of_cross_field_mistakes(
+        tmp_path: Path, extra: str, line: int, key: str, words: str) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(GOOD + extra)
+    res = CliRunner().invoke(cli, ["config", "check", str(f)])
+    assert res.exit_code == EXIT_CONFIG, res.output
+    (err,) = res.stderr.strip().splitlines()
+    assert err.startswith(f"error: {f}:{line}: {key}: ") and words in err
+
+
+@pytest.mark.parametrize("extra", [
+    "ble:\n  source: replay\n  replay_file: market.btsnoop\n",
+    "ble:\n  enabled: false\n  source: replay\n",  # off: nothing to replay is fine
+    "qr:\n  source: folder\n  folder: incoming\n",
+    "qr:\n  enabled: false\n  source: video\n",
+    "ble:\n  proximity:\n    near_dbm: -60\n    medium_dbm: -75\n",
+    MQTT + "  backoff_min_s: 5\n  backoff_max_s: 5\n",
+])
+def test_consistent_settings_pass(tmp_path: Path, extra: str) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(GOOD + extra)
+    res = CliRunner().invoke(cli, ["config", "check", str(f)])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    (b"gateway:\n  id: gw-\x88\n", 2, "not UTF-8"),
+    (b"ble:\n  replay_file: !weird a.btsnoop\n", 2, "could not determine a constructor"),
+    (b"ble:\n  ? [a, b]\n  : x\n", 2, "a key must be a plain name"),
+])
+def test_odd_yaml_is_a_located_error(tmp_path: Path, text: bytes, line: int,
+                                     words: str) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_bytes(text)
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    assert ei.value.problems[0][0] == f"{f}:{line}" and words in ei.value.problems[0][1]
+
+
+def test_empty_value_at_the_end_of_the_file_is_null(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_bytes(b"ble:\n  source: simulator\n  adapter:")  # no newline at the end
+    assert load(f).ble.adapter is None

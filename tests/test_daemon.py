@@ -13,7 +13,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bzgw.cli import cli
+from bzgw.cli import EXIT_CONFIG, cli
 from bzgw.lab import Lab, matcher_keys, write_gateway_config
 from gateway.outbox import Outbox
 from matcher.service import MatcherService
@@ -81,5 +81,5 @@ def test_run_refuses_config_without_gateway_sections(tmp_path: Path) -> None:
     f = tmp_path / "gw.yaml"
     f.write_text("ble:\n  source: simulator\n")
     res = CliRunner().invoke(cli, ["run", "--config", str(f)])
-    assert res.exit_code == 1
+    assert res.exit_code == EXIT_CONFIG
     assert "needs the section(s): gateway, sealing, mqtt" in res.output

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ble.replay import build_legacy_event, write_btsnoop
 from ble.simulator import Crowd, Visit
@@ -178,3 +179,47 @@ def test_demo_run_again_replaces_only_its_own_files(tmp_path: Path) -> None:
         (out / "my-notes.txt").write_text("kept")  # added by the user between runs
     assert (out / "my-notes.txt").read_text() == "kept"
     assert json.loads((out / "report.json").read_text())["cases"]
+
+
+def _capture_and_f0(tmp_path: Path, start: float) -> tuple[Path, Path, int]:
+    """A btsnoop capture of a simulated venue (one Bluezone phone visits 30 min) and the
+    phone's InfoF F0 file; returns them and the visit's start."""
+    crowd = Crowd(seed=5, start=start, duration_s=3600)
+    visit = int(start) + 600
+    case = crowd.add_bluezone_phone([Visit("v", visit, visit + 1800, distance_m=1.0)])
+    crowd.add_bluezone_phones(6, venues=["v"])
+    crowd.add_en_phones(3, venues=["v"])
+    crowd.add_background(4, venues=["v"])
+    capture = tmp_path / "venue.btsnoop"
+    write_btsnoop(capture, ((r.ts, build_legacy_event(0, r.address, r.address_type, r.data,
+                                                      r.rssi))
+                            for r in crowd.reports("v", start, start + 3600, rate_hz=0.5)))
+    day0 = int(start) // DAY * DAY
+    f0 = tmp_path / "f0.json"
+    f0.write_text(json.dumps({"data": [{"daily_key": case.daily_key(day0).hex(),
+                                        "time_start": day0, "time_end": day0 + DAY - 1,
+                                        "max": 96}]}))
+    return capture, f0, visit
+
+
+def _demo_capture(tmp_path: Path, start: float) -> tuple[list[dict[str, Any]], int]:
+    capture, f0, visit = _capture_and_f0(tmp_path, start)
+    out = tmp_path / "demo"
+    res = subprocess.run([*BZGW, "demo", "--capture", str(capture), "--f0", str(f0),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "adverts decoded and aggregated" in res.stderr  # progress goes to stderr
+    report = json.loads((out / "report.json").read_text())
+    assert _mosquittos(out) == []
+    (case,) = report["cases"]
+    return case["windows"], visit
+
+
+def test_demo_with_a_capture_and_f0_finds_the_visit(tmp_path: Path) -> None:
+    # A capture from yesterday morning (UTC): the date the demo's own timeline uses.
+    start = int(time.time()) // DAY * DAY - DAY + 8 * 3600
+    windows, visit = _demo_capture(tmp_path, start)
+    (w,) = windows  # the one venue of the capture, during the phone's visit
+    assert visit <= w["start"] < visit + 300
+    assert visit + 1500 < w["end"] <= visit + 1800 + 600
+    assert w["other_ids"]["bluezone"] > 0

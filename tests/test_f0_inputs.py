@@ -10,6 +10,7 @@ import random
 import zipfile
 from pathlib import Path
 
+import gaen_vectors as gv
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -133,10 +134,9 @@ def test_signer_keys_must_be_ed25519_or_p256(tmp_path: Path) -> None:
 
 
 def test_published_key_export_zip_verified_by_its_own_signature(
-        tmp_path: Path, corpora: Path, p256_key: ec.EllipticCurvePrivateKey,
+        tmp_path: Path, p256_key: ec.EllipticCurvePrivateKey,
         signers: list[f0.Signer]) -> None:
-    v = json.loads((corpora / "ble/gaen/gaen_crypto_vectors_google.json").read_text())
-    tek = Tek(bytes.fromhex(v["tek"]), v["tek_start_interval_number"], 144)
+    tek = Tek(bytes.fromhex(gv.TEK), gv.TEK_START_INTERVAL, 144)
     junk = Tek(b"short", 1, 144)  # a malformed key in the export is skipped and counted
     z = en_export.build_export_zip([tek, junk], p256_key)
     got = f0.load_f0(_write(tmp_path, "export.zip", z), signers)
@@ -144,7 +144,7 @@ def test_published_key_export_zip_verified_by_its_own_signature(
     assert got.signer == f0.key_id(p256_key.public_key())
     block = got.cases[0].block
     assert block is not None
-    assert [r.hex() for r in block.idents()] == [i["rpi"] for i in v["intervals"]]
+    assert [r.hex() for r in block.idents()] == [rpi for rpi, _ in gv.INTERVALS]
     assert got.cases[0].tolerance_s == 7200
     other = en_export.build_export_zip([tek], ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(F0InputError, match="no signature verifies"):
@@ -297,3 +297,20 @@ def test_protobuf_reader_fuzz_raises_only_f0_input_error() -> None:
         except F0InputError:
             pass
     assert parsed > 0  # mutations that keep the framing must still parse
+
+
+def test_damaged_key_export_zip_is_refused_not_raised(p256_key: ec.EllipticCurvePrivateKey
+                                                      ) -> None:
+    # every single-byte change of a real export zip: read, or refused as F0InputError
+    # (a corrupt deflate stream raised zlib.error, a bad offset ValueError, before)
+    z = en_export.build_export_zip([Tek(bytes(range(16)), 2_650_000, 144)], p256_key)
+    outcomes = set()
+    for i in range(len(z)):
+        for v in (0x00, 0xFF, z[i] ^ 0x55):
+            damaged = z[:i] + bytes([v]) + z[i + 1:]
+            try:
+                en_export.read_export_zip(damaged)
+                outcomes.add("read")
+            except F0InputError:
+                outcomes.add("refused")
+    assert outcomes == {"read", "refused"}

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ble.ids import bluezone_day_ids
-from bzgw.cli import cli
+from bzgw.cli import EXIT_CONFIG, cli
 from bzgw.lab import LAB_CUSTODIANS, Lab, custody_files, gateway_identity_files
 from bzgw.labrecords import checkin, sighting
 from contract.batch import Batch
@@ -252,7 +252,7 @@ def test_serve_without_mqtt_section_is_a_config_error(tmp_path: Path) -> None:
                                                "audit_log": "audit.log",
                                                "audit_key": "audit.key"}}))
     res = CliRunner().invoke(cli, ["matcher", "serve", "--config", str(cfg)])
-    assert res.exit_code == 1
+    assert res.exit_code == EXIT_CONFIG
     assert "needs an mqtt section" in res.output
 
 

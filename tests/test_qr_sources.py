@@ -364,8 +364,12 @@ def test_bad_video_file_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cfg", "message"), [
     (QrConfig(source="none"), "QR capture is off"),
     (QrConfig(source="v4l2", enabled=False), "QR capture is off"),
-    (QrConfig(source="folder"), "qr.folder is not set"),
-    (QrConfig(source="video"), "qr.video is not set"),
+    # refused by the config check already; the source checks again for a config built
+    # without validation
+    (QrConfig.model_construct(source="folder", enabled=True, folder=None),
+     "qr.folder is not set"),
+    (QrConfig.model_construct(source="video", enabled=True, video=None),
+     "qr.video is not set"),
 ])
 def test_open_source_refuses_incomplete_config(cfg: QrConfig, message: str) -> None:
     with pytest.raises(BzgwError, match=message):

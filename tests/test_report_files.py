@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 from bzgw.labrecords import LAB, Header, checkin, entry, sighting, temp_store
 from contract.batch import Batch
@@ -138,10 +139,13 @@ def test_public_list_merges_overlapping_windows(tmp_path: Path) -> None:
 
 def test_html_renders_in_chromium_and_switches_language(files: dict[str, Path],
                                                         artifacts: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api as sync_api
+    except ImportError:
+        missing("playwright is not installed (pip install playwright)")
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip("no chromium on PATH")
+        missing("no chromium on PATH")
     requests: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])

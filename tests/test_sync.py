@@ -270,3 +270,23 @@ def test_disk_full_degrades_capture_and_sync_frees_room(lab: Lab, tmp_path: Path
     asyncio.run(running(site.sync.run, body=body, matcher=m))
     assert sorted(set(m.seqs("gw-a"))) == stored == list(range(1, len(stored) + 1))
     assert site.outbox.integrity_check() == "ok"
+
+
+def test_send_loop_wait_is_cancelled_even_when_woken_at_the_same_moment() -> None:
+    # asyncio.wait_for (before 3.12) swallows a cancel that arrives as the event is set; the
+    # send loop, woken for every appended batch, then outlived its session
+    from mqtt.sync import _wait_event
+
+    async def go() -> bool:
+        ev = asyncio.Event()
+        task = asyncio.create_task(_wait_event(ev, 10))
+        await asyncio.sleep(0)  # the waiter is waiting
+        ev.set()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert all(asyncio.run(go()) for _ in range(20))

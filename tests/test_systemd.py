@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bzgw.cli import cli
+from bzgw.cli import EXIT_CONFIG, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -133,3 +133,20 @@ def test_exec_start_arguments_are_accepted_by_the_cli(name: str) -> None:
     assert result.exit_code == 0, result.output
     for opt in (a for a in argv if a.startswith("--")):
         assert opt in result.output
+
+
+@pytest.mark.parametrize("name", ("bzgw-gateway.service", "bzgw-matcher.service"))
+def test_invalid_config_stops_the_restart_loop(name: str, tmp_path: Path) -> None:
+    """A daemon started with a bad config exits once with the config error; its exit status
+    is the one the unit lists in RestartPreventExitStatus=, so systemd leaves it failed."""
+    k = _keys((UNITS / name).read_text())
+    assert k["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("mqtt:\n  host: b\n  ca_file: a\n  cert_file: c\n  key_file: k\n"
+                   "  backoff_min_s: 60\n  backoff_max_s: 5\n")
+    args = shlex.split(k["ExecStart"][0])[1:]
+    args[args.index("--config") + 1] = str(cfg)
+    proc = subprocess.run([sys.executable, "-m", "bzgw.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert f"{cfg}:6: mqtt -> backoff_min_s" in proc.stderr
