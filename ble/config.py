@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-def _key_error(key: str, message: str, value: object) -> ValidationError:
-    """A validation error located at ``key`` of this section, so ``bzgw config check`` names
-    the key's own line. (A few lines kept per section package: they import no common one.)"""
-    return ValidationError.from_exception_data("config", [InitErrorDetails(
-        type=PydanticCustomError("cross_field", message), loc=(key,), input=value)])
+from core.settings import key_error
 
 
 class ProximityThresholds(BaseModel):
@@ -27,7 +21,7 @@ class ProximityThresholds(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> ProximityThresholds:
         if self.near_dbm <= self.medium_dbm:
-            raise _key_error("near_dbm", f"near_dbm ({self.near_dbm}) must be above medium_dbm "
+            raise key_error("near_dbm", f"near_dbm ({self.near_dbm}) must be above medium_dbm "
                              f"({self.medium_dbm}): a nearer phone is heard louder",
                              self.near_dbm)
         return self
@@ -115,6 +109,6 @@ class BleConfig(BaseModel):
     @model_validator(mode="after")
     def _source_has_input(self) -> BleConfig:
         if self.enabled and self.source == "replay" and self.replay_file is None:
-            raise _key_error("source", "source: replay needs replay_file (the capture to "
+            raise key_error("source", "source: replay needs replay_file (the capture to "
                              "replay)", self.source)
         return self

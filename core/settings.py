@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.errors import ConfigError
 from core.yamlloc import line_of, load_yaml
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def key_error(loc: str | tuple[str, ...], message: str, value: object) -> ValidationError:
+    """A cross-field error located at ``loc`` of the model raising it, so ``bzgw config check``
+    names that key's own line rather than the section's."""
+    where = (loc,) if isinstance(loc, str) else loc
+    return ValidationError.from_exception_data("config", [InitErrorDetails(
+        type=PydanticCustomError("cross_field", message), loc=where, input=value)])
 SECRET_WORDS = ("pin", "password", "secret")  # such values are never echoed in errors
 
 

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from ble.config import BleConfig, ProximityThresholds
 from contract import names
 from core.auth import is_secret_hash
-from core.settings import Section, load_model
+from core.settings import Section, key_error, load_model
 from mqtt.config import MqttConfig
 from qr.config import QrConfig
 
@@ -107,6 +107,15 @@ class GatewayConfig(Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     mqtt: MqttConfig | None = None
     status: StatusConfig = Field(default_factory=StatusConfig)
+
+    @model_validator(mode="after")
+    def _checkins_need_identity_keys(self) -> GatewayConfig:
+        if (self.sealing is not None and self.sealing.identity_keys is None
+                and self.qr.enabled and self.qr.source != "none"):
+            raise key_error(("sealing",), "QR check-ins need identity_keys and blind_key (from "
+                            "`bzgw custodian init`): an identity is never stored unsealed",
+                            None)
+        return self
 
 
 G = TypeVar("G", bound=GatewayConfig)

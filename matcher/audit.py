@@ -209,7 +209,8 @@ class AuditLog:
             return False
         data = self.path.read_bytes()
         try:
-            doc = json.loads(hf.read_text()) if hf.exists() else {"seq": 0, "hash": GENESIS}
+            doc: dict[str, Any] = (json.loads(hf.read_text()) if hf.exists()
+                                   else {"seq": 0, "hash": GENESIS})
             sig = doc.pop("sig", None)
             if sig is not None:
                 self.public.verify(bytes.fromhex(sig), _canonical(doc))

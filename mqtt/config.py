@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-def _key_error(key: str, message: str, value: object) -> ValidationError:
-    """A validation error located at ``key`` of this section, so ``bzgw config check`` names
-    the key's own line. (A few lines kept per section package: they import no common one.)"""
-    return ValidationError.from_exception_data("config", [InitErrorDetails(
-        type=PydanticCustomError("cross_field", message), loc=(key,), input=value)])
+from core.settings import key_error
 
 
 class MqttConfig(BaseModel):
@@ -32,6 +26,6 @@ class MqttConfig(BaseModel):
     @model_validator(mode="after")
     def _backoff_ordered(self) -> MqttConfig:
         if self.backoff_min_s > self.backoff_max_s:
-            raise _key_error("backoff_min_s", f"backoff_min_s ({self.backoff_min_s:g}) is above "
+            raise key_error("backoff_min_s", f"backoff_min_s ({self.backoff_min_s:g}) is above "
                              f"backoff_max_s ({self.backoff_max_s:g})", self.backoff_min_s)
         return self

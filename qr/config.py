@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-def _key_error(key: str, message: str, value: object) -> ValidationError:
-    """A validation error located at ``key`` of this section, so ``bzgw config check`` names
-    the key's own line. (A few lines kept per section package: they import no common one.)"""
-    return ValidationError.from_exception_data("config", [InitErrorDetails(
-        type=PydanticCustomError("cross_field", message), loc=(key,), input=value)])
+from core.settings import key_error
 
 
 class QrConfig(BaseModel):
@@ -48,9 +42,9 @@ class QrConfig(BaseModel):
     @model_validator(mode="after")
     def _source_has_input(self) -> QrConfig:
         if self.enabled and self.source == "folder" and self.folder is None:
-            raise _key_error("source", "source: folder needs folder (the image folder to "
+            raise key_error("source", "source: folder needs folder (the image folder to "
                              "watch)", self.source)
         if self.enabled and self.source == "video" and self.video is None:
-            raise _key_error("source", "source: video needs video (the video file to read)",
+            raise key_error("source", "source: video needs video (the video file to read)",
                              self.source)
         return self

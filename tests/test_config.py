@@ -23,6 +23,10 @@ outbox:
   path: outbox.db
   max_age_days: 14
 """
+# A gateway that reads QR codes also names the custodians' keys.
+WITH_KEYS = GOOD.replace("  device_key: keys/device.key\n", "  device_key: keys/device.key\n"
+                         "  identity_keys: keys/identity-keys.json\n"
+                         "  blind_key: keys/blind.key\n")
 
 
 def test_good_config_resolves_relative_paths(tmp_path: Path) -> None:
@@ -129,7 +133,7 @@ def test_config_check_names_line_and_key_of_cross_field_mistakes(
 ])
 def test_consistent_settings_pass(tmp_path: Path, extra: str) -> None:
     f = tmp_path / "gw.yaml"
-    f.write_text(GOOD + extra)
+    f.write_text(WITH_KEYS + extra)
     res = CliRunner().invoke(cli, ["config", "check", str(f)])
     assert res.exit_code == 0, res.output
 
@@ -152,3 +156,14 @@ def test_empty_value_at_the_end_of_the_file_is_null(tmp_path: Path) -> None:
     f = tmp_path / "gw.yaml"
     f.write_bytes(b"ble:\n  source: simulator\n  adapter:")  # no newline at the end
     assert load(f).ble.adapter is None
+
+
+def test_checkins_without_identity_keys_are_a_located_error(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(GOOD + "qr:\n  source: v4l2\n")
+    res = CliRunner().invoke(cli, ["config", "check", str(f)])
+    assert res.exit_code == EXIT_CONFIG
+    assert f"{f}:5: sealing" in res.output and "never stored unsealed" in res.output
+    f.write_text(WITH_KEYS.replace("  blind_key: keys/blind.key\n", ""))
+    res = CliRunner().invoke(cli, ["config", "check", str(f)])
+    assert res.exit_code == EXIT_CONFIG and "go together" in res.output
