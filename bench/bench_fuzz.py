@@ -370,7 +370,7 @@ def f0_targets() -> list[Target]:
 def report_targets() -> list[Target]:
     """Health and status documents, ack messages, MQTT topics, config YAML."""
     from bzgw.config import load
-    from contract.ack import ack_payload
+    from contract.ack import ACK_STATUSES, ack_payload
     from contract.health import HealthError, conditions, describe_state, parse_health
     from core.errors import ConfigError
     from matcher.dashboard_queries import _status_of
@@ -395,8 +395,9 @@ def report_targets() -> list[Target]:
 
     def ack(data: bytes) -> None:
         got = GatewaySync._parse_ack(fake, Message(ack_topic, data, 1, False))  # type: ignore[arg-type]
-        if got is not None and (type(got["seq"]) is not int or not isinstance(got, dict)):
-            raise AssertionError(f"ack accepted without an int seq: {got}")
+        if got is not None and (type(got.seq) is not int or got.seq < 0
+                                or got.status not in ACK_STATUSES):
+            raise AssertionError(f"ack accepted without an int seq and a known status: {got}")
 
     acks = [ack_payload(7, "stored", matcher_time=1.7e9),
             ack_payload(8, "rejected", matcher_time=1.7e9, reason="bad_signature")]
@@ -412,6 +413,7 @@ def report_targets() -> list[Target]:
     cfg_path = tmp / "gw.yaml"
     config = (b"gateway:\n  id: gw-hn-0001\n  province: hn\n  venue: cho-dong-xuan\n"
               b"sealing:\n  matcher_public_key: keys/matcher.pub\n  device_key: keys/d.key\n"
+              b"  identity_keys: keys/identity-keys.json\n  blind_key: keys/blind.key\n"
               b"outbox: {path: outbox.db, max_age_days: 14}\nble:\n  source: replay\n"
               b"  replay_file: a.btsnoop\n  proximity: {near_dbm: -60, medium_dbm: -75}\n"
               b"qr:\n  source: folder\n  folder: in\nmqtt:\n  host: b\n  ca_file: ca\n"

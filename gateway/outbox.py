@@ -433,6 +433,12 @@ def read_status(path: Path | str) -> OutboxStatus:
         raise OutboxError(f"{p}: no outbox file here (is `outbox.path` right?)")
     conn = _connect(p, readonly=True)
     try:
+        if not conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                            "name = 'batches'").fetchone()[0]:
+            # created by a daemon stopped (or killed) before its schema was committed
+            return OutboxStatus(depth=0, bytes=0, oldest_created_at=None, dropped_batches=0,
+                                dropped_bytes=0, rejected=0, next_seq=1, full=False,
+                                last_error=None)
         return _status(conn, full=False, last_error=None)
     except sqlite3.Error as err:
         raise OutboxError(f"{p}: not a readable outbox: {err}") from err

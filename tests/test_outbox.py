@@ -210,3 +210,16 @@ def test_status_command(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "no outbox file" in res.output
     res = CliRunner().invoke(cli, ["outbox", "status"])
     assert res.exit_code == 1 and "exactly one" in res.output
+
+
+def test_status_of_an_outbox_file_created_but_never_committed(tmp_path: Path) -> None:
+    # a daemon killed between creating the file and committing its schema
+    import sqlite3
+
+    f = tmp_path / "outbox.db"
+    sqlite3.connect(f).close()
+    st = read_status(f)
+    assert (st.depth, st.next_seq) == (0, 1)
+    f.write_bytes(b"not a database at all, just some text" * 100)
+    with pytest.raises(OutboxError):
+        read_status(f)
