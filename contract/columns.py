@@ -306,7 +306,7 @@ def _set_bits(bitmap: bytes, n: int) -> list[int]:
     return list(np.flatnonzero(bits).tolist())
 
 
-def _unpack(raw: bytes, n: int, width: int, base: int) -> list[int]:
+def _unpack(raw: bytes, n: int, width: int, base: int) -> list[Any]:
     """``base`` + the ``n`` unsigned offsets stored as ``width`` byte planes in ``raw``."""
     if n < NUMPY_MIN:
         if width == 1:
