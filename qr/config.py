@@ -36,3 +36,10 @@ class QrConfig(BaseModel):
     feedback: bool = Field(default=True, description="drive the staff LED and buzzer")
     led_pin: str | None = Field(default="GPIO17", description="LED pin (gpiozero name)")
     buzzer_pin: str | None = Field(default="GPIO27", description="buzzer pin (gpiozero name)")
+
+    @property
+    def capturing(self) -> bool:
+        """Whether a frame source is configured (the QR stage runs at all). Answered here,
+        without importing the frame sources (numpy) that a gateway without a camera never
+        needs."""
+        return self.enabled and self.source != "none"
