@@ -165,14 +165,16 @@ class WindowAggregator:
         self._ready: list[Sighting] = []
         self._counts: list[AdoptionCount] = []
         self._recent: dict[str, _Addr] = {}
-        # address → (last payload, valid from, valid until, its open sighting, the
-        # sighting's histogram): the fast path of feed().
+        # address → (last payload, valid from, watcher due at, its open sighting, the
+        # sighting's histogram, its kind, valid until): the fast path of feed().
         # (The sighting is typed Any: it is set exactly when the histogram is.)
-        self._fast: dict[str, tuple[bytes, float, float, Any, list[int] | None]] = {}
+        self._fast: dict[str, tuple[bytes, float, float, Any, list[int] | None, IdKind,
+                                    float]] = {}
         # address → (kind, ID, AEM, valid from, valid until, sighting, histogram): add().
         self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float, Any,
                                         list[int] | None]] = {}
-        self._fast_alt: dict[str, tuple[bytes, float, float, Any, list[int] | None]] = {}
+        self._fast_alt: dict[str, tuple[bytes, float, float, Any, list[int] | None, IdKind,
+                                        float]] = {}
         self._fast_adv_alt: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
                                             Any, list[int] | None]] = {}
         self._fast_clock: ClockEpoch | None = None
@@ -245,10 +247,14 @@ class WindowAggregator:
         if ck is not self._fast_clock:
             self._forget()
             self._fast_clock = ck
-        get = self._fast.get
-        get_alt = self._fast_alt.get
+        fast = self._fast
+        fast_alt = self._fast_alt
+        get = fast.get
+        get_alt = fast_alt.get
         observe = self._observe
         resolve = self.resolve
+        watcher = self.watcher
+        refresh = self.watch_refresh_s
         slow = 0
         for r in reports:
             ts = r[0]
@@ -256,11 +262,23 @@ class WindowAggregator:
             rssi = r[-2]
             data = r[-1]
             st = get(address)
+            cache = fast
             # Active scanning alternates an advert and its scan response: try both payloads.
-            if st is not None and (st[0] == data or (
-                    (st := get_alt(address)) is not None and st[0] == data)):
-                _data, lo, hi, tr, hist = st
-                if lo <= ts < hi:
+            if st is not None and st[0] != data:
+                st = get_alt(address)
+                cache = fast_alt
+                if st is not None and st[0] != data:
+                    st = None
+            if st is not None:
+                _data, lo, hi, tr, hist, kind, end = st
+                if lo <= ts < hi or (watcher is not None and hi <= ts < end):
+                    if ts >= hi and watcher is not None:
+                        # The watcher is due to hear of this address again: tell it here,
+                        # not through the slow path (nothing else about the address changed).
+                        watcher(ts, address, kind)
+                        due = ts + refresh
+                        cache[address] = (data, lo, due if due < end else end, tr, hist,
+                                          kind, end)
                     if hist is not None:
                         if rssi is None:
                             tr.no_rssi += 1
@@ -344,9 +362,10 @@ class WindowAggregator:
             # watcher, until it is due to hear of this address again); an iOS phone whose ID
             # is still being read keeps the slow path, which asks the resolver again.
             if tr is None:
-                lo, hi = float(win.start), win.end
+                lo, end = float(win.start), win.end
             else:
-                lo, hi = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
+                lo, end = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
+            hi = end
             if watcher is not None and ts + self.watch_refresh_s < hi:
                 hi = ts + self.watch_refresh_s
             hist = None if tr is None else tr.hist
@@ -354,7 +373,7 @@ class WindowAggregator:
                 prev = self._fast.get(address)
                 if prev is not None and prev[0] != data:
                     self._fast_alt[address] = prev
-                self._fast[address] = (data, lo, hi, tr, hist)
+                self._fast[address] = (data, lo, hi, tr, hist, kind, end)
             else:
                 prev_adv = self._fast_adv.get(address)
                 if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
