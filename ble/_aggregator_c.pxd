@@ -9,6 +9,7 @@ cdef class _Track:
     cdef public Py_ssize_t no_rssi
 
 @cython.locals(ts=cython.double, lo=cython.double, hi=cython.double, end=cython.double,
-               due=cython.double, slow=Py_ssize_t, st=tuple, tr=_Track, hist=list, cache=dict)
+               due=cython.double, slow=Py_ssize_t, st=list, tr=_Track, hist=list)
 cpdef Py_ssize_t _feed(object reports, dict fast, dict fast_alt, object observe, object resolve,
                        object watcher, double refresh, object ck) except -1
+

@@ -168,16 +168,14 @@ class WindowAggregator:
         self._ready: list[Sighting] = []
         self._counts: list[AdoptionCount] = []
         self._recent: dict[str, _Addr] = {}
-        # address → (last payload, valid from, watcher due at, its open sighting, the
-        # sighting's histogram, its kind, valid until): the fast path of feed().
-        # (The sighting is typed Any: it is set exactly when the histogram is.)
-        self._fast: dict[str, tuple[bytes, float, float, Any, list[int] | None, IdKind,
-                                    float]] = {}
+        # address → [last payload, valid from, watcher due at, its open sighting, the
+        # sighting's histogram, its kind, valid until]: the fast path of feed(). A list, so
+        # that the watcher's due time moves in place.
+        self._fast: dict[str, list[Any]] = {}
         # address → (kind, ID, AEM, valid from, valid until, sighting, histogram): add().
         self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float, Any,
                                         list[int] | None]] = {}
-        self._fast_alt: dict[str, tuple[bytes, float, float, Any, list[int] | None, IdKind,
-                                        float]] = {}
+        self._fast_alt: dict[str, list[Any]] = {}
         self._fast_adv_alt: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
                                             Any, list[int] | None]] = {}
         self._fast_clock: ClockEpoch | None = None
@@ -331,7 +329,7 @@ class WindowAggregator:
                 prev = self._fast.get(address)
                 if prev is not None and prev[0] != data:
                     self._fast_alt[address] = prev
-                self._fast[address] = (data, lo, hi, tr, hist, kind, end)
+                self._fast[address] = [data, lo, hi, tr, hist, kind, end]
             else:
                 prev_adv = self._fast_adv.get(address)
                 if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
@@ -444,8 +442,11 @@ class WindowAggregator:
         """
         out = self._ready
         self._ready = []
-        self._forget()  # cached entries may point at sightings about to be handed out
         done = [k for k, tr in self._tracks.items() if final or tr.slot_end <= now]
+        if done or out:
+            # cached entries may point at sightings about to be handed out; when none is,
+            # (most flushes: sightings end with their ID slot) the fast path keeps its cache
+            self._forget()
         done.sort(key=lambda k: (self._tracks[k].slot_end, self._tracks[k].first, k[0]))
         for k in done:
             out.append(self._sighting(self._tracks.pop(k)))
@@ -482,11 +483,9 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
         rssi = r[-2]
         data = r[-1]
         st = fast.get(address)  # compiled: a C call on the typed dict
-        cache = fast
         # Active scanning alternates an advert and its scan response: try both payloads.
         if st is not None and st[0] != data:
             st = fast_alt.get(address)
-            cache = fast_alt
             if st is not None and st[0] != data:
                 st = None
         if st is not None:
@@ -499,8 +498,7 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
                     end = st[6]
                     watcher(ts, address, st[5])
                     due = ts + refresh
-                    cache[address] = (data, lo, due if due < end else end, st[3], st[4],
-                                      st[5], end)
+                    st[2] = due if due < end else end
                 hist = st[4]
                 if hist is not None:
                     tr = st[3]
@@ -546,8 +544,9 @@ class LivePhones:
         self.max_entries = max_entries
         self.untracked = 0
         self._key = os.urandom(16)
-        self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
-        self._digests: dict[str, bytes] = {}
+        # digest → [last heard, rank, digest], oldest first
+        self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()
+        self._digests: dict[str, list[Any]] = {}  # address → its entry of _seen
         self._cache_until = -math.inf
 
     def add(self, adv: Advert) -> None:
@@ -564,25 +563,38 @@ class LivePhones:
         if ts >= self._cache_until:
             self._digests.clear()  # an address is held one window at most
             self._cache_until = ts + self.window_s
-        digest = self._digests.get(address)
-        if digest is None:
-            digest = hashlib.blake2b(address.encode(), key=self._key,
-                                     digest_size=8).digest()
-            if len(self._digests) < self.max_entries:
-                self._digests[address] = digest
         rank = _PHONE_RANK.get(kind, 0)  # PhoneClass.DEVICE
         seen = self._seen
+        entry = self._digests.get(address)
+        if entry is not None:
+            # The address's entry, updated in place (one move, no new tuple): the common
+            # case, every watch_refresh_s per device. An entry expired meanwhile is re-added.
+            entry[0] = ts
+            if rank > entry[1]:
+                entry[1] = rank
+            try:
+                seen.move_to_end(entry[2])
+                return
+            except KeyError:
+                digest = entry[2]
+        else:
+            digest = hashlib.blake2b(address.encode(), key=self._key,
+                                     digest_size=8).digest()
         old = seen.get(digest)
         if old is not None:
             seen.move_to_end(digest)
-            seen[digest] = (ts, old[1] if old[1] > rank else rank)
-            return
-        if len(seen) >= self.max_entries:
-            self._expire(ts)
+            old[0] = ts
+            if rank > old[1]:
+                old[1] = rank
+        else:
             if len(seen) >= self.max_entries:
-                self.untracked += 1
-                return
-        seen[digest] = (ts, rank)
+                self._expire(ts)
+                if len(seen) >= self.max_entries:
+                    self.untracked += 1
+                    return
+            old = seen[digest] = [ts, rank, digest]
+        if len(self._digests) < self.max_entries:
+            self._digests[address] = old
 
     def _expire(self, now: float) -> None:
         seen, cutoff = self._seen, now - self.window_s
@@ -596,8 +608,8 @@ class LivePhones:
         """Counts over ``[now - window_s, now]`` and the Bluezone share of phones."""
         self._expire(now)
         by = [0] * len(PhoneClass)
-        for _, rank in self._seen.values():
-            by[rank] += 1
+        for entry in self._seen.values():
+            by[entry[1]] += 1
         bz, gaen = by[PhoneClass.BLUEZONE], by[PhoneClass.GAEN]
         other = by[PhoneClass.OTHER_PHONE]
         phones = bz + gaen + other
