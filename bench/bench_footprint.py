@@ -14,13 +14,19 @@
 - ``footprint [<feed>, Pi Zero 2 W budget]``: the same in a cgroup (v1 ``cpu`` controller)
   capped at 1/``PI_FACTOR`` of one core with a 10 ms period, standing in for one Cortex-A53
   core at 1 GHz (see ``PI_FACTOR``). Skipped when the cgroup cannot be created.
+- ``qr_feedback_latency [<feed>]``: staff feedback latency of QR check-ins (p99, ms; target
+  300) through the real :class:`~qr.checkin.CheckInPipeline` wired to a ``Gateway`` running
+  the same venue, fed by an in-memory camera at 10 frames/s (a new person every second), in
+  its own process; uncapped and on the Pi budget.
 - ``seal_zstd_level [<n>]``: bytes per sighting of a sealed one-minute batch at that venue,
   and sealing CPU per minute of capture here and on the Pi budget, for several zstd levels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -194,6 +200,122 @@ def _run_daemon(cfg: Path, seconds: float, warmup: float, cap: CpuCap | None,
             "throttled_s": round(thr, 2)}
 
 
+# ---------------------------------------------------------------------------- QR feedback
+
+def _qr_latency(cfg_path: Path, seconds: float) -> dict[str, Any]:
+    """In this process: the gateway (``Gateway(cfg)``, its BLE feed, sealing, outbox, sync,
+    status page) plus the real :class:`~qr.checkin.CheckInPipeline` wired as ``bzgw run``
+    wires it (sink = the capture pipeline's check-in commit, feedback = the gateway's), fed
+    by an in-memory camera at 10 frames/s: a new person's code every second (shown 0.6 s,
+    then an empty counter for 0.4 s). Latency: from a frame's capture time to the staff
+    signal "accepted", which waits for the identity sealing, the batch seal and the fsync'd
+    outbox commit."""
+    import asyncio
+
+    import numpy as np
+    import segno
+
+    from bzgw.config import load
+    from gateway.daemon import Gateway
+    from qr.checkin import CheckInPipeline
+    from qr.records import FeedbackState
+    from qr.sources.base import FrameSource, SourceKind
+
+    cfg = load(cfg_path)
+    blank = np.full((480, 640), 200, np.uint8)
+    blank[::8, :] = 180  # a counter with some texture: an empty scene is still decoded
+
+    def shown(i: int) -> np.ndarray:
+        q = segno.make(f"0010990{i:05d}|1234{i:05d}|Nguyễn Văn An|01011999|Nam|Số {i}, Hà "
+                       f"Nội|15082021", micro=False)
+        sym = np.where(np.array(list(q.matrix_iter(scale=4, border=4)), bool), 0, 255)
+        img = blank.copy()
+        y, x = 60 + (i * 37) % 120, 80 + (i * 53) % 200
+        img[y:y + sym.shape[0], x:x + sym.shape[1]] = sym
+        return img
+
+    class Camera(FrameSource):
+        kind = SourceKind.V4L2  # stands in for a camera: lossy queue of 2 frames, 10 fps
+
+        async def _produce(self, put: Any) -> None:
+            i = 0
+            while True:
+                img = shown(i)
+                for k in range(10):
+                    await put(self._frame(img if k < 6 else blank))
+                    await asyncio.sleep(0.1)
+                i += 1
+
+    latencies: list[float] = []
+
+    async def main() -> Gateway:
+        gw = Gateway(cfg)
+        real_signal = gw.feedback.signal
+
+        def signal(state: FeedbackState, masked: str = "", *, ts: float | None = None,
+                   detail: str = "") -> None:
+            if state is FeedbackState.ACCEPTED and ts is not None:
+                latencies.append(gw.clock.now() - ts)
+            real_signal(state, masked, ts=ts, detail=detail)
+
+        gw.feedback.signal = signal  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        checkins = CheckInPipeline.from_config(cfg.qr, sink=gw._on_checkin, feedback=gw.feedback)
+        qr = asyncio.create_task(checkins.run(Camera(clock=gw.clock), gw.clock))
+        await asyncio.sleep(seconds)
+        qr.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await qr
+        stop.set()
+        await task
+        return gw
+
+    gw = asyncio.run(main())
+    lat = sorted(latencies)
+    if not lat:
+        raise RuntimeError("no check-in was accepted")
+    return {"checkins": len(lat), "p50_ms": round(lat[len(lat) // 2] * 1000, 1),
+            "p99_ms": round(lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] * 1000, 1),
+            "max_ms": round(lat[-1] * 1000, 1),
+            "adverts": gw.health()["radio"]["adverts"]}
+
+
+def qr_latency_rows(lab: Any, root: Path, ble: dict[str, Any], caps: list[float | None],
+                    seconds: float) -> list[dict[str, Any]]:
+    """QR check-in feedback latency while the gateway captures the venue (own process, so
+    the Pi budget's cgroup holds all of it)."""
+    from bzgw.lab import write_gateway_config
+
+    rows = []
+    for share in caps:
+        folder = root / f"qr-{share}"
+        cfg = write_gateway_config(
+            lab, "gw-a", folder, ble=ble,
+            outbox={"path": str(folder / "outbox.db"), "flush_interval_s": 10},
+            status={"enabled": True, "listen": "127.0.0.1", "port": _free_port(),
+                    "health_interval_s": 30})
+        cap = CpuCap(share) if share is not None else None
+        try:
+            out = subprocess.run(
+                [sys.executable, __file__, "--qr-latency", str(cfg), str(seconds)],
+                capture_output=True, text=True, cwd=ROOT, timeout=seconds + 300,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                preexec_fn=cap.enter if cap else None)
+        finally:
+            if cap is not None:
+                cap.close()
+        if out.returncode != 0:
+            raise RuntimeError(f"QR latency run failed:\n{out.stderr[-3000:]}")
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        name = "simulator" + (", Pi Zero 2 W budget" if share is not None else "")
+        print(f"  qr_feedback_latency [{name}]: {got}", file=sys.stderr)
+        rows.append({"name": f"qr_feedback_latency [{name}]", "value": got["p99_ms"],
+                     "unit": "ms p99 (target 300)", **got, "seconds": seconds,
+                     "cpu_cap": f"1/{PI_FACTOR} core" if share else None})
+    return rows
+
+
 def footprint_rows(quick: bool) -> list[dict[str, Any]]:
     """The daemon at a 400-device venue, simulator and replay, uncapped and Pi-capped."""
     from ble.replay import build_legacy_event, write_btsnoop
@@ -252,6 +374,7 @@ def footprint_rows(quick: bool) -> list[dict[str, Any]]:
                     rows.append({"name": f"footprint [{name}]", "value": got["cpu_share_pct"],
                                  "unit": "% of one core", **got, "seconds": seconds,
                                  "cpu_cap": f"1/{PI_FACTOR} core" if share else None})
+            rows += qr_latency_rows(lab, root, feeds["simulator"], caps, seconds)
     return rows
 
 
@@ -261,4 +384,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(run(quick=True), indent=1))
+    if sys.argv[1:2] == ["--qr-latency"]:
+        print(json.dumps(_qr_latency(Path(sys.argv[2]), float(sys.argv[3]))))
+    else:
+        print(json.dumps(run(quick=True), indent=1))

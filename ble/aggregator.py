@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,8 @@ _RANK_NAMES = {_R_OTHER: "other", _R_IBEACON: "ibeacon", _R_BZ_BEACON: "bluezone
 # by_kind names → the shared phone classification; "bluezone_beacon" has none: the Android
 # phone sending Bluezone's wake-up iBeacon is already counted by its ID
 _CLASS_OF_NAME = {k.value: c for k, c in PHONE_CLASS.items()}
+# the same classification as plain ints, for the live count (called on the fast path)
+_PHONE_RANK = {k: int(c) for k, c in PHONE_CLASS.items()}
 
 
 class _Track:
@@ -165,14 +168,14 @@ class WindowAggregator:
         self._ready: list[Sighting] = []
         self._counts: list[AdoptionCount] = []
         self._recent: dict[str, _Addr] = {}
-        # address → (last payload, valid from, valid until, its open sighting, the
-        # sighting's histogram): the fast path of feed().
-        # (The sighting is typed Any: it is set exactly when the histogram is.)
-        self._fast: dict[str, tuple[bytes, float, float, Any, list[int] | None]] = {}
+        # address → [last payload, valid from, watcher due at, its open sighting, the
+        # sighting's histogram, its kind, valid until]: the fast path of feed(). A list, so
+        # that the watcher's due time moves in place.
+        self._fast: dict[str, list[Any]] = {}
         # address → (kind, ID, AEM, valid from, valid until, sighting, histogram): add().
         self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float, Any,
                                         list[int] | None]] = {}
-        self._fast_alt: dict[str, tuple[bytes, float, float, Any, list[int] | None]] = {}
+        self._fast_alt: dict[str, list[Any]] = {}
         self._fast_adv_alt: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
                                             Any, list[int] | None]] = {}
         self._fast_clock: ClockEpoch | None = None
@@ -245,37 +248,8 @@ class WindowAggregator:
         if ck is not self._fast_clock:
             self._forget()
             self._fast_clock = ck
-        get = self._fast.get
-        get_alt = self._fast_alt.get
-        observe = self._observe
-        resolve = self.resolve
-        slow = 0
-        for r in reports:
-            ts = r[0]
-            address = r[1]
-            rssi = r[-2]
-            data = r[-1]
-            st = get(address)
-            # Active scanning alternates an advert and its scan response: try both payloads.
-            if st is not None and (st[0] == data or (
-                    (st := get_alt(address)) is not None and st[0] == data)):
-                _data, lo, hi, tr, hist = st
-                if lo <= ts < hi:
-                    if hist is not None:
-                        if rssi is None:
-                            tr.no_rssi += 1
-                        else:
-                            hist[rssi & 0xFF] += 1
-                        if ts > tr.last:
-                            tr.last = ts
-                        elif ts < tr.first:
-                            tr.first = ts
-                    continue
-            slow += 1
-            kind, ident, aem, tx = decode(data)
-            if kind is IdKind.BLUEZONE_IOS and ident is None and resolve is not None:
-                ident = resolve(ts, address, r[2] if len(r) > 4 else 1)
-            observe(ts, address, rssi, kind, ident, aem, tx, ck, data)
+        slow = _feed(reports, self._fast, self._fast_alt, self._observe, self.resolve,
+                     self.watcher, self.watch_refresh_s, ck)
         self.adverts += len(reports) - slow  # the slow path counts its own
         return len(reports)
 
@@ -344,9 +318,10 @@ class WindowAggregator:
             # watcher, until it is due to hear of this address again); an iOS phone whose ID
             # is still being read keeps the slow path, which asks the resolver again.
             if tr is None:
-                lo, hi = float(win.start), win.end
+                lo, end = float(win.start), win.end
             else:
-                lo, hi = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
+                lo, end = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
+            hi = end
             if watcher is not None and ts + self.watch_refresh_s < hi:
                 hi = ts + self.watch_refresh_s
             hist = None if tr is None else tr.hist
@@ -354,7 +329,7 @@ class WindowAggregator:
                 prev = self._fast.get(address)
                 if prev is not None and prev[0] != data:
                     self._fast_alt[address] = prev
-                self._fast[address] = (data, lo, hi, tr, hist)
+                self._fast[address] = [data, lo, hi, tr, hist, kind, end]
             else:
                 prev_adv = self._fast_adv.get(address)
                 if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
@@ -467,8 +442,11 @@ class WindowAggregator:
         """
         out = self._ready
         self._ready = []
-        self._forget()  # cached entries may point at sightings about to be handed out
         done = [k for k, tr in self._tracks.items() if final or tr.slot_end <= now]
+        if done or out:
+            # cached entries may point at sightings about to be handed out; when none is,
+            # (most flushes: sightings end with their ID slot) the fast path keeps its cache
+            self._forget()
         done.sort(key=lambda k: (self._tracks[k].slot_end, self._tracks[k].first, k[0]))
         for k in done:
             out.append(self._sighting(self._tracks.pop(k)))
@@ -488,6 +466,156 @@ class WindowAggregator:
         return {"adverts": self.adverts, "open_sightings": len(self._tracks),
                 "cached_addresses": len(self._recent), "late_adverts": self.late,
                 "window_devices": len(self._win.devices) if self._win else 0}
+
+
+def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict[str, Any],
+          observe: Callable[..., None],
+          resolve: Callable[[float, str, int], bytes | None] | None,
+          watcher: Callable[[float, str, IdKind], None] | None, refresh: float,
+          ck: ClockEpoch) -> int:
+    """The loop of :meth:`WindowAggregator.feed`; returns how many reports took the slow
+    path. A module function so that the compiled build can type its locals (C doubles for
+    the times, a C struct for the sighting: ``ble/_aggregator_c.pxd``)."""
+    slow = 0
+    for r in reports:
+        ts = r[0]
+        address = r[1]
+        rssi = r[-2]
+        data = r[-1]
+        st = fast.get(address)  # compiled: a C call on the typed dict
+        # Active scanning alternates an advert and its scan response: try both payloads.
+        if st is not None and st[0] != data:
+            st = fast_alt.get(address)
+            if st is not None and st[0] != data:
+                st = None
+        if st is not None:
+            lo = st[1]
+            hi = st[2]
+            if lo <= ts < hi or (watcher is not None and hi <= ts < st[6]):
+                if ts >= hi and watcher is not None:
+                    # The watcher is due to hear of this address again: tell it here, not
+                    # through the slow path (nothing else about the address changed).
+                    end = st[6]
+                    watcher(ts, address, st[5])
+                    due = ts + refresh
+                    st[2] = due if due < end else end
+                hist = st[4]
+                if hist is not None:
+                    tr = st[3]
+                    if rssi is None:
+                        tr.no_rssi += 1
+                    else:
+                        hist[rssi & 0xFF] += 1
+                    if ts > tr.last:
+                        tr.last = ts
+                    elif ts < tr.first:
+                        tr.first = ts
+                continue
+        slow += 1
+        kind, ident, aem, tx = decode(data)
+        if kind is IdKind.BLUEZONE_IOS and ident is None and resolve is not None:
+            ident = resolve(ts, address, r[2] if len(r) > 4 else 1)
+        observe(ts, address, rssi, kind, ident, aem, tx, ck, data)
+    return slow
+
+
+class LivePhones:
+    """Distinct phones heard in the last ``window_s`` seconds, by kind (memory only).
+
+    The status page's "phones now", fed as :class:`WindowAggregator`'s ``watcher`` (it lives
+    here to be compiled with the aggregator's fast path: ``gateway.health.PhonesNow``). It
+    classifies devices with the same :data:`~contract.records.PHONE_CLASS` as the batch
+    counts. As in the aggregator, addresses are reduced to a keyed BLAKE2b digest under a
+    random per-process key before they are counted; the small address → digest cache that makes
+    repeated adverts cheap is emptied every ``window_s``. Both tables are bounded; devices
+    beyond the bound are counted as ``untracked``. A device counts as the most specific kind
+    it showed (an address seen with a Bluezone ID is Bluezone even if it also sent plain
+    adverts).
+
+    Args:
+        window_s: the sliding window "now" means.
+        max_entries: table bound.
+    """
+
+    def __init__(self, window_s: float = 120.0, max_entries: int = 20000) -> None:
+        if window_s <= 0 or max_entries < 1:
+            raise ValueError("window_s and max_entries must be positive")
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self.untracked = 0
+        self._key = os.urandom(16)
+        # digest → [last heard, rank, digest], oldest first
+        self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()
+        self._digests: dict[str, list[Any]] = {}  # address → its entry of _seen
+        self._cache_until = -math.inf
+
+    def add(self, adv: Advert) -> None:
+        """Account one advert."""
+        self.seen(adv.ts, adv.address, adv.kind)
+
+    def seen(self, ts: float, address: str, kind: IdKind) -> None:
+        """Account an address heard at ``ts`` as ``kind``.
+
+        The daemon passes this as the aggregator's ``watcher``: it is called on the
+        aggregator's slow path only (a new payload, or every ``watch_refresh_s`` per address),
+        so a device's last-heard time may lag by that much; repeated adverts cost nothing here.
+        """
+        if ts >= self._cache_until:
+            self._digests.clear()  # an address is held one window at most
+            self._cache_until = ts + self.window_s
+        rank = _PHONE_RANK.get(kind, 0)  # PhoneClass.DEVICE
+        seen = self._seen
+        entry = self._digests.get(address)
+        if entry is not None:
+            # The address's entry, updated in place (one move, no new tuple): the common
+            # case, every watch_refresh_s per device. An entry expired meanwhile is re-added.
+            entry[0] = ts
+            if rank > entry[1]:
+                entry[1] = rank
+            try:
+                seen.move_to_end(entry[2])
+                return
+            except KeyError:
+                digest = entry[2]
+        else:
+            digest = hashlib.blake2b(address.encode(), key=self._key,
+                                     digest_size=8).digest()
+        old = seen.get(digest)
+        if old is not None:
+            seen.move_to_end(digest)
+            old[0] = ts
+            if rank > old[1]:
+                old[1] = rank
+        else:
+            if len(seen) >= self.max_entries:
+                self._expire(ts)
+                if len(seen) >= self.max_entries:
+                    self.untracked += 1
+                    return
+            old = seen[digest] = [ts, rank, digest]
+        if len(self._digests) < self.max_entries:
+            self._digests[address] = old
+
+    def _expire(self, now: float) -> None:
+        seen, cutoff = self._seen, now - self.window_s
+        while seen:
+            first = next(iter(seen.values()))
+            if first[0] >= cutoff:
+                break
+            seen.popitem(last=False)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Counts over ``[now - window_s, now]`` and the Bluezone share of phones."""
+        self._expire(now)
+        by = [0] * len(PhoneClass)
+        for entry in self._seen.values():
+            by[entry[1]] += 1
+        bz, gaen = by[PhoneClass.BLUEZONE], by[PhoneClass.GAEN]
+        other = by[PhoneClass.OTHER_PHONE]
+        phones = bz + gaen + other
+        return {"window_s": self.window_s, "phones": phones, "bluezone": bz, "gaen": gaen,
+                "other_phones": other, "devices": by[PhoneClass.DEVICE],
+                "bluezone_share": round(bz / phones, 4) if phones else None}
 
 
 COMPILED = False

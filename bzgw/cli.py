@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from core.errors import BzgwError, ConfigError
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("bzgw")
     except PackageNotFoundError:  # running from a source tree without install
@@ -27,6 +28,14 @@ def _version() -> str:
 
 
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG; the systemd units list it in RestartPreventExitStatus=
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # looked up only when asked: importlib.metadata (and the email package) cost ~1 MB of
+    # resident memory in every `bzgw run`
+    if value and not ctx.resilient_parsing:
+        click.echo(f"bzgw, version {_version()}")
+        ctx.exit()
 
 
 class BzgwGroup(click.Group):
@@ -47,7 +56,8 @@ class BzgwGroup(click.Group):
 
 
 @click.group(cls=BzgwGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), "--version", prog_name="bzgw")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version and exit.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """Venue gateway for contact tracing (Bluezone, Exposure Notification, QR check-ins).

@@ -6,20 +6,27 @@ high bytes sit together), optionally as successive differences; nulls as a packe
 times on the 0.1 s grid as integer deciseconds, anything else as exact float64. The ``de_*``
 readers check type and length of every part and raise :class:`CodecError`, never anything
 else, on hostile input.
+
+Two implementations give the same bytes: numpy for large columns (the matcher reads batches
+of up to 200,000 rows), and ``struct``/``array`` for small ones. A gateway seals a few dozen
+to a few hundred sightings a minute, so it never imports numpy: its import alone is ~16 MB of
+resident memory on a device with 512 MB (``bench/bench_footprint.py``).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from array import array
 from collections.abc import Callable, Sequence
-from itertools import accumulate
-from typing import Any, NoReturn
-
-import numpy as np
+from itertools import accumulate, pairwise
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.errors import SealError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TIME_SCALE = 10  # deciseconds: finer than any BLE or QR timing the matcher can use
 _LITTLE = sys.byteorder == "little"
@@ -42,16 +49,37 @@ class DecompressionBombError(CodecError):
 
 
 _SAFE = 1 << 62  # numpy int64 arithmetic on values inside ±2^62 cannot overflow
+# Columns of at least this many values go through numpy (imported then); shorter ones through
+# struct/array, which is as fast below a few thousand values and needs no numpy import.
+NUMPY_MIN = 4096
+_CODE = {1: "B", 2: "H", 4: "I", 8: "Q"}  # standard sizes under "<"
+
+
+def _width(span: int) -> int:
+    return 1 if span < 1 << 8 else 2 if span < 1 << 16 else 4 if span < 1 << 32 else 8
 
 
 def _pack(a: np.ndarray, base: int, span: int, nulls: bytes | None,
           first: int | None) -> list[Any]:
     if span == 0:
         return [base, 0, b"", nulls, first]
-    width = 1 if span < 1 << 8 else 2 if span < 1 << 16 else 4 if span < 1 << 32 else 8
+    import numpy as np
+
+    width = _width(span)
     u = (a - base).astype(f"<u{width}")
     # byte planes: all low bytes, then the next... (high bytes are mostly 0 → zstd)
     planes = u.view(np.uint8).reshape(len(a), width).T.tobytes()
+    return [base, width, planes, nulls, first]
+
+
+def _pack_py(a: Sequence[int], base: int, span: int, nulls: bytes | None,
+             first: int | None) -> list[Any]:
+    """:func:`_pack` without numpy: the same byte planes."""
+    if span == 0:
+        return [base, 0, b"", nulls, first]
+    width = _width(span)
+    raw = struct.pack(f"<{len(a)}{_CODE[width]}", *[v - base for v in a])
+    planes = raw if width == 1 else b"".join(raw[j::width] for j in range(width))
     return [base, width, planes, nulls, first]
 
 
@@ -71,6 +99,10 @@ def ints(values: Sequence[int | None], *, delta: bool = False) -> list[Any]:
     lo, hi = min(present), max(present)
     if not (lo > -_SAFE and hi < _SAFE):
         return [0, -1, list(values), None, None]
+    if n < NUMPY_MIN:
+        return _ints_py(values, present, lo, hi, delta)
+    import numpy as np
+
     if len(present) == n:
         a = np.array(values, dtype=np.int64)
         if delta and n > 1:
@@ -84,8 +116,32 @@ def ints(values: Sequence[int | None], *, delta: bool = False) -> list[Any]:
     return _pack(a, lo, hi - lo, _bitmap(mask), None)
 
 
+def _ints_py(values: Sequence[int | None], present: list[int], lo: int, hi: int,
+             delta: bool) -> list[Any]:
+    """:func:`ints` without numpy (values already checked to lie inside ±2^62)."""
+    n = len(values)
+    if len(present) == n:
+        if delta and n > 1:
+            d = [0, *(b - a for a, b in pairwise(present))]
+            dlo, dhi = min(d), max(d)
+            if dhi - dlo < hi - lo:
+                return _pack_py(d, dlo, dhi - dlo, None, present[0])
+        return _pack_py(present, lo, hi - lo, None, None)
+    filled = [lo if v is None else v for v in values]
+    return _pack_py(filled, lo, hi - lo, _bitmap([v is None for v in values]), None)
+
+
 def _bitmap(mask: Sequence[bool]) -> bytes:
-    return bytes(np.packbits(np.array(mask, dtype=bool), bitorder="little"))
+    """Bit ``i % 8`` of byte ``i // 8`` set where ``mask[i]`` (numpy's little bit order)."""
+    if len(mask) >= NUMPY_MIN:
+        import numpy as np
+
+        return bytes(np.packbits(np.array(mask, dtype=bool), bitorder="little"))
+    out = bytearray((len(mask) + 7) // 8)
+    for i, m in enumerate(mask):
+        if m:
+            out[i >> 3] |= 1 << (i & 7)
+    return bytes(out)
 
 
 def cats(values: Sequence[object]) -> list[Any]:
@@ -103,6 +159,10 @@ def on_grid(x: float) -> bool:
 
 def _grid(values: Sequence[float], quantize: bool) -> list[int] | None:
     """``values`` in deciseconds if all are on the grid (or ``quantize``), else ``None``."""
+    if len(values) < NUMPY_MIN:
+        return _grid_py(values, quantize)
+    import numpy as np
+
     try:
         v = np.array(values, dtype=np.float64)
     except (OverflowError, TypeError, ValueError):
@@ -113,6 +173,20 @@ def _grid(values: Sequence[float], quantize: bool) -> list[int] | None:
     if not quantize and bool(np.any(q / TIME_SCALE != v)):
         return None
     return [int(k) for k in q.astype(np.int64).tolist()]
+
+
+def _grid_py(values: Sequence[float], quantize: bool) -> list[int] | None:
+    """:func:`_grid` without numpy: ``round`` is half to even on floats, as ``np.round``."""
+    try:
+        v = [float(x) for x in values]
+    except (OverflowError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(x) and abs(x) < 1e14 for x in v):
+        return None
+    q = [round(x * TIME_SCALE) for x in v]
+    if not quantize and any(k / TIME_SCALE != x for k, x in zip(q, v, strict=True)):
+        return None
+    return q
 
 
 def times(values: Sequence[float], ref: Sequence[float] | None = None, *,
@@ -211,22 +285,43 @@ def de_ints(col: object, n: int, what: str) -> list[Any]:
         raw = as_bytes(data, what)
         if len(raw) != n * width:
             fail(f"{what}: {len(raw)} bytes for {n} values of width {width}")
-        u = np.ascontiguousarray(np.frombuffer(raw, np.uint8).reshape(width, n).T)
-        offsets = u.view(f"<u{width}").reshape(n)
-        if width < 8 and -_SAFE < base < _SAFE:
-            vals = (offsets.astype(np.int64) + base).tolist()
-        else:
-            vals = [base + v for v in offsets.tolist()]
+        vals = _unpack(raw, n, width, base)
     if first is not None:
         if None in vals:
             fail(f"{what}: null in a difference column")
         return list(accumulate(vals, initial=as_int(first, what)))[1:]
     if nulls is not None:
-        bits = np.unpackbits(np.frombuffer(nulls, np.uint8), bitorder="little")[:n]
-        out: list[Any] = vals
-        for i in np.flatnonzero(bits).tolist():
-            out[i] = None
+        for i in _set_bits(nulls, n):
+            vals[i] = None
     return vals
+
+
+def _set_bits(bitmap: bytes, n: int) -> list[int]:
+    """Indices ``i < n`` whose bit is set in a :func:`_bitmap`."""
+    if n < NUMPY_MIN:
+        return [i for i in range(n) if bitmap[i >> 3] >> (i & 7) & 1]
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[:n]
+    return list(np.flatnonzero(bits).tolist())
+
+
+def _unpack(raw: bytes, n: int, width: int, base: int) -> list[Any]:
+    """``base`` + the ``n`` unsigned offsets stored as ``width`` byte planes in ``raw``."""
+    if n < NUMPY_MIN:
+        if width == 1:
+            return [base + v for v in raw]
+        inter = bytearray(n * width)
+        for j in range(width):
+            inter[j::width] = raw[j * n:(j + 1) * n]
+        return [base + v for v in struct.unpack(f"<{n}{_CODE[width]}", inter)]
+    import numpy as np
+
+    u = np.ascontiguousarray(np.frombuffer(raw, np.uint8).reshape(width, n).T)
+    offsets = u.view(f"<u{width}").reshape(n)
+    if width < 8 and -_SAFE < base < _SAFE:
+        return list((offsets.astype(np.int64) + base).tolist())
+    return [base + v for v in offsets.tolist()]
 
 
 def de_required(col: object, n: int, what: str) -> list[int]:

@@ -111,7 +111,7 @@ class GatewayConfig(Section):
     @model_validator(mode="after")
     def _checkins_need_identity_keys(self) -> GatewayConfig:
         if (self.sealing is not None and self.sealing.identity_keys is None
-                and self.qr.enabled and self.qr.source != "none"):
+                and self.qr.capturing):
             raise key_error(("sealing",), "QR check-ins need identity_keys and blind_key (from "
                             "`bzgw custodian init`): an identity is never stored unsealed",
                             None)

@@ -66,7 +66,7 @@ def require(cfg: Config) -> None:
     missing = [name for name in ("gateway", "sealing", "mqtt") if getattr(cfg, name) is None]
     if missing:
         raise ConfigError([("", f"`bzgw run` needs the section(s): {', '.join(missing)}")])
-    if (cfg.qr.enabled and cfg.qr.source != "none" and cfg.sealing is not None
+    if (cfg.qr.capturing and cfg.sealing is not None
             and cfg.sealing.identity_keys is None):
         raise ConfigError([("", "sealing -> identity_keys: QR check-ins need the custodians' "
                                 "identity keys and a blind key (a person's identity is never "
@@ -108,8 +108,13 @@ class Gateway:
         self.sync: Any = None
         self.link = LinkWatch(self.state.started_at)
         self.feedback_events = FeedbackEvents()  # staff feedback shown on the status page
+        # LED and buzzer answer check-ins: without a QR stage, gpiozero is not even imported
+        qr_on = cfg.qr.capturing
         self.feedback = Feedback.from_config(cfg.qr, clock=self.clock.now,
-                                             events=self.feedback_events)
+                                             events=self.feedback_events,
+                                             enabled=cfg.qr.feedback and qr_on)
+        if not qr_on:
+            self.feedback.problem = "no QR stage configured"
         self.loop_lag = LoopLag()
         self._source: Any = None  # the running BLE source (for its drop counters)
 
@@ -258,9 +263,7 @@ class Gateway:
             tasks.append(asyncio.create_task(self._beacon(stop), name="beacon"))
         if self.cfg.status.enabled:
             tasks.append(asyncio.create_task(self._status_page(stop), name="status"))
-        from qr.sources import source_kind
-
-        if source_kind(self.cfg.qr) is not None:
+        if self.cfg.qr.capturing:  # frame sources, decoders (numpy, zxing-cpp) imported then
             finite = self.cfg.qr.source == "video"
             tasks.append(asyncio.create_task(
                 self._supervise("qr", self._qr_loop, stop, finite=finite), name="qr"))

@@ -146,8 +146,8 @@ class Feedback:
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> Feedback:
         """From a ``QrConfig`` (``feedback``, ``led_pin``, ``buzzer_pin``)."""
-        return cls(led_pin=cfg.led_pin, buzzer_pin=cfg.buzzer_pin, enabled=cfg.feedback,
-                   **kwargs)
+        kwargs.setdefault("enabled", cfg.feedback)  # the daemon turns it off without a camera
+        return cls(led_pin=cfg.led_pin, buzzer_pin=cfg.buzzer_pin, **kwargs)
 
     def signal(self, state: FeedbackState, masked: str = "", *, ts: float | None = None,
                detail: str = "") -> None:

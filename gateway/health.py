@@ -13,17 +13,14 @@ address masked.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import shutil
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ble.records import Advert
+from ble.aggregator import LivePhones
 from contract.health import (
     CAMERA_STATES,
     HEALTH_VERSION,
@@ -32,7 +29,6 @@ from contract.health import (
     describe_state,
     scrub,
 )
-from contract.records import PHONE_CLASS, IdKind, PhoneClass
 from core.clock import ClockEpoch
 
 if TYPE_CHECKING:
@@ -93,86 +89,9 @@ class LinkWatch:
             self.down_since = last_sync
 
 
-class PhonesNow:
-    """Distinct phones heard in the last ``window_s`` seconds, by kind (memory only).
-
-    As in the aggregator, addresses are reduced to a keyed BLAKE2b digest under a random
-    per-process key before they are counted; the small address → digest cache that makes
-    repeated adverts cheap is emptied every ``window_s``. Both tables are bounded; devices
-    beyond the bound are counted as ``untracked``. A device counts as the most specific kind
-    it showed (an address seen with a Bluezone ID is Bluezone even if it also sent plain
-    adverts).
-
-    Args:
-        window_s: the sliding window "now" means.
-        max_entries: table bound.
-    """
-
-    def __init__(self, window_s: float = 120.0, max_entries: int = 20000) -> None:
-        if window_s <= 0 or max_entries < 1:
-            raise ValueError("window_s and max_entries must be positive")
-        self.window_s = window_s
-        self.max_entries = max_entries
-        self.untracked = 0
-        self._key = os.urandom(16)
-        self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
-        self._digests: dict[str, bytes] = {}
-        self._cache_until = -math.inf
-
-    def add(self, adv: Advert) -> None:
-        """Account one advert."""
-        self.seen(adv.ts, adv.address, adv.kind)
-
-    def seen(self, ts: float, address: str, kind: IdKind) -> None:
-        """Account an address heard at ``ts`` as ``kind``.
-
-        The daemon passes this as the aggregator's ``watcher``: it is called on the
-        aggregator's slow path only (a new payload, or every ``watch_refresh_s`` per address),
-        so a device's last-heard time may lag by that much; repeated adverts cost nothing here.
-        """
-        if ts >= self._cache_until:
-            self._digests.clear()  # an address is held one window at most
-            self._cache_until = ts + self.window_s
-        digest = self._digests.get(address)
-        if digest is None:
-            digest = hashlib.blake2b(address.encode(), key=self._key,
-                                     digest_size=8).digest()
-            if len(self._digests) < self.max_entries:
-                self._digests[address] = digest
-        rank = int(PHONE_CLASS.get(kind, PhoneClass.DEVICE))
-        seen = self._seen
-        old = seen.get(digest)
-        if old is not None:
-            seen.move_to_end(digest)
-            seen[digest] = (ts, old[1] if old[1] > rank else rank)
-            return
-        if len(seen) >= self.max_entries:
-            self._expire(ts)
-            if len(seen) >= self.max_entries:
-                self.untracked += 1
-                return
-        seen[digest] = (ts, rank)
-
-    def _expire(self, now: float) -> None:
-        seen, cutoff = self._seen, now - self.window_s
-        while seen:
-            first = next(iter(seen.values()))
-            if first[0] >= cutoff:
-                break
-            seen.popitem(last=False)
-
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """Counts over ``[now - window_s, now]`` and the Bluezone share of phones."""
-        self._expire(now)
-        by = [0] * len(PhoneClass)
-        for _, rank in self._seen.values():
-            by[rank] += 1
-        bz, gaen = by[PhoneClass.BLUEZONE], by[PhoneClass.GAEN]
-        other = by[PhoneClass.OTHER_PHONE]
-        phones = bz + gaen + other
-        return {"window_s": self.window_s, "phones": phones, "bluezone": bz, "gaen": gaen,
-                "other_phones": other, "devices": by[PhoneClass.DEVICE],
-                "bluezone_share": round(bz / phones, 4) if phones else None}
+# The live phone count runs on the BLE fast path (the aggregator's watcher), so it lives, and
+# is compiled, with the aggregator; the status page reads it through this name.
+PhonesNow = LivePhones
 
 
 # -- building ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -30,13 +31,34 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from core.clock import Clock, ClockCorrection, ClockEpoch, SystemClock
 from core.errors import BzgwError, OutboxFullError
 
 log = logging.getLogger(__name__)
+
+
+def _import_sqlite_utils() -> None:
+    """Import sqlite_utils without letting it import numpy and pandas.
+
+    sqlite_utils imports both at module level when installed, only to convert their values
+    on insert, which the outbox never does (it runs migrations). numpy alone is ~16 MB of
+    resident memory in the gateway (``bench/bench_footprint.py``). If either is already
+    loaded (a test process, the matcher), sqlite_utils sees it as usual.
+    """
+    blocked = [m for m in ("numpy", "pandas") if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]  # import of m raises ImportError
+    try:
+        import sqlite_utils.migrations  # noqa: F401
+    finally:
+        for m in blocked:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+
+
+_import_sqlite_utils()
+from sqlite_utils import Database  # noqa: E402  (after the import above)
+from sqlite_utils.migrations import Migrations  # noqa: E402
 
 COUNTERS = ("next_seq", "dropped_batches", "dropped_bytes", "rejected", "acked")
 migrations = Migrations("bzgw-outbox")

@@ -48,3 +48,10 @@ class QrConfig(BaseModel):
             raise key_error("source", "source: video needs video (the video file to read)",
                              self.source)
         return self
+
+    @property
+    def capturing(self) -> bool:
+        """Whether a frame source is configured (the QR stage runs at all). Answered here,
+        without importing the frame sources (numpy) that a gateway without a camera never
+        needs."""
+        return self.enabled and self.source != "none"

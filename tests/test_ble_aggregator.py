@@ -208,6 +208,35 @@ def test_feed_of_raw_reports_equals_add_of_decoded_adverts() -> None:
     assert a.flush(t0 + 3600, final=True) == b.flush(t0 + 3600, final=True)
 
 
+def test_watcher_hears_every_address_on_the_same_schedule_from_feed_and_add() -> None:
+    # feed() tells the watcher from its fast path when an address is due again; add() goes
+    # through the slow path: the live phone count must hear the same thing either way
+    t0 = DAY + 5 * 3600 + 450
+    crowd = Crowd(seed=13, start=t0)
+    crowd.add_bluezone_phones(6, venues=["v"])
+    crowd.add_en_phones(4, venues=["v"])
+    crowd.add_iphones(3, venues=["v"])
+    crowd.add_background(5, venues=["v"])
+    reports = list(crowd.reports("v", t0, t0 + 1800, rate_hz=2))
+    heard: dict[str, list[tuple[float, str, IdKind]]] = {"add": [], "feed": []}
+    a = WindowAggregator(CAL, clock=EP, count_window_s=600, watch_refresh_s=10,
+                         watcher=lambda ts, ad, k: heard["add"].append((ts, ad, k)))
+    for r in reports:
+        a.add(Advert(r.ts, r.address, 1, r.rssi, *decode(r.data)))
+    b = WindowAggregator(CAL, clock=EP, count_window_s=600, watch_refresh_s=10,
+                         watcher=lambda ts, ad, k: heard["feed"].append((ts, ad, k)))
+    for i in range(0, len(reports), 256):
+        b.feed([(r.ts, r.address, r.rssi, r.data) for r in reports[i:i + 256]])
+    assert heard["feed"] == heard["add"]
+    assert a.flush(t0 + 1800, final=True) == b.flush(t0 + 1800, final=True)
+    # every address that keeps sending is heard again within the refresh interval
+    for r in reports:
+        last_heard = max((t for t, ad, _ in heard["feed"] if ad == r.address and t <= r.ts),
+                         default=None)
+        assert last_heard is not None and r.ts - last_heard < 10 + 1e-9
+    assert len(heard["feed"]) < len(reports) / 5  # repeats between two calls cost nothing
+
+
 def test_simulated_crowd_ground_truth() -> None:
     t0 = DAY + 8 * 3600
     crowd = Crowd(seed=12, start=t0)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -13,7 +18,7 @@ from crowd import crowd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract import codec
+from contract import codec, columns
 from contract.batch import Batch, ClockCorrection
 from contract.records import AdoptionCount, CheckIn, CheckInKind, IdKind, Proximity, Sighting
 from core.clock import ClockEpoch, ClockSource
@@ -83,6 +88,58 @@ def test_quantize_is_idempotent_and_keeps_everything_else(batch: Batch) -> None:
     for a, b in zip(q.sightings, batch.sightings, strict=True):
         # half a grid step, plus float rounding of the difference (0.2 - 0.15 > 0.05)
         assert abs(a.first_seen - b.first_seen) <= 0.05 + 1e-9 or a.first_seen == b.first_seen
+
+
+@contextlib.contextmanager
+def _column_path(numpy_min: int) -> Iterator[None]:
+    """Force the numpy path (0) or the struct/array path (a huge threshold) of the columns."""
+    old = columns.NUMPY_MIN
+    columns.NUMPY_MIN = numpy_min
+    try:
+        yield
+    finally:
+        columns.NUMPY_MIN = old
+
+
+def _both_paths(batch: Batch, quantize: bool = False) -> tuple[bytes, bytes]:
+    """The batch encoded by each path; each path also decodes the other's bytes alike."""
+    with _column_path(0):
+        by_numpy = codec.encode(batch, level=1, quantize=quantize)
+        numpy_reads = codec.decode(by_numpy)
+    with _column_path(10**9):
+        by_struct = codec.encode(batch, level=1, quantize=quantize)
+        assert codec.decode(by_numpy) == numpy_reads
+    if not quantize:
+        assert numpy_reads == batch
+    return by_numpy, by_struct
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches(), st.booleans())
+def test_numpy_and_struct_paths_give_identical_bytes(batch: Batch, quantize: bool) -> None:
+    by_numpy, by_struct = _both_paths(batch, quantize=quantize)
+    assert by_numpy == by_struct
+
+
+@pytest.mark.parametrize("kind", [IdKind.BLUEZONE, IdKind.GAEN])
+def test_numpy_and_struct_paths_agree_on_a_venue(kind: IdKind) -> None:
+    # wide integer columns (slots, times) and nullable ones (TX power, AEM) of a real crowd
+    batch = crowd(kind, 300)
+    by_numpy, by_struct = _both_paths(batch)
+    assert by_numpy == by_struct
+    assert len(by_numpy) > 300 * 16  # not trivially equal: every ID is in there
+
+
+def test_sealing_a_small_batch_does_not_import_numpy() -> None:
+    # a gateway seals a few hundred sightings a minute; numpy would cost it ~16 MB
+    code = ("import sys; from contract import codec; from crowd import crowd; "
+            "from contract.records import IdKind; b = crowd(IdKind.GAEN, 300); "
+            "assert codec.decode(codec.encode(b)) == b; print('numpy' in sys.modules)")
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_times_on_the_grid_travel_as_integers() -> None:

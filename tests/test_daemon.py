@@ -83,3 +83,31 @@ def test_run_refuses_config_without_gateway_sections(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["run", "--config", str(f)])
     assert res.exit_code == EXIT_CONFIG
     assert "needs the section(s): gateway, sealing, mqtt" in res.output
+
+
+def test_run_without_camera_leaves_heavy_stages_unimported(lab: Lab, tmp_path: Path) -> None:
+    # numpy (QR frames, the matcher's large batches), gpiozero (staff feedback) and the X.509
+    # enrolment code are ~19 MB of resident memory a gateway without a camera never uses
+    from bzgw.lab import free_port
+
+    cfg = write_gateway_config(lab, "gw-a", tmp_path / "gw",
+                               status={"enabled": True, "listen": "127.0.0.1",
+                                       "port": free_port()})
+    heavy = ("numpy", "pandas", "gpiozero", "gateway.enroll", "cryptography.x509", "qr.sources")
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: print(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
+            f"sys.argv = ['bzgw', '-v', 'run', '--config', {str(cfg)!r}]\n"
+            "from bzgw.cli import main\nmain()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait for every stage, status page included, to be up
+            if b"status page on" in line:
+                break
+        time.sleep(2)  # a few seconds of capture and sealing
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip().splitlines()[-1] == "[]"

@@ -154,6 +154,20 @@ def test_phones_now_counts_distinct_devices_in_the_window() -> None:
     assert phones.snapshot(now + 121)["phones"] == 0
 
 
+def test_phones_now_counts_an_address_again_after_its_entry_expired() -> None:
+    # the status page's clock may run a little ahead of the adverts' timestamps: an entry
+    # can expire while its address is still cached, and must come back when heard again
+    phones = PhonesNow(window_s=60)
+    phones.add(Advert(T0, "AA:00:00:00:00:01", 1, -60, IdKind.GAEN))
+    phones.add(Advert(T0, "AA:00:00:00:00:02", 1, -60, IdKind.PHONE))
+    assert phones.snapshot(T0 + 61)["phones"] == 0
+    phones.add(Advert(T0 + 59, "AA:00:00:00:00:01", 1, -60, IdKind.PHONE))
+    phones.add(Advert(T0 + 59.5, "AA:00:00:00:00:01", 1, -60, IdKind.BLUEZONE))
+    snap = phones.snapshot(T0 + 61)
+    assert (snap["phones"], snap["bluezone"], snap["other_phones"]) == (1, 1, 0)
+    assert len(phones._seen) == 1
+
+
 def test_phones_now_is_bounded_and_counts_what_it_cannot_track() -> None:
     phones = PhonesNow(window_s=60, max_entries=5)
     for i in range(9):

@@ -71,7 +71,30 @@ def bench(only: tuple[str, ...], as_json: Path | None, quick: bool) -> None:
     main(only, as_json, quick)
 
 
-@click.group("enroll", invoke_without_command=True)
+class _EnrollGroup(click.Group):
+    """``bzgw enroll``: its control-node subcommands (CA init, signing, which live with the
+    rest of enrolment and its X.509 imports) are attached on first look-up, so importing this
+    module for ``bzgw run`` does not load them."""
+
+    _attached = False
+
+    def _attach(self) -> None:
+        if not self._attached:
+            self._attached = True
+            from gateway.enroll import register_ca_commands
+
+            register_ca_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._attach()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._attach()
+        return super().list_commands(ctx)
+
+
+@click.group("enroll", cls=_EnrollGroup, invoke_without_command=True)
 @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
               help="Gateway (or matcher) config naming the key, CSR and certificate paths.")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
@@ -111,16 +134,6 @@ def enroll(ctx: click.Context, config: Path | None, state_dir: Path | None,
     run_device_enroll(config=config, state_dir=state_dir, identity=identity, csr_out=csr_out,
                       no_signing_key=no_signing_key, install_cert=install_cert, ca=ca,
                       as_json=as_json)
-
-
-def _enroll_subcommands() -> None:
-    # The control-node side (CA init, signing) lives with the rest of enrolment.
-    from gateway.enroll import register_ca_commands
-
-    register_ca_commands(enroll)
-
-
-_enroll_subcommands()
 
 
 @click.group("outbox")

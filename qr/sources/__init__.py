@@ -25,7 +25,7 @@ __all__ = ["Frame", "FrameSource", "SourceKind", "SourceState", "SourceStatus", 
 
 def source_kind(cfg: QrConfig) -> SourceKind | None:
     """The backend the config selects (``None`` when QR capture is off)."""
-    if not cfg.enabled or cfg.source == "none":
+    if not cfg.capturing:
         return None
     return SourceKind(cfg.source)
 
