@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,19 +264,7 @@ async def crash_loop(lab: Lab, root: Path, *, kills: int, seed: int | None = Non
                     rep.seq_went_back.append((last_next, nxt))
                 last_next = nxt
         # a last, clean run that only drains (no capture), then a graceful stop
-        pid = await asyncio.to_thread(zyg.spawn, drain)
-        started = time.monotonic()
-        while time.monotonic() < started + 60:
-            st = read_status(db)
-            # at least a second up: SIGTERM before the handler is installed would kill it
-            if (st.depth == 0 and len(matcher.seen) >= st.next_seq - 1 - st.dropped_batches
-                    and time.monotonic() > started + 1.0):
-                break
-            await asyncio.sleep(0.05)
-        os.kill(pid, signal.SIGTERM)
-        status = await asyncio.to_thread(zyg.reap, pid)
-        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            rep.early_exits.append(f"drain run ended with {status}: {zyg.tail()}")
+        await _drain_then_stop(zyg, drain, db, lambda: len(matcher.seen), rep.early_exits)
     finally:
         zyg.close()
         stop.set()
@@ -296,6 +285,25 @@ async def crash_loop(lab: Lab, root: Path, *, kills: int, seed: int | None = Non
 
 
 # ------------------------------------------------------- kill -9 the real matcher instead
+
+
+async def _drain_then_stop(zyg: Any, drain: Path, outbox: Path, delivered: Callable[[], int],
+                           early_exits: list[str]) -> None:
+    """A last, clean run that only drains (no capture) until everything accepted was
+    delivered, then a graceful stop that must exit 0."""
+    pid = await asyncio.to_thread(zyg.spawn, drain)
+    started = time.monotonic()
+    while time.monotonic() < started + 60:
+        st = read_status(outbox)
+        # at least a second up: SIGTERM before the handler is installed would kill it
+        if (st.depth == 0 and delivered() >= st.next_seq - 1 - st.dropped_batches
+                and time.monotonic() > started + 1.0):
+            break
+        await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+    status = await asyncio.to_thread(zyg.reap, pid)
+    if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+        early_exits.append(f"drain run ended with {status}: {zyg.tail()}")
 
 
 def write_matcher_config(lab: Lab, root: Path, db_url: str) -> tuple[Path, bytes]:
@@ -525,18 +533,8 @@ async def power_loop(lab: Lab, root: Path, store: Store, shim: Path, *, cuts: in
             if synced <= delivered:  # would hand out a delivered number again
                 rep.went_back.append((delivered, synced))
             await asyncio.to_thread(_all_durable, disk)
-        pid = await asyncio.to_thread(zyg.spawn, drain)
-        started = time.monotonic()
-        while time.monotonic() < started + 60:
-            st = read_status(disk / "outbox.db")
-            if (st.depth == 0 and len(sink.seen) >= st.next_seq - 1 - st.dropped_batches
-                    and time.monotonic() > started + 1.0):
-                break
-            await asyncio.sleep(0.05)
-        os.kill(pid, signal.SIGTERM)
-        status = await asyncio.to_thread(zyg.reap, pid)
-        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            rep.early_exits.append(f"drain run ended with {status}: {zyg.tail()}")
+        await _drain_then_stop(zyg, drain, disk / "outbox.db", lambda: len(sink.seen),
+                               rep.early_exits)
     finally:
         zyg.close()
         stop.set()
