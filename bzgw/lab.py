@@ -7,6 +7,7 @@ generated ACLs on a free loopback port. Nothing here is used on a deployed gatew
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -160,17 +161,21 @@ def lab_opening(root: Path, scope: Sequence[Window] | None = None, *,
                 lookup: bool = True) -> Opening:
     """An opening as two of the lab's custodians would approve it (for tests and benches
     that match what lab gateways sealed): the request, both approvals and the rebuild."""
-    import tempfile
-
     from contract.custody import load_identity_keys
-    from matcher.custody import approve, load_share_file, make_request, open_request
+    from matcher.custody import (
+        REQUEST_TTL_S,
+        Request,
+        approve,
+        load_share_file,
+        open_request,
+    )
 
     custody = custody_files(root)
     keys = load_identity_keys(custody / "identity-keys.json")
-    with tempfile.NamedTemporaryFile(suffix=".json") as f0:
-        windows = list(scope) if scope is not None else [Window("*", time.time() - 21 * 86400,
-                                                                 time.time())]
-        request = make_request("lab", Path(f0.name), windows, lookup=lookup)
+    now = time.time()
+    windows = tuple(scope) if scope is not None else (Window("*", now - 21 * 86400, now),)
+    request = Request(case="lab", f0="0" * 64, scope=windows, lookup=lookup, created=now,
+                      expires=now + REQUEST_TTL_S, nonce=secrets.token_hex(16))
     approvals = [approve(request, load_share_file(custody / f"custodian-{name}.json"))
                  for name in LAB_CUSTODIANS[:2]]
     return open_request(keys, request, approvals)

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract.custody import IdentitySealer, SealedIdentity, day_of, identity_tags, seal_identity
+from contract.custody import IdentitySealer, SealedIdentity, day_of, seal_for_day
 from contract.records import CheckIn, CheckInKind, IdKind, Proximity, Sighting
 from contract.registry import GatewayEntry
 from core.clock import ClockEpoch, ClockSource
@@ -76,8 +76,7 @@ class LabCustody:
         """Seal and tag one identity for its day."""
         d = day_of(ts)
         sk, bk = self.day(d)
-        return SealedIdentity(key_day=d, tags=identity_tags(bk, subject, fields),
-                              sealed=seal_identity(sk.public_key(), d, subject, fields))
+        return seal_for_day(sk.public_key(), bk, d, subject, fields)
 
     def opening(self, scope: tuple[Window, ...] = (Window("*", 0.0, 4e9),), *,
                 lookup: bool = True) -> Opening:

@@ -172,20 +172,25 @@ class IdentityKeys:
         Raises:
             ConfigError: naming what is wrong.
         """
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(what)
+
         try:
-            assert isinstance(doc, dict) and doc.get("v") == FORMAT, "not version 1"
+            need(isinstance(doc, dict) and doc.get("v") == FORMAT, "not version 1")
+            assert isinstance(doc, dict)  # for the type checker; checked just above
             k, n, first = int(doc["k"]), int(doc["n"]), int(doc["first_day"])
-            assert 1 <= k <= n <= 255, f"k={k}, n={n}"
+            need(1 <= k <= n <= 255, f"k={k}, n={n}")
             public = tuple(bytes.fromhex(p) for p in doc["public"])
-            assert public and all(len(p) == 32 for p in public), "public keys of 32 bytes"
+            need(bool(public) and all(len(p) == 32 for p in public), "public keys of 32 bytes")
             custodians = tuple(Custodian(str(c["name"]), int(c["index"]), str(c["key"]))
                                for c in doc["custodians"])
-            assert len(custodians) == n, f"{len(custodians)} custodians for n={n}"
-            assert len({c.index for c in custodians}) == n, "custodian indexes repeat"
-            assert len({c.name for c in custodians}) == n, "custodian names repeat"
+            need(len(custodians) == n, f"{len(custodians)} custodians for n={n}")
+            need(len({c.index for c in custodians}) == n, "custodian indexes repeat")
+            need(len({c.name for c in custodians}) == n, "custodian names repeat")
             for c in custodians:
-                assert len(bytes.fromhex(c.key)) == 32, f"{c.name}: signing key of 32 bytes"
-        except (AssertionError, KeyError, TypeError, ValueError) as err:
+                need(len(bytes.fromhex(c.key)) == 32, f"{c.name}: signing key of 32 bytes")
+        except (KeyError, TypeError, ValueError) as err:
             raise ConfigError([(where, f"not an identity key file: {err}")]) from err
         return cls(k=k, n=n, first_day=first, public=public, custodians=custodians)
 
@@ -257,6 +262,15 @@ class SealedIdentity:
     sealed: bytes
 
 
+def seal_for_day(public: x25519.X25519PublicKey, blind: bytes | None, day: int, subject: str,
+                 fields: Mapping[str, str]) -> SealedIdentity:
+    """One identity sealed to the day's public key and tagged with its blind key (no tags
+    without one)."""
+    tags = () if blind is None else identity_tags(blind, subject, fields)
+    return SealedIdentity(key_day=day, tags=tags,
+                          sealed=seal_identity(public, day, subject, fields))
+
+
 class IdentitySealer:
     """The gateway side: seal a check-in's identity and tag it, in memory.
 
@@ -286,11 +300,7 @@ class IdentitySealer:
         key = self.blind.key_for(day)
         if key is None:
             self.untagged += 1
-            tags: tuple[bytes, ...] = ()
-        else:
-            tags = identity_tags(key, subject, fields)
-        return SealedIdentity(key_day=day, tags=tags,
-                              sealed=seal_identity(public, day, subject, fields))
+        return seal_for_day(public, key, day, subject, fields)
 
 
 def lookup_tags(blind_keys: Mapping[int, bytes], subjects: Sequence[str],

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from core.canonical import canonical_json
 from core.errors import BzgwError
 from core.keyfile import write_private
 
@@ -59,11 +60,6 @@ class AuditError(BzgwError):
         self.problems = problems
         super().__init__("audit log does not verify: " + "; ".join(problems[:5])
                          + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
-
-
-def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
 
 
 def _line_hash(line: bytes) -> str:
@@ -139,7 +135,7 @@ def verify(path: Path, public: Ed25519PublicKey) -> tuple[Head, list[str]]:
             problems.append(f"{where}: not an audit entry ({err.__class__.__name__})")
             break
         try:
-            public.verify(sig, _canonical(entry))
+            public.verify(sig, canonical_json(entry))
         except (InvalidSignature, ValueError):
             problems.append(f"{where}: signature does not match (entry changed)")
         if entry.get("seq") != seq + 1:
@@ -162,7 +158,7 @@ def _check_head(path: Path, public: Ed25519PublicKey, head: Head) -> list[str]:
     try:
         doc = json.loads(hf.read_text())
         sig = bytes.fromhex(doc.pop("sig"))
-        public.verify(sig, _canonical(doc))
+        public.verify(sig, canonical_json(doc))
     except (ValueError, KeyError, AttributeError, TypeError, InvalidSignature):
         return [f"{hf}: head file does not verify"]
     if (doc.get("seq"), doc.get("hash")) != (head.seq, head.hash):
@@ -213,7 +209,7 @@ class AuditLog:
                                    else {"seq": 0, "hash": GENESIS})
             sig = doc.pop("sig", None)
             if sig is not None:
-                self.public.verify(bytes.fromhex(sig), _canonical(doc))
+                self.public.verify(bytes.fromhex(sig), canonical_json(doc))
             head = Head(int(doc["seq"]), str(doc["hash"]))
         except (OSError, ValueError, KeyError, TypeError, InvalidSignature):
             return False
@@ -231,7 +227,7 @@ class AuditLog:
         if len(lines) == head.seq + 1:  # written and synced, head not yet moved
             try:
                 entry = json.loads(lines[-1])
-                self.public.verify(bytes.fromhex(entry.pop("sig")), _canonical(entry))
+                self.public.verify(bytes.fromhex(entry.pop("sig")), canonical_json(entry))
             except (ValueError, KeyError, AttributeError, TypeError, InvalidSignature):
                 return False
             if entry.get("seq") != head.seq + 1 or entry.get("prev") != head.hash:
@@ -253,9 +249,9 @@ class AuditLog:
             entry: dict[str, Any] = {"seq": head.seq + 1, "ts": round(time.time(), 3),
                                      "event": event, "actor": actor, "data": data,
                                      "prev": head.hash}
-            body = _canonical(entry)
+            body = canonical_json(entry)
             signed = dict(entry, sig=self._key.sign(body).hex())
-            line = _canonical(signed) + b"\n"
+            line = canonical_json(signed) + b"\n"
             f.seek(0, os.SEEK_END)
             f.write(line)
             f.flush()
@@ -287,7 +283,7 @@ class AuditLog:
 
     def _write_head(self, head: Head) -> None:
         doc = {"seq": head.seq, "hash": head.hash}
-        doc["sig"] = self._key.sign(_canonical(doc)).hex()
+        doc["sig"] = self._key.sign(canonical_json(doc)).hex()
         hf = self.path.with_name(self.path.name + ".head")
         tmp = hf.with_name(hf.name + ".tmp")
         with tmp.open("w") as f:

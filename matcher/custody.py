@@ -43,6 +43,7 @@ from contract.custody import (
     day_of,
     next_blind,
 )
+from core.canonical import canonical_json
 from core.errors import BzgwError
 from core.keyfile import write_private
 
@@ -55,11 +56,6 @@ _SECRET = 64  # identity private key (32) ‖ blind key (32)
 
 class CustodyError(BzgwError):
     """A custody file, request or approval is unusable, or an opening is refused."""
-
-
-def _canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
 
 
 def _split(secret: bytes, k: int, n: int) -> list[bytes]:
@@ -133,7 +129,7 @@ def init_custody(names: Sequence[str], k: int, out: Path, *, first_day: int | No
     files: dict[str, Path] = {}
     for i, c in enumerate(custodians):
         f = out / f"custodian-{c.name}.json"
-        write_private(f, _canonical({
+        write_private(f, canonical_json({
             "v": REQUEST_FORMAT, "name": c.name, "index": c.index, "k": k, "n": n,
             "first_day": d0, "signing_key": signers[i].private_bytes_raw().hex(),
             "shares": per[i]}))
@@ -222,7 +218,7 @@ class Request:
     @property
     def id(self) -> str:
         """SHA-256 of the canonical request: any change makes another request."""
-        return hashlib.sha256(_canonical(self.to_json())).hexdigest()
+        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
 
     @property
     def days(self) -> list[int]:
@@ -302,7 +298,7 @@ def approve(request: Request, share_file: ShareFile, *, now: float | None = None
         "v": REQUEST_FORMAT, "request": request.id, "custodian": share_file.name,
         "index": share_file.index, "approved_at": round(t, 3),
         "shares": {str(d): share_file.share(d).hex() for d in request.days}}
-    doc["sig"] = share_file.signing_key.sign(_canonical(doc)).hex()
+    doc["sig"] = share_file.signing_key.sign(canonical_json(doc)).hex()
     return doc
 
 
@@ -353,7 +349,7 @@ def _check_approval(keys: IdentityKeys, request: Request, doc: Mapping[str, Any]
     body = {k: v for k, v in doc.items() if k != "sig"}
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(c.key)).verify(
-            bytes.fromhex(str(doc.get("sig"))), _canonical(body))
+            bytes.fromhex(str(doc.get("sig"))), canonical_json(body))
     except (InvalidSignature, ValueError) as err:
         raise CustodyError(f"approval by {c.name}: signature does not verify") from err
     shares = doc.get("shares")

@@ -291,13 +291,21 @@ async def _drain_then_stop(zyg: Any, drain: Path, outbox: Path, delivered: Calla
                            early_exits: list[str]) -> None:
     """A last, clean run that only drains (no capture) until everything accepted was
     delivered, then a graceful stop that must exit 0."""
-    pid = await asyncio.to_thread(zyg.spawn, drain)
-    started = time.monotonic()
-    while time.monotonic() < started + 60:
+    def done() -> bool:
         st = read_status(outbox)
+        return st.depth == 0 and delivered() >= st.next_seq - 1 - st.dropped_batches
+
+    pid = await asyncio.to_thread(zyg.spawn, drain)
+    await _stop_when(zyg, pid, done, 60, early_exits)
+
+
+async def _stop_when(zyg: Any, pid: int, done: Callable[[], bool], timeout: float,
+                     early_exits: list[str]) -> None:
+    """SIGTERM ``pid`` once ``done()`` (or after ``timeout``); it must exit 0."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout:
         # at least a second up: SIGTERM before the handler is installed would kill it
-        if (st.depth == 0 and delivered() >= st.next_seq - 1 - st.dropped_batches
-                and time.monotonic() > started + 1.0):
+        if time.monotonic() > started + 1.0 and done():
             break
         await asyncio.sleep(0.05)
     os.kill(pid, signal.SIGTERM)
@@ -412,16 +420,9 @@ async def matcher_kill_loop(lab: Lab, root: Path, *, kills: int, db_url: str,
         producing.clear()
         await tasks[-1]
         pid = await asyncio.to_thread(zyg.exec, "matcher", "serve", "--config", str(cfg))
-        started = time.monotonic()
-        while time.monotonic() < started + 90:
-            if (all(s.outbox.status().depth == 0 and s.sync.inflight == 0 for s in sites)
-                    and time.monotonic() > started + 1.0):
-                break
-            await asyncio.sleep(0.05)
-        os.kill(pid, signal.SIGTERM)
-        status = await asyncio.to_thread(zyg.reap, pid)
-        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            rep.early_exits.append(f"drain run ended with {status}: {zyg.tail()}")
+        await _stop_when(zyg, pid, lambda: all(s.outbox.status().depth == 0
+                                               and s.sync.inflight == 0 for s in sites),
+                         90, rep.early_exits)
     finally:
         producing.clear()
         stop.set()

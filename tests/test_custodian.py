@@ -29,6 +29,7 @@ from contract.custody import (
     lookup_tags,
     open_identity,
 )
+from core.canonical import canonical_json
 from matcher.custody import (
     CustodyError,
     InitResult,
@@ -126,8 +127,7 @@ def test_custodian_bad_approvals_open_nothing(custody: InitResult, tmp_path: Pat
         docs = [docs[0], _approvals(custody, req, NAMES[:1])[0]]
     elif case == "forged":  # a valid-looking approval signed by someone else's key
         body = {k: v for k, v in docs[1].items() if k != "sig"}
-        from matcher.custody import _canonical
-        docs[1]["sig"] = Ed25519PrivateKey.generate().sign(_canonical(body)).hex()
+        docs[1]["sig"] = Ed25519PrivateKey.generate().sign(canonical_json(body)).hex()
     elif case == "altered shares":
         day = str(TODAY)
         s = bytearray.fromhex(docs[1]["shares"][day])
@@ -144,11 +144,10 @@ def test_custodian_bad_approvals_open_nothing(custody: InitResult, tmp_path: Pat
     elif case == "expired":
         now = req.expires + 1
     elif case == "wrong share":  # a custodian signs a share that is not theirs
-        from matcher.custody import _canonical
         sf = load_share_file(custody.custodians[NAMES[1]])
         doc = {k: v for k, v in docs[1].items() if k != "sig"}
         doc["shares"] = {str(TODAY): os.urandom(64).hex()}
-        doc["sig"] = sf.signing_key.sign(_canonical(doc)).hex()
+        doc["sig"] = sf.signing_key.sign(canonical_json(doc)).hex()
         docs[1] = doc
     with pytest.raises(CustodyError):
         open_request(custody.keys, req, docs, used=used, now=now)
