@@ -21,6 +21,7 @@ import functools
 import logging
 import sqlite3
 import struct
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -99,7 +100,7 @@ class SqliteDatabase(Database):
                                         check_same_thread=False)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open SQLite database {path}: {err}") from err
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self._enter_wal(busy_timeout_s)
         # FULL: a batch is acked (and deleted from the gateway's outbox) right after its
         # commit, so the commit must survive a power cut; WAL with NORMAL may lose it.
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -114,6 +115,21 @@ class SqliteDatabase(Database):
         self.conn.create_function(schema.SQLITE_IDENT_KEY, 1, schema.ident_key,
                                   deterministic=True)
         self._depth = 0
+
+    def _enter_wal(self, timeout_s: float) -> None:
+        # Switching a new file to WAL answers "database is locked" at once, without waiting
+        # on the busy timeout, while another process opening the same file holds its lock
+        # (matchers started together): retry within the timeout.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    self.conn.close()
+                    raise StoreError(f"cannot open SQLite database {self.path}: {err}") from err
+                time.sleep(0.02)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one statement."""
