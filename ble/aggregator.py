@@ -248,8 +248,9 @@ class WindowAggregator:
         if ck is not self._fast_clock:
             self._forget()
             self._fast_clock = ck
+        watcher = self.watcher
         slow = _feed(reports, self._fast, self._fast_alt, self._observe, self.resolve,
-                     self.watcher, self.watch_refresh_s, ck)
+                     watcher, _live_phones(watcher), self.watch_refresh_s, ck)
         self.adverts += len(reports) - slow  # the slow path counts its own
         return len(reports)
 
@@ -468,14 +469,24 @@ class WindowAggregator:
                 "window_devices": len(self._win.devices) if self._win else 0}
 
 
+def _live_phones(watcher: Callable[[float, str, IdKind], None] | None) -> LivePhones | None:
+    """The :class:`LivePhones` whose ``seen`` is ``watcher``, if it is one: :func:`_feed`
+    then calls it directly (a C call in the compiled build, not a Python call)."""
+    owner = getattr(watcher, "__self__", None)
+    if type(owner) is LivePhones and getattr(watcher, "__name__", "") == "seen":
+        return owner
+    return None
+
+
 def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict[str, Any],
           observe: Callable[..., None],
           resolve: Callable[[float, str, int], bytes | None] | None,
-          watcher: Callable[[float, str, IdKind], None] | None, refresh: float,
-          ck: ClockEpoch) -> int:
+          watcher: Callable[[float, str, IdKind], None] | None, live: LivePhones | None,
+          refresh: float, ck: ClockEpoch) -> int:
     """The loop of :meth:`WindowAggregator.feed`; returns how many reports took the slow
     path. A module function so that the compiled build can type its locals (C doubles for
-    the times, a C struct for the sighting: ``ble/_aggregator_c.pxd``)."""
+    the times, a C struct for the sighting, the live count as a C class:
+    ``ble/_aggregator_c.pxd``). ``live`` is ``watcher``'s :class:`LivePhones`, if it is one."""
     slow = 0
     for r in reports:
         ts = r[0]
@@ -496,7 +507,10 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
                     # The watcher is due to hear of this address again: tell it here, not
                     # through the slow path (nothing else about the address changed).
                     end = st[6]
-                    watcher(ts, address, st[5])
+                    if live is not None:
+                        live.seen(ts, address, st[5])
+                    else:
+                        watcher(ts, address, st[5])
                     due = ts + refresh
                     st[2] = due if due < end else end
                 hist = st[4]
@@ -505,7 +519,8 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
                     if rssi is None:
                         tr.no_rssi += 1
                     else:
-                        hist[rssi & 0xFF] += 1
+                        ri = rssi  # compiled: a C long, so the bin is indexed without objects
+                        hist[ri & 0xFF] += 1
                     if ts > tr.last:
                         tr.last = ts
                     elif ts < tr.first:
@@ -527,24 +542,32 @@ class LivePhones:
     classifies devices with the same :data:`~contract.records.PHONE_CLASS` as the batch
     counts. As in the aggregator, addresses are reduced to a keyed BLAKE2b digest under a
     random per-process key before they are counted; the small address → digest cache that makes
-    repeated adverts cheap is emptied every ``window_s``. Both tables are bounded; devices
+    repeated adverts cheap is emptied every ``address_cache_s`` (by default the aggregator's
+    adoption window, for which the aggregator holds each address anyway: holding it here as
+    long exposes nothing more, and digests a present device once per window instead of once
+    per ``window_s``). Both tables are bounded; devices
     beyond the bound are counted as ``untracked``. A device counts as the most specific kind
     it showed (an address seen with a Bluezone ID is Bluezone even if it also sent plain
     adverts).
 
     Args:
         window_s: the sliding window "now" means.
+        address_cache_s: how long an address → digest entry may be kept (at least
+            ``window_s``).
         max_entries: table bound.
     """
 
-    def __init__(self, window_s: float = 120.0, max_entries: int = 20000) -> None:
+    def __init__(self, window_s: float = 120.0, max_entries: int = 20000, *,
+                 address_cache_s: float = 900.0) -> None:
         if window_s <= 0 or max_entries < 1:
             raise ValueError("window_s and max_entries must be positive")
         self.window_s = window_s
+        self.address_cache_s = max(window_s, address_cache_s)
         self.max_entries = max_entries
         self.untracked = 0
         self._key = os.urandom(16)
-        # digest → [last heard, rank, digest], oldest first
+        # digest → [last heard, rank, digest, last heard when put at the end, alive], in the
+        # order they were put at the end
         self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()
         self._digests: dict[str, list[Any]] = {}  # address → its entry of _seen
         self._cache_until = -math.inf
@@ -561,28 +584,26 @@ class LivePhones:
         so a device's last-heard time may lag by that much; repeated adverts cost nothing here.
         """
         if ts >= self._cache_until:
-            self._digests.clear()  # an address is held one window at most
-            self._cache_until = ts + self.window_s
+            self._digests.clear()  # an address is held address_cache_s at most
+            self._cache_until = ts + self.address_cache_s
         rank = _PHONE_RANK.get(kind, 0)  # PhoneClass.DEVICE
-        seen = self._seen
         entry = self._digests.get(address)
-        if entry is not None:
-            # The address's entry, updated in place (one move, no new tuple): the common
-            # case, every watch_refresh_s per device. An entry expired meanwhile is re-added.
+        if entry is not None and entry[4]:
+            # The common case (every watch_refresh_s per device): the entry is updated in
+            # place and stays where it is in the table; _expire moves it to the end when it
+            # reaches the front still alive, so it moves once per window_s, not per call.
             entry[0] = ts
             if rank > entry[1]:
                 entry[1] = rank
-            try:
-                seen.move_to_end(entry[2])
-                return
-            except KeyError:
-                digest = entry[2]
+            return
+        seen = self._seen
+        if entry is not None:
+            digest = entry[2]  # expired meanwhile: counted again, under the same digest
         else:
             digest = hashlib.blake2b(address.encode(), key=self._key,
                                      digest_size=8).digest()
         old = seen.get(digest)
         if old is not None:
-            seen.move_to_end(digest)
             old[0] = ts
             if rank > old[1]:
                 old[1] = rank
@@ -592,7 +613,8 @@ class LivePhones:
                 if len(seen) >= self.max_entries:
                     self.untracked += 1
                     return
-            old = seen[digest] = [ts, rank, digest]
+            # [last heard, rank, digest, last heard when put at the end, alive]
+            old = seen[digest] = [ts, rank, digest, ts, True]
         if len(self._digests) < self.max_entries:
             self._digests[address] = old
 
@@ -600,9 +622,14 @@ class LivePhones:
         seen, cutoff = self._seen, now - self.window_s
         while seen:
             first = next(iter(seen.values()))
-            if first[0] >= cutoff:
-                break
+            if first[3] >= cutoff:
+                break  # every later entry was put there later still: all alive
             seen.popitem(last=False)
+            if first[0] >= cutoff:  # heard since it was put there: alive, to the end
+                first[3] = first[0]
+                seen[first[2]] = first
+            else:
+                first[4] = False
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Counts over ``[now - window_s, now]`` and the Bluezone share of phones."""

@@ -120,9 +120,9 @@ def _register() -> None:
                  "audit": f"{m}:audit_group", "custodian": f"{m}:custodian_group",
                  "broker": "bzgw.commands.mqtt:broker_group"})
     cli.commands = lazy
-    from bzgw.commands.users import staff_pin  # small: click and config models
-
-    config_group.add_command(staff_pin)
+    config_lazy = _LazyCommands(config_group.commands)
+    config_lazy["staff-pin"] = "bzgw.commands.users:staff_pin"
+    config_group.commands = config_lazy
 
 
 _register()

@@ -91,8 +91,9 @@ class Gateway:
                         signing_key=load_signing_key(cfg.sealing.device_key),
                         suite=cfg.sealing.suite)
         # the live phone count rides on the aggregator's per-address cache: it hears of an
-        # address on the slow path only (new payload, or every 10 s), never per repeat
-        self.phones = PhonesNow()
+        # address on the slow path only (new payload, or every 10 s), never per repeat; it
+        # keeps an address as long as the aggregator does (its adoption window)
+        self.phones = PhonesNow(address_cache_s=cfg.ble.count_window_s)
         aggregator = WindowAggregator(cfg.ble.proximity, max_ids=cfg.ble.max_ids_per_window,
                                       count_window_s=cfg.ble.count_window_s,
                                       watcher=self.phones.seen)

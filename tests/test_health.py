@@ -168,6 +168,26 @@ def test_phones_now_counts_an_address_again_after_its_entry_expired() -> None:
     assert len(phones._seen) == 1
 
 
+def test_phones_now_keeps_a_device_that_keeps_sending_and_drops_one_that_stopped() -> None:
+    # entries are not moved on every refresh, only when expiry finds them still alive
+    phones = PhonesNow(window_s=60, address_cache_s=900)
+    phones.seen(T0, "BB:00:00:00:00:02", IdKind.PHONE)
+    for t in range(0, 300, 10):
+        phones.seen(T0 + t, "AA:00:00:00:00:01", IdKind.GAEN)
+        if t == 120:
+            assert phones.snapshot(T0 + t)["other_phones"] == 0  # B: last heard at T0
+    snap = phones.snapshot(T0 + 290)
+    assert (snap["gaen"], snap["other_phones"], snap["phones"]) == (1, 0, 1)
+    assert phones.snapshot(T0 + 290 + 61)["phones"] == 0
+    # addresses stay cached (digested once) for address_cache_s, then are forgotten
+    assert set(phones._digests) == {"AA:00:00:00:00:01", "BB:00:00:00:00:02"}
+    phones.seen(T0 + 901, "CC:00:00:00:00:03", IdKind.PHONE)
+    assert list(phones._digests) == ["CC:00:00:00:00:03"]
+    # heard again after its entry expired: counted again
+    phones.seen(T0 + 902, "AA:00:00:00:00:01", IdKind.GAEN)
+    assert phones.snapshot(T0 + 902)["gaen"] == 1
+
+
 def test_phones_now_is_bounded_and_counts_what_it_cannot_track() -> None:
     phones = PhonesNow(window_s=60, max_entries=5)
     for i in range(9):
