@@ -74,6 +74,18 @@ def convert(data: object, kind: type[M]) -> M:
     return msgspec.convert(data, kind, strict=False, dec_hook=dec_hook)
 
 
+def to_plain(section: msgspec.Struct) -> dict[str, Any]:
+    """A section as plain data, paths as strings (for JSON); :func:`convert` reads it back."""
+    out: dict[str, Any] = msgspec.to_builtins(section, enc_hook=_enc_hook)
+    return out
+
+
+def _enc_hook(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(f"cannot write {type(value).__name__}")
+
+
 @functools.cache
 def _field_types(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
     return tuple((f.name, f.type) for f in msgspec.structs.fields(cls))

@@ -45,7 +45,7 @@ def test_error_names_line_key_and_expectation(tmp_path: Path) -> None:
         load(f)
     (loc, msg), = ei.value.problems
     assert loc == f"{f}:10: outbox -> max_age_days"
-    assert "number" in msg and "'many'" in msg
+    assert msg == "Expected `float`, got 'many'"
 
 
 def test_unknown_key_is_an_error_with_its_line(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_unknown_key_is_an_error_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load(f)
     assert ei.value.problems[0][0] == f"{f}:12: ble -> scaning_mode"
-    assert "Extra inputs are not permitted" in ei.value.problems[0][1]
+    assert ei.value.problems[0][1] == "unknown key (got 'passive')"
 
 
 def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
