@@ -76,9 +76,12 @@ def _sightings(rng: random.Random, n: int, now: float) -> list[Any]:
 
 async def _gateway_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the gateways of ``spec``; report the sequence numbers each produced."""
+    import msgspec
+
     from contract.batch import Batch
     from contract.sealing import Sealer, load_matcher_public_key, load_signing_key
     from core.clock import ClockEpoch, ClockSource
+    from core.settings import convert
     from gateway.config import IdentityConfig
     from gateway.outbox import Outbox
     from mqtt.config import MqttConfig
@@ -86,7 +89,7 @@ async def _gateway_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     root = Path(spec["root"])
     pub = load_matcher_public_key(root / "matcher.pub")
-    base = MqttConfig.model_validate(spec["mqtt"])
+    base = convert(spec["mqtt"], MqttConfig)
     epoch = ClockEpoch("bench-boot", 0.0, True, ClockSource.NTP)
     rng = random.Random(spec["seed"])
     gws, outboxes, sealers, syncs = spec["gateways"], {}, {}, {}
@@ -100,9 +103,9 @@ async def _gateway_worker(spec: dict[str, Any]) -> dict[str, Any]:
         outboxes[gid] = Outbox(root / "gw" / f"{gid}.db", max_bytes=1 << 26, max_age_s=86400)
         sealers[gid] = Sealer(gateway_id=gid, matcher_public_key=pub,
                               signing_key=load_signing_key(root / "keys" / f"{gid}.key"))
-        mq = base.model_copy(update={"cert_file": root / "lab" / "pki" / f"{gid}.crt",
-                                     "key_file": root / "lab" / "pki" / f"{gid}.key",
-                                     "keepalive_s": 60, "backoff_max_s": 5})
+        mq = msgspec.structs.replace(base, cert_file=root / "lab" / "pki" / f"{gid}.crt",
+                                     key_file=root / "lab" / "pki" / f"{gid}.key",
+                                     keepalive_s=60, backoff_max_s=5)
         syncs[gid] = GatewaySync(outboxes[gid], mq, IdentityConfig(**g), poll_s=5.0)
     for fd in reserved:
         os.close(fd)
@@ -162,6 +165,7 @@ async def _gateway_worker(spec: dict[str, Any]) -> dict[str, Any]:
 async def _matcher_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from contract.registry import load_registry
     from contract.sealing import load_matcher_private_key
+    from core.settings import convert
     from matcher.service import MatcherService
     from matcher.store import open_store
     from mqtt.config import MqttConfig
@@ -171,7 +175,7 @@ async def _matcher_worker(spec: dict[str, Any]) -> dict[str, Any]:
         store=open_store(spec["pg"], schema_name=spec["schema"]),
         registry=load_registry(root / "lab" / "registry.yaml"),
         private_key=load_matcher_private_key(root / "matcher.key"),
-        mqtt=MqttConfig.model_validate(spec["mqtt"]), client_id=spec["client_id"],
+        mqtt=convert(spec["mqtt"], MqttConfig), client_id=spec["client_id"],
         gateway_reports=False)
     stop = asyncio.Event()
     task = asyncio.create_task(svc.run(stop))
@@ -244,6 +248,7 @@ def province(n_gw: int, n_matchers: int, seconds: float) -> dict[str, Any]:
     from bzgw.lab import make_lab
     from bzgw.labrecords import drop_schema
     from contract.sealing import generate_matcher_keypair, save_matcher_keypair, save_signing_key
+    from core.settings import to_plain
     from matcher.store import open_store
 
     schema_name = f"bzgw_province_{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -269,11 +274,10 @@ def province(n_gw: int, n_matchers: int, seconds: float) -> dict[str, Any]:
                 for j, m in enumerate(matchers):
                     procs.append(_Proc("matcher", {
                         "root": str(root), "pg": PG_URL, "schema": schema_name,
-                        "client_id": f"{m}-{j}", "mqtt": lab.matcher_mqtt[m].model_dump(
-                            mode="json")}, root, m))
+                        "client_id": f"{m}-{j}", "mqtt": to_plain(lab.matcher_mqtt[m])}, root, m))
                 for p in procs:
                     p.expect("ready")
-                gw_mqtt = lab.gateways[gws[0]["id"]].mqtt.model_dump(mode="json")
+                gw_mqtt = to_plain(lab.gateways[gws[0]["id"]].mqtt)
                 workers = []
                 for w, lo in enumerate(range(0, n_gw, PER_WORKER)):
                     workers.append(_Proc("gateways", {

@@ -29,6 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ble.aggregator import WindowAggregator
 from ble.simulator import Crowd
 from bzgw.lab import make_lab
@@ -37,6 +39,7 @@ from contract.batch import Batch
 from contract.records import IdKind, Sighting
 from contract.sealing import SUITES, Sealer, generate_matcher_keypair, save_matcher_keypair
 from core.clock import ClockEpoch, ClockSource
+from core.settings import to_plain
 from gateway.config import IdentityConfig
 from gateway.outbox import Outbox
 from mqtt import topics
@@ -54,10 +57,11 @@ from contract.registry import load_registry
 from contract.sealing import load_matcher_private_key
 from matcher.service import MatcherService
 from matcher.store import open_store
+from core.settings import convert
 from mqtt.config import MqttConfig
 
 root = Path(sys.argv[1])
-cfg = MqttConfig.model_validate(json.loads((root / "matcher.json").read_text()))
+cfg = convert(json.loads((root / "matcher.json").read_text()), MqttConfig)
 
 async def main():
     stop = asyncio.Event()
@@ -78,17 +82,18 @@ asyncio.run(main())
 
 
 MINIMAL = r"""
-import asyncio, sys, time
+import asyncio, json, sys, time
 from pathlib import Path
 from contract.registry import load_registry
 from contract.sealing import load_matcher_private_key, open_batch
 from mqtt import topics
 from mqtt.client import MqttClient
+from core.settings import convert
 from mqtt.config import MqttConfig
 from mqtt.sync import ack_payload
 
 root = Path(sys.argv[1])
-cfg = MqttConfig.model_validate_json((root / "matcher.json").read_text())
+cfg = convert(json.loads((root / "matcher.json").read_text()), MqttConfig)
 registry = load_registry(root / "lab" / "registry.yaml")
 key = load_matcher_private_key(root / "matcher.key")
 seen = {}
@@ -219,7 +224,7 @@ async def _drain_rate(lab: Any, outboxes: dict[str, Outbox],
     for gw_id, outbox in outboxes.items():
         gw = lab.gateways[gw_id]
         e = gw.entry
-        syncs.append(GatewaySync(outbox, gw.mqtt.model_copy(update={"inflight": inflight}),
+        syncs.append(GatewaySync(outbox, msgspec.structs.replace(gw.mqtt, inflight=inflight),
                                  IdentityConfig(id=e.id, province=e.province, venue=e.venue),
                                  poll_s=0.01))
     stop = asyncio.Event()
@@ -273,7 +278,7 @@ def throughput_rows(sightings: list[Sighting], quick: bool) -> list[dict[str, An
         with lab:
             priv, pub = generate_matcher_keypair()
             save_matcher_keypair(priv, pub, root / "matcher.key", root / "matcher.pub")
-            (root / "matcher.json").write_text(lab.matcher_mqtt["matcher"].model_dump_json())
+            (root / "matcher.json").write_text(json.dumps(to_plain(lab.matcher_mqtt["matcher"])))
             rng = random.Random(9)
             pool = [s for s in sightings if s.kind == IdKind.BLUEZONE]
             outboxes = {g: Outbox(root / f"outbox-{g}.db", max_bytes=1 << 30, max_age_s=86400)

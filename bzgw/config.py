@@ -9,20 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.settings import load_model
+from core.settings import convert, load_model
 from gateway.config import GatewayConfig, apply_calibration
 from matcher.config import MatcherConfig
 
 
-class Config(GatewayConfig):
+class Config(GatewayConfig, kw_only=True):
     """A whole config file: gateway sections, matcher section, or both."""
 
     matcher: MatcherConfig | None = None
 
 
 def parse(data: dict[str, Any]) -> Config:
-    """Validate plain data. Raises pydantic's ``ValidationError``."""
-    return Config.model_validate(data)
+    """Validate plain data.
+
+    Raises:
+        msgspec.ValidationError: the first problem, its key path in the message.
+    """
+    return convert(data, Config)
 
 
 def load(path: Path | str) -> Config:

@@ -1,9 +1,9 @@
 """The health document a gateway publishes and the matcher reads: its schema, its states.
 
 One dict shared by the gateway's status page, ``/metrics`` and health topic, and by the
-provincial dashboard. :class:`HealthDoc` is its schema (pydantic; unknown keys allowed, so
-newer gateways can add fields and the sync adds its own block); :func:`validate_health` checks
-any document and never raises, so the matcher can take health from the network;
+provincial dashboard. :class:`HealthDoc` is its schema (a msgspec ``Struct``; unknown keys allowed,
+so newer gateways can add fields and the sync adds its own block); :func:`validate_health`
+checks any document and never raises, so the matcher can take health from the network;
 :func:`conditions` derives what is wrong, in a fixed order of precedence, and
 :func:`describe_state` words the first one in Vietnamese and English for staff ("Mất kết nối
 từ 10:42 / Offline since 10:42", venue local time). The gateway builds documents in
@@ -16,16 +16,18 @@ address masked.
 from __future__ import annotations
 
 import json
-import math
 import re
+import sys
 import time
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
-from pydantic_core import PydanticCustomError
+import msgspec
+from msgspec import Meta
 
 from core.errors import BzgwError
 
@@ -167,102 +169,77 @@ def _show(v: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_num(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+# Each leaf's Meta description is the "expected <what>" of its problems, for the dashboard's
+# log. msgspec converts strictly here: no "1" for 1, no true for 1.
+_FINITE = sys.float_info.max  # `le` of this refuses inf; any `ge`/`gt` refuses NaN
+Int = Annotated[int, Meta(ge=0, le=2**63 - 1, description="a non-negative integer")]
+Num = Annotated[float, Meta(ge=0, le=_FINITE, description="a non-negative number")]
+Time = Annotated[float, Meta(gt=0, le=_FINITE, description="an epoch time in seconds")]
+Text = Annotated[str, Meta(max_length=_MAX_TEXT, description="a short string")]
+Flag = Annotated[bool, Meta(description="true or false")]
+ShortList = Annotated[list[Any], Meta(max_length=len(PRECEDENCE), description="a short list")]
 
 
-def _leaf(test: Callable[[Any], bool], what: str, *, nullable: bool = False) -> PlainValidator:
-    # A plain validator per leaf keeps the document strict (no "1" for 1, no true for 1) and
-    # words every problem as "expected <what>, got <value>" for the dashboard's log.
-    expected = f"expected {what}{' or null' if nullable else ''}"
-
-    def check(v: Any) -> Any:
-        if (v is None and nullable) or (v is not None and test(v)):
-            return v
-        raise PydanticCustomError("health_leaf", "{expected}, got {got}",
-                                  {"expected": expected, "got": _show(v)})
-
-    return PlainValidator(check)
+def _one_of(values: frozenset[str] | tuple[str, ...]) -> Meta:
+    alternatives = "|".join(re.escape(v) for v in sorted(values))
+    return Meta(pattern=rf"^(?:{alternatives})\Z",
+                description=f"one of {', '.join(sorted(values))}")
 
 
-def _one_of(values: frozenset[str]) -> PlainValidator:
-    return _leaf(lambda v: isinstance(v, str) and v in values,
-                 f"one of {', '.join(sorted(values))}")
+class _Part(msgspec.Struct, frozen=True, kw_only=True):
+    pass  # unknown keys are ignored: newer gateways add fields
 
 
-def _is_count(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
-
-
-Int = Annotated[int, _leaf(_is_count, "a non-negative integer")]
-OptInt = Annotated[int | None, _leaf(_is_count, "a non-negative integer", nullable=True)]
-Num = Annotated[float, _leaf(lambda v: _is_num(v) and v >= 0, "a non-negative number")]
-OptNum = Annotated[float | None, _leaf(lambda v: _is_num(v) and v >= 0, "a non-negative number",
-                                       nullable=True)]
-Time = Annotated[float, _leaf(lambda v: _is_num(v) and v > 0, "an epoch time in seconds")]
-OptTime = Annotated[float | None, _leaf(lambda v: _is_num(v) and v > 0,
-                                        "an epoch time in seconds", nullable=True)]
-Text = Annotated[str, _leaf(lambda v: isinstance(v, str) and len(v) <= _MAX_TEXT,
-                            "a short string")]
-Flag = Annotated[bool, _leaf(lambda v: isinstance(v, bool), "true or false")]
-ShortList = Annotated[list[Any], _leaf(lambda v: isinstance(v, list)
-                                       and len(v) <= len(PRECEDENCE), "a short list")]
-
-
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-class OutboxDoc(_Part):
+class OutboxDoc(_Part, frozen=True, kw_only=True):
     depth: Int
     bytes: Int
-    max_bytes: OptInt
-    fill: OptNum
-    oldest_age_s: OptNum
+    max_bytes: Int | None
+    fill: Num | None
+    oldest_age_s: Num | None
     dropped_batches: Int
     full: Flag
 
 
-class DiskDoc(_Part):
-    total_bytes: OptInt
-    free_bytes: OptInt
-    fill: OptNum
+class DiskDoc(_Part, frozen=True, kw_only=True):
+    total_bytes: Int | None
+    free_bytes: Int | None
+    fill: Num | None
     error: Text
 
 
-class LinkDoc(_Part):
+class LinkDoc(_Part, frozen=True, kw_only=True):
     connected: Flag
     ever_connected: Flag
-    last_sync: OptTime
-    offline_since: OptTime
+    last_sync: Time | None
+    offline_since: Time | None
 
 
-class RadioDoc(_Part):
+class RadioDoc(_Part, frozen=True, kw_only=True):
     state: Annotated[str, _one_of(RADIO_STATES)]
     detail: Text
     restarts: Int
     adverts: Int
-    last_advert_at: OptTime
+    last_advert_at: Time | None
 
 
-class CameraDoc(_Part):
+class CameraDoc(_Part, frozen=True, kw_only=True):
     state: Annotated[str, _one_of(CAMERA_STATES)]
     detail: Text
     restarts: Int
 
 
-class ClockDoc(_Part):
+class ClockDoc(_Part, frozen=True, kw_only=True):
     synced: Flag
     source: Text
-    uncertainty_s: OptNum
+    uncertainty_s: Num | None
 
 
-class CountsDoc(_Part):
+class CountsDoc(_Part, frozen=True, kw_only=True):
     checkins: Int
     batches: Int
 
 
-class DroppedDoc(_Part):
+class DroppedDoc(_Part, frozen=True, kw_only=True):
     outbox_batches: Int
     lost_records: Int
     feedback_events: Int
@@ -274,30 +251,30 @@ class DroppedDoc(_Part):
     checkins_not_saved: Int = 0
 
 
-class LoopDoc(_Part):
-    lag_p99_ms: OptNum
-    lag_max_ms: OptNum
+class LoopDoc(_Part, frozen=True, kw_only=True):
+    lag_p99_ms: Num | None
+    lag_max_ms: Num | None
 
 
-class PhonesDoc(_Part):
+class PhonesDoc(_Part, frozen=True, kw_only=True):
     window_s: Num
     phones: Int
     bluezone: Int
     gaen: Int
     other_phones: Int
     devices: Int
-    bluezone_share: OptNum
+    bluezone_share: Num | None
 
 
-class StateDoc(_Part):
-    code: Annotated[str, _one_of(frozenset(PRECEDENCE))]
-    since: OptTime
+class StateDoc(_Part, frozen=True, kw_only=True):
+    code: Annotated[str, _one_of(PRECEDENCE)]
+    since: Time | None
     vi: Text
     en: Text
     also: ShortList
 
 
-class HealthDoc(_Part):
+class HealthDoc(_Part, frozen=True, kw_only=True):
     """The whole document, version :data:`HEALTH_VERSION`."""
 
     v: Int
@@ -317,30 +294,86 @@ class HealthDoc(_Part):
     loop: LoopDoc | None = None  # the daemon's event-loop lag (absent from older gateways)
 
 
-def _problem(err: Mapping[str, Any]) -> str:
-    path = ".".join(str(p) for p in err["loc"]) or "(top)"
-    kind = err["type"]
-    if kind == "missing":
-        return f"{path}: missing"
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{path}: expected an object, got {type(err.get('input')).__name__}"
-    return f"{path}: {err['msg']}"
+_AT = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _expected(kind: Any, path: list[str | int]) -> tuple[str | None, bool]:
+    """The description of the leaf at ``path`` below ``kind``, and whether it may be null."""
+    nullable = False
+    for step in [*path, None]:
+        nullable = False
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            nullable, kind = len(args) < len(typing.get_args(kind)), args[0]
+        metas = [m for m in getattr(kind, "__metadata__", ()) if isinstance(m, Meta)]
+        if step is None:
+            return next((m.description for m in metas if m.description), None), nullable
+        base = typing.get_args(kind)[0] if metas else kind
+        if isinstance(base, type) and issubclass(base, msgspec.Struct) and isinstance(step, str):
+            kind = next((f.type for f in msgspec.structs.fields(base) if f.name == step), None)
+        elif typing.get_origin(base) is list:
+            kind = typing.get_args(base)[0]
+        else:
+            return None, False
+    return None, False
+
+
+def _problem(name: str, value: Any, err: msgspec.ValidationError) -> str:
+    m = _AT.match(str(err))
+    msg, where = (m.group("msg"), m.group("path")) if m else (str(err), "")
+    path: list[str | int] = [name]
+    for step in _STEP.finditer(where):
+        path.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
+    absent = re.match(r"^Object missing required field `([^`]*)`$", msg)
+    if absent:
+        return ".".join(str(p) for p in [*path, absent.group(1)]) + ": missing"
+    at = ".".join(str(p) for p in path)
+    for key in path[1:]:
+        if isinstance(value, list) and isinstance(key, int) and key < len(value):
+            value = value[key]
+        else:
+            value = value.get(key) if isinstance(value, dict) else None
+    if msg.startswith(("Expected `object`", "Expected `object |")):
+        return f"{at}: expected an object, got {type(value).__name__}"
+    what, nullable = _expected(HealthDoc, path)
+    if what is None:
+        return f"{at}: {msg}"
+    return f"{at}: expected {what}{' or null' if nullable else ''}, got {_show(value)}"
 
 
 def validate_health(doc: object) -> list[str]:
-    """Every problem of a document against :class:`HealthDoc`; empty when valid. Never raises."""
+    """Problems of a document against :class:`HealthDoc`; empty when valid. Never raises.
+
+    msgspec stops at a document's first error, so an invalid document is checked again field
+    by field: the first problem of each top-level field (``outbox``, ``clock``...) is listed.
+    """
     if not isinstance(doc, dict):
         return [f"(top): expected an object, got {type(doc).__name__}"]
     try:
-        HealthDoc.model_validate(doc)
-    except ValidationError as err:
-        return [_problem(e) for e in err.errors(include_url=False)]
+        msgspec.convert(doc, HealthDoc)
+    except msgspec.ValidationError:
+        pass
     except RecursionError:
         return ["(top): nested too deeply"]
-    if doc["v"] != HEALTH_VERSION:
-        return [f"v: unsupported health version {doc['v']} (this reader knows "
-                f"{HEALTH_VERSION})"]
-    return []
+    else:
+        if doc["v"] != HEALTH_VERSION:
+            return [f"v: unsupported health version {doc['v']} (this reader knows "
+                    f"{HEALTH_VERSION})"]
+        return []
+    problems = []
+    for f in msgspec.structs.fields(HealthDoc):
+        if f.name not in doc:
+            if f.required:
+                problems.append(f"{f.name}: missing")
+            continue
+        try:
+            msgspec.convert(doc[f.name], f.type)
+        except msgspec.ValidationError as err:
+            problems.append(_problem(f.name, doc[f.name], err))
+        except RecursionError:
+            problems.append(f"{f.name}: nested too deeply")
+    return problems or ["(top): not a valid health document"]
 
 
 def parse_health(payload: bytes | str) -> dict[str, Any]:

@@ -17,37 +17,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from msgspec import Meta
 
 from contract import names
 from core.errors import ConfigError
+from core.settings import Section, key_error, load_model
 
 
-class GatewayEntry(BaseModel):
+class GatewayEntry(Section, kw_only=True):
     """One registered gateway."""
 
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=names.GATEWAY_ID)
-    province: str = Field(pattern=names.PROVINCE)
+    id: Annotated[str, Meta(pattern=names.GATEWAY_ID)]
+    province: Annotated[str, Meta(pattern=names.PROVINCE)]
     district: str = ""
-    venue: str = Field(pattern=names.VENUE)
+    venue: Annotated[str, Meta(pattern=names.VENUE)]
     venue_name: str = ""
-    signing_key: str = Field(description="Ed25519 public key, 32 bytes hex")
+    signing_key: Annotated[str, Meta(description="Ed25519 public key, 32 bytes hex")]
 
-    @field_validator("signing_key")
-    @classmethod
-    def _key_is_hex32(cls, v: str) -> str:
+    def check(self) -> None:
+        """The signing key is 32 bytes of hex, kept in lower case."""
         try:
-            raw = bytes.fromhex(v)
-        except ValueError as err:
-            raise ValueError("must be hex") from err
+            raw = bytes.fromhex(self.signing_key)
+        except ValueError:
+            raise key_error("signing_key", "must be hex") from None
         if len(raw) != 32:
-            raise ValueError(f"must be 32 bytes (64 hex digits), got {len(raw)}")
-        return v.lower()
+            raise key_error("signing_key", f"must be 32 bytes (64 hex digits), got {len(raw)}")
+        self.signing_key = self.signing_key.lower()
 
     def public_key(self) -> Ed25519PublicKey:
         """The gateway's signing key."""
@@ -59,12 +59,11 @@ class GatewayEntry(BaseModel):
         return f"bz/v1/{self.province}/{self.venue}/{self.id}"
 
 
-class RegistryModel(BaseModel):
+class RegistryModel(Section, kw_only=True):
     """The whole registry file."""
 
-    model_config = ConfigDict(extra="forbid")
-    gateways: list[GatewayEntry] = Field(default_factory=list)
-    matchers: list[str] = Field(default_factory=lambda: ["matcher"])
+    gateways: list[GatewayEntry] = msgspec.field(default_factory=list)
+    matchers: list[str] = msgspec.field(default_factory=lambda: ["matcher"])
 
 
 @dataclass
@@ -86,7 +85,7 @@ class Registry:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for writing back to YAML."""
-        return {"gateways": [g.model_dump() for g in self.gateways.values()],
+        return {"gateways": [msgspec.structs.asdict(g) for g in self.gateways.values()],
                 "matchers": self.matchers}
 
     def save(self, path: Path) -> None:
@@ -97,12 +96,4 @@ class Registry:
 
 def load_registry(path: Path) -> Registry:
     """Read and validate a registry file; errors are located like config errors."""
-    from core.settings import format_errors
-    from core.yamlloc import load_yaml
-
-    data, lines = load_yaml(path)
-    try:
-        model = RegistryModel.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_errors(err, str(path), lines)) from err
-    return Registry.from_model(model)
+    return Registry.from_model(load_model(path, RegistryModel))

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from msgspec import Meta, field
 
 from ble.config import BleConfig, ProximityThresholds
 from contract import names
@@ -19,113 +19,109 @@ from mqtt.config import MqttConfig
 from qr.config import QrConfig
 
 
-class IdentityConfig(Section):
+class IdentityConfig(Section, kw_only=True):
     """Who this gateway is; also its MQTT topic path ``bz/v1/{province}/{venue}/{id}``."""
 
-    id: str = Field(pattern=names.GATEWAY_ID, description="gateway id (cert CN)")
-    province: str = Field(pattern=names.PROVINCE, description="province code")
-    district: str = Field(default="", description="district, for dashboards")
-    venue: str = Field(pattern=names.VENUE, description="venue code")
-    venue_name: str = Field(default="", description="human-readable venue name")
+    id: Annotated[str, Meta(pattern=names.GATEWAY_ID, description="gateway id (cert CN)")]
+    province: Annotated[str, Meta(pattern=names.PROVINCE, description="province code")]
+    district: Annotated[str, Meta(description="district, for dashboards")] = ""
+    venue: Annotated[str, Meta(pattern=names.VENUE, description="venue code")]
+    venue_name: Annotated[str, Meta(description="human-readable venue name")] = ""
 
 
-class SealingConfig(Section):
+class SealingConfig(Section, kw_only=True):
     """Keys for sealing batches."""
 
-    matcher_public_key: Path = Field(description="matcher's HPKE public key (raw or PEM)")
-    device_key: Path = Field(description="this device's Ed25519 signing key (PEM)")
-    suite: Literal["x25519-chacha20", "mlkem768x25519-chacha20"] = Field(
-        default="x25519-chacha20", description="HPKE suite")
-    identity_keys: Path | None = Field(
-        default=None, description="custodians' identity-keys.json: check-in identities are "
-                                  "sealed to its key of the day (needed for QR check-ins)")
-    blind_key: Path | None = Field(
-        default=None, description="this gateway's blind-key file (blind.key), ratcheted "
-                                  "daily; tags identities for custodian-approved lookups")
+    matcher_public_key: Annotated[Path, Meta(description="matcher's HPKE public key (raw or PEM)")]
+    device_key: Annotated[Path, Meta(description="this device's Ed25519 signing key (PEM)")]
+    suite: Annotated[Literal["x25519-chacha20", "mlkem768x25519-chacha20"],
+                     Meta(description="HPKE suite")] = "x25519-chacha20"
+    identity_keys: Annotated[Path | None, Meta(
+        description="custodians' identity-keys.json: check-in identities are sealed to its "
+                    "key of the day (needed for QR check-ins)")] = None
+    blind_key: Annotated[Path | None, Meta(
+        description="this gateway's blind-key file (blind.key), ratcheted daily; tags "
+                    "identities for custodian-approved lookups")] = None
 
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> SealingConfig:
+    def check(self) -> None:
+        """Both custody keys or neither."""
         if (self.identity_keys is None) != (self.blind_key is None):
-            raise ValueError("identity_keys and blind_key go together (both from `bzgw "
-                             "custodian init`)")
-        return self
+            raise key_error("identity_keys" if self.identity_keys is not None else "blind_key",
+                            "identity_keys and blind_key go together (both from `bzgw "
+                            "custodian init`)")
 
 
-class OutboxConfig(Section):
+class OutboxConfig(Section, kw_only=True):
     """The sealed-batch buffer on the gateway."""
 
-    path: Path = Field(default=Path("/var/lib/bzgw/outbox.db"), description="SQLite file")
-    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024,
-                           description="oldest batches are dropped beyond this size")
-    max_age_days: float = Field(default=21, gt=0, le=60,
-                                description="retention: batches older than this are dropped")
-    flush_interval_s: float = Field(default=60, gt=0, le=3600,
-                                    description="how often captured records are sealed")
+    path: Annotated[Path, Meta(description="SQLite file")] = Path("/var/lib/bzgw/outbox.db")
+    max_bytes: Annotated[int, Meta(
+        ge=64 * 1024, description="oldest batches are dropped beyond this size")] = \
+        256 * 1024 * 1024
+    max_age_days: Annotated[float, Meta(
+        gt=0, le=60, description="retention: batches older than this are dropped")] = 21
+    flush_interval_s: Annotated[float, Meta(
+        gt=0, le=3600, description="how often captured records are sealed")] = 60
 
 
-class StatusConfig(Section):
+class StatusConfig(Section, kw_only=True):
     """The local status page and metrics."""
 
     enabled: bool = True
-    listen: str = Field(default="0.0.0.0", description="address for the status page")
-    port: int = Field(default=8080, ge=0, le=65535)
-    health_interval_s: float = Field(default=60, gt=0, description="health topic period")
-    refresh_s: float = Field(default=5, gt=0, le=300, description="status page refresh period")
-    staff_pin_hash: str = Field(
-        default="", description="Argon2id hash of the staff PIN (`bzgw config staff-pin`); "
-                                "without the PIN the page shows the working state and counts "
-                                "only, never the last check-ins")
-    staff_session_minutes: float = Field(default=60, gt=0, le=24 * 60,
-                                         description="how long an entered PIN lasts")
-    metrics_allow: list[str] = Field(
-        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
-        description="networks allowed to read /metrics (default: this Pi only)")
+    listen: Annotated[str, Meta(description="address for the status page")] = "0.0.0.0"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    health_interval_s: Annotated[float, Meta(gt=0, description="health topic period")] = 60
+    refresh_s: Annotated[float, Meta(gt=0, le=300, description="status page refresh period")] = 5
+    staff_pin_hash: Annotated[str, Meta(
+        description="Argon2id hash of the staff PIN (`bzgw config staff-pin`); without the "
+                    "PIN the page shows the working state and counts only, never the last "
+                    "check-ins")] = ""
+    staff_session_minutes: Annotated[float, Meta(
+        gt=0, le=24 * 60, description="how long an entered PIN lasts")] = 60
+    metrics_allow: Annotated[list[str], Meta(
+        description="networks allowed to read /metrics (default: this Pi only)")] = field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"])
 
-    @field_validator("staff_pin_hash")
-    @classmethod
-    def _pin_hash(cls, v: str) -> str:
-        if v and not is_secret_hash(v):
-            raise ValueError("not a PIN hash: put the line `bzgw config staff-pin` prints "
-                             "(never the PIN itself)")
-        return v
-
-    @field_validator("metrics_allow")
-    @classmethod
-    def _networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
-        return v
+    def check(self) -> None:
+        """A PIN hash, never a PIN; networks that parse."""
+        if self.staff_pin_hash and not is_secret_hash(self.staff_pin_hash):
+            raise key_error("staff_pin_hash", "not a PIN hash: put the line `bzgw config "
+                            "staff-pin` prints (never the PIN itself)")
+        for i, net in enumerate(self.metrics_allow):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as err:  # its message names the bad entry
+                raise key_error(("metrics_allow", i), str(err)) from None
 
 
-class GatewayConfig(Section):
+class GatewayConfig(Section, kw_only=True):
     """The gateway's sections of a config file (the shell's ``Config`` adds ``matcher``)."""
 
     gateway: IdentityConfig | None = None
-    ble: BleConfig = Field(default_factory=BleConfig)
-    qr: QrConfig = Field(default_factory=QrConfig)
+    ble: BleConfig = field(default_factory=BleConfig)
+    qr: QrConfig = field(default_factory=QrConfig)
     sealing: SealingConfig | None = None
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig | None = None
-    status: StatusConfig = Field(default_factory=StatusConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
 
-    @model_validator(mode="after")
-    def _checkins_need_identity_keys(self) -> GatewayConfig:
+    def check(self) -> None:
+        """Check-in identities are sealed at capture, so QR needs the custody keys."""
         if (self.sealing is not None and self.sealing.identity_keys is None
                 and self.qr.capturing):
             raise key_error(("sealing",), "QR check-ins need identity_keys and blind_key (from "
-                            "`bzgw custodian init`): an identity is never stored unsealed",
-                            None)
-        return self
+                            "`bzgw custodian init`): an identity is never stored unsealed")
 
 
 G = TypeVar("G", bound=GatewayConfig)
 
 
-class CalibrationFile(Section):
+class CalibrationFile(Section, kw_only=True):
     """What ``bzgw ble calibrate`` keeps in ``ble.calibration_file``."""
 
     proximity: ProximityThresholds
-    measured: dict[str, Any] = Field(default_factory=dict, description="how, for the record")
+    measured: Annotated[dict[str, Any], Meta(description="how, for the record")] = field(
+        default_factory=dict)
 
 
 def load_calibration(path: Path) -> CalibrationFile:
@@ -142,5 +138,5 @@ def apply_calibration(cfg: G) -> G:
     in their own file so re-provisioning (which re-renders the config) cannot lose them."""
     calibration = cfg.ble.calibration_file
     if calibration is not None and calibration.exists():
-        object.__setattr__(cfg.ble, "proximity", load_calibration(calibration).proximity)
+        cfg.ble.proximity = load_calibration(calibration).proximity
     return cfg

@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from pydantic import ConfigDict
 
 from core.errors import BzgwError
 from core.keyfile import write_private
@@ -53,16 +52,14 @@ class EnrollError(BzgwError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-class _MatcherView(Section):
-    model_config = ConfigDict(extra="ignore")
+class _MatcherView(Section, kw_only=True, forbid_unknown_fields=False):
     mqtt: MqttConfig | None = None
 
 
-class _EnrollView(Section):
+class _EnrollView(Section, kw_only=True, forbid_unknown_fields=False):
     """What enrolment reads of a gateway or matcher config (the rest is ``bzgw config
     check``'s job; the gateway does not load the matcher's section models)."""
 
-    model_config = ConfigDict(extra="ignore")
     gateway: IdentityConfig | None = None
     sealing: SealingConfig | None = None
     mqtt: MqttConfig | None = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from crowd import crowd
 
 from bzgw.lab import Lab
@@ -135,7 +136,7 @@ class Site:
                              max_file_bytes=sync_kw.pop("max_file_bytes", None))
         e = self.gw.entry
         self.identity = IdentityConfig(id=e.id, province=e.province, venue=e.venue)
-        cfg = self.gw.mqtt.model_copy(update={"inflight": sync_kw.pop("inflight", 8)})
+        cfg = msgspec.structs.replace(self.gw.mqtt, inflight=sync_kw.pop("inflight", 8))
         self.sync = GatewaySync(self.outbox, cfg, self.identity, poll_s=0.05, **sync_kw)
         self.n = 0
 

@@ -33,6 +33,7 @@ from contract.records import AdoptionCount
 from contract.registry import GatewayEntry, Registry
 from contract.sealing import open_batch
 from core.clock import Clock, ClockEpoch, ClockSource, ReplayClock
+from core.settings import to_plain
 from gateway.health import Component, build_health
 from gateway.outbox import Outbox, OutboxStatus
 from gateway.pipeline import CapturePipeline, PipelineStats
@@ -287,7 +288,7 @@ def gateway_config(tmp: Path, lab: Lab, *, status_port: int, gateway: str = "gw-
                     **dict(zip(("identity_keys", "blind_key"),
                                map(str, gateway_identity_files(lab.root, tmp)), strict=True))},
         "outbox": {"path": str(tmp / "outbox.db"), "flush_interval_s": 2},
-        "mqtt": lg.mqtt.model_dump(),
+        "mqtt": to_plain(lg.mqtt),
         "status": {"listen": "127.0.0.1", "port": status_port, "health_interval_s": 1,
                    "refresh_s": refresh_s, "staff_pin_hash": staff_pin_hash},
         "ble": ble})

@@ -27,6 +27,7 @@ from ackmatcher import AckMatcher
 
 from bzgw.lab import Lab, gateway_identity_files
 from contract import sealing as sealer
+from core.settings import to_plain
 from gateway.outbox import read_status
 from matcher.service import MatcherService
 from matcher.store import Store
@@ -118,7 +119,7 @@ def write_configs(lab: Lab, root: Path, gw: str = "gw-a") -> tuple[Path, Path, b
     priv, pub = sealer.generate_matcher_keypair()
     sealer.save_matcher_keypair(priv, pub, root / "matcher.key", root / "matcher.pub")
     sealer.save_signing_key(root / "device.pem", g.signing_key)
-    mqtt = {k: str(v) if isinstance(v, Path) else v for k, v in g.mqtt.model_dump().items()}
+    mqtt = to_plain(g.mqtt)
     cfg: dict[str, Any] = {
         "gateway": {"id": gw, "province": g.entry.province, "venue": g.entry.venue},
         "sealing": {"matcher_public_key": str(root / "matcher.pub"),
@@ -319,8 +320,7 @@ def write_matcher_config(lab: Lab, root: Path, db_url: str) -> tuple[Path, bytes
     priv, pub = sealer.generate_matcher_keypair()
     sealer.save_matcher_keypair(priv, pub, root / "matcher.key", root / "matcher.pub")
     lab.registry.save(root / "registry.yaml")
-    mq = {k: str(v) if isinstance(v, Path) else v
-          for k, v in lab.matcher_mqtt["matcher"].model_dump().items()}
+    mq = to_plain(lab.matcher_mqtt["matcher"])
     cfg = {"matcher": {
         "db": db_url, "private_key": str(root / "matcher.key"),
         "registry": str(root / "registry.yaml"), "dashboard_enabled": False,

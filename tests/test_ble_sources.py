@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from ble.config import BleConfig
 from ble.ios import IosResolver
@@ -22,6 +21,7 @@ from ble.sources.simulator_source import SimulatorSource
 from contract.records import IdKind
 from core.clock import ReplayClock, SystemClock
 from core.errors import CaptureFormatError
+from core.settings import KeyProblem, convert
 
 T0 = 1_627_790_400
 
@@ -60,12 +60,13 @@ def test_replay_source_runs_on_capture_time(tmp_path: Path) -> None:
 
 
 def test_replay_source_without_a_file_is_a_clear_error() -> None:
-    with pytest.raises(ValidationError, match="needs replay_file"):
+    with pytest.raises(KeyProblem, match="needs replay_file"):
         BleConfig(source="replay")  # refused by the config check already
-    # and by the source itself, for a config built without validation
+    # and by the source itself, for a config changed after the check
+    cfg = BleConfig()
+    cfg.source = "replay"
     with pytest.raises(SourceError, match="replay_file"):
-        open_source(BleConfig.model_construct(source="replay", replay_file=None),
-                    ReplayClock())
+        open_source(cfg, ReplayClock())
 
 
 def test_replay_source_surfaces_a_bad_capture(tmp_path: Path) -> None:
@@ -77,9 +78,10 @@ def test_replay_source_surfaces_a_bad_capture(tmp_path: Path) -> None:
 
 
 def test_simulator_source_from_config_settings() -> None:
-    cfg = BleConfig.model_validate({"source": "simulator", "simulator": {
+    cfg = convert({"source": "simulator", "simulator": {
         "seed": 3, "venue": "cho-a", "start": T0, "duration_s": 600, "bluezone_phones": 4,
-        "en_phones": 2, "iphones": 1, "background": 3, "rate_hz": 1, "realtime": False}})
+        "en_phones": 2, "iphones": 1, "background": 3, "rate_hz": 1, "realtime": False}},
+                  BleConfig)
     clock = ReplayClock()
     src = open_source(cfg, clock)
     assert isinstance(src, SimulatorSource) and len(src.crowd.devices) == 10
@@ -93,9 +95,8 @@ def test_simulator_source_resolves_iphones_over_simulated_gatt() -> None:
     iphone = crowd.add_iphone([Visit("v", T0, T0 + 900, 1.0)])
     crowd.add_bluezone_phones(2, venues=["v"])
     clock = ReplayClock(T0)
-    cfg = BleConfig.model_validate({"source": "simulator", "ios_gatt_read": True,
-                                    "gatt_reads_per_minute": 2,
-                                    "simulator": {"realtime": False}})
+    cfg = convert({"source": "simulator", "ios_gatt_read": True, "gatt_reads_per_minute": 2,
+                   "simulator": {"realtime": False}}, BleConfig)
     src = open_source(cfg, clock, crowd=crowd, venue="v")
     got = asyncio.run(_all(src))
     ios = [a for a in got if a.kind is IdKind.BLUEZONE_IOS]

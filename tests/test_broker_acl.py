@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from ackmatcher import Site, running, until
 from click.testing import CliRunner
@@ -84,7 +85,7 @@ def test_certificate_from_another_ca_is_refused(lab: Lab, tmp_path: Path) -> Non
     rogue = CA.create("rogue CA")
     k, c = rogue.issue("gw-a")
     crt, key = write_identity(tmp_path / "rogue", "gw-a", k, c)
-    cfg = lab.gateways["gw-a"].mqtt.model_copy(update={"cert_file": crt, "key_file": key})
+    cfg = msgspec.structs.replace(lab.gateways["gw-a"].mqtt, cert_file=crt, key_file=key)
 
     async def go() -> None:
         with pytest.raises(MqttConnectError):
@@ -280,8 +281,8 @@ def test_broker_config_cli_output_runs_a_broker_that_enforces_it(lab: Lab,
     assert (out / "acl").read_text() == render_acl(lab.registry)
     lab.broker.stop()  # only the CLI's broker runs now
     with MosquittoProcess(conf=out / "mosquitto.conf", port=port, log=tmp_path / "b.log"):
-        a_cfg = lab.gateways["gw-a"].mqtt.model_copy(update={"port": port})
-        m_cfg = lab.matcher_mqtt["matcher"].model_copy(update={"port": port})
+        a_cfg = msgspec.structs.replace(lab.gateways["gw-a"].mqtt, port=port)
+        m_cfg = msgspec.structs.replace(lab.matcher_mqtt["matcher"], port=port)
 
         async def go() -> None:
             async with Listening(m_cfg, "matcher", topics.SHARED_BATCHES) as m, \

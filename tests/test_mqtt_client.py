@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from bzgw.lab import Lab
+from core.settings import to_plain
 from mqtt import topics
 from mqtt.client import MqttClient, MqttConnectError, MqttPublishError
 from mqtt.config import MqttConfig
@@ -62,12 +64,13 @@ def test_certificate_from_another_ca_is_refused(lab: Lab) -> None:
 
 
 GATEWAY_SCRIPT = """
-import asyncio, sys
+import asyncio, json, sys
+from core.settings import convert
 from mqtt.client import MqttClient, Will
 from mqtt.config import MqttConfig
 
 async def main():
-    cfg = MqttConfig.model_validate_json(sys.argv[1])
+    cfg = convert(json.loads(sys.argv[1]), MqttConfig)
     g = MqttClient(cfg, "gw-a", will=Will(sys.argv[2], b"offline"))
     await g.connect()
     await g.publish(sys.argv[2], b"online", retain=True)
@@ -86,7 +89,7 @@ def test_last_will_is_retained_offline(lab: Lab) -> None:
     gw = lab.gateways["gw-a"].entry
     st = topics.status(gw.province, gw.venue, gw.id)
     proc = subprocess.Popen([sys.executable, "-c", GATEWAY_SCRIPT,
-                             lab.gateways["gw-a"].mqtt.model_dump_json(), st],
+                             json.dumps(to_plain(lab.gateways["gw-a"].mqtt)), st],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

@@ -361,15 +361,21 @@ def test_bad_video_file_is_a_clear_error(tmp_path: Path) -> None:
             asyncio.run(collect())
 
 
+def unchecked(**fields: Any) -> QrConfig:
+    """A section as its check would refuse it: built valid, then changed."""
+    cfg = QrConfig()
+    for name, value in fields.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
 @pytest.mark.parametrize(("cfg", "message"), [
     (QrConfig(source="none"), "QR capture is off"),
     (QrConfig(source="v4l2", enabled=False), "QR capture is off"),
-    # refused by the config check already; the source checks again for a config built
-    # without validation
-    (QrConfig.model_construct(source="folder", enabled=True, folder=None),
-     "qr.folder is not set"),
-    (QrConfig.model_construct(source="video", enabled=True, video=None),
-     "qr.video is not set"),
+    # refused by the config check already; the source checks again for a config changed
+    # after the check
+    (unchecked(source="folder"), "qr.folder is not set"),
+    (unchecked(source="video"), "qr.video is not set"),
 ])
 def test_open_source_refuses_incomplete_config(cfg: QrConfig, message: str) -> None:
     with pytest.raises(BzgwError, match=message):

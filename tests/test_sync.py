@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from ackmatcher import Site, running, until
 
@@ -234,7 +235,7 @@ def test_bad_tls_files_are_retried_not_fatal(lab: Lab, tmp_path: Path, bad: str)
     site = Site(lab, tmp_path)
     missing = tmp_path / "nope.pem"
     field = {"cert": "cert_file", "ca": "ca_file"}[bad]
-    site.sync.cfg = site.sync.cfg.model_copy(update={field: missing})
+    site.sync.cfg = msgspec.structs.replace(site.sync.cfg, **{field: missing})
 
     async def body() -> None:
         await until(lambda: site.sync.counters.connect_failures >= 2)

@@ -218,15 +218,17 @@ def ble_beacon(config: Path | None, adapter: str | None, bursts: int | None,
 
         bzgw ble beacon --config /etc/bzgw/gateway.yaml --bursts 1
     """
+    import msgspec
+
     from ble.beacon import Beacon, ibeacon_payload
-    from ble.config import BeaconConfig, BleConfig
+    from ble.config import BleConfig
     from bzgw.config import load
     from core.errors import ConfigError
 
     ble = load(config).ble if config is not None else BleConfig()
     over = {k: v for k, v in (("on_s", on_s), ("every_s", every_s)) if v is not None}
     try:
-        cfg = BeaconConfig.model_validate({**ble.beacon.model_dump(), **over})
+        cfg = msgspec.structs.replace(ble.beacon, **over)
     except ValueError as err:
         raise ConfigError([("--on/--every", str(err).splitlines()[-1].strip())]) from err
     beacon = Beacon(cfg, adapter=adapter or ble.adapter)
