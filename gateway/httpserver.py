@@ -209,19 +209,26 @@ class Server:
         self.port = 0
         self.refused = 0
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._closing = False
 
     async def _start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._connection, host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
-    async def close(self) -> None:
-        """Stop listening and drop every connection (a request being served is cancelled)."""
+    async def close(self, *, grace_s: float = 2.0) -> None:
+        """Stop listening and close every connection; a request being served has ``grace_s``
+        to finish, then it is cancelled."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
+        for writer in self._conns.values():
+            writer.close()  # an idle connection reads EOF and ends
+        if self._conns:
+            _, late = await asyncio.wait(list(self._conns), timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -237,15 +244,20 @@ class Server:
             return
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         try:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or stopped reading its answer
+        except asyncio.CancelledError:
+            # cancelled by close(): end normally, as Python 3.11's stream protocol logs a
+            # cancelled connection task as an error
+            if not self._closing:
+                raise
         except Exception:
             log.exception("status page: connection failed")
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
