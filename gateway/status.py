@@ -1,7 +1,8 @@
 """The venue status page: one big state for staff, figures, last check-ins; ``/health`` and
 ``/metrics`` for people with a laptop.
 
-Served on the Pi's LAN (``status.listen``/``status.port``) by aiohttp in the daemon's loop.
+Served on the Pi's LAN (``status.listen``/``status.port``) in the daemon's loop by the small
+HTTP/1.1 server of :mod:`gateway.httpserver` (h11; not aiohttp, which costs ~10 MB on the Pi).
 The page is rendered complete on the server (it works without JavaScript, with a meta
 refresh), then a small inline script refreshes it from ``/health`` and ``/checkins``. CSS and
 script are inlined from ``gateway/static/`` and allowed by hash in the Content-Security-Policy:
@@ -35,17 +36,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from string import Template
 from typing import Any
 
-from aiohttp import web
-
 from contract.health import DISK_FULL, DISK_WARN, VENUE_TZ
 from core.auth import Session, Sessions, Throttle, new_token, same_token, verify_secret
 from core.errors import BzgwError
+from gateway.httpserver import App, HTTPError, Request, Response, Server, serve
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,9 @@ CHECKIN_MARKS: dict[str, tuple[str, str, str]] = {
 RECENT_N = 8
 STAFF_COOKIE = "bzgw_staff"
 FORM_COOKIE = "bzgw_pin_form"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 4096  # the PIN and lock forms are a few dozen bytes
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+           "Referrer-Policy": "no-referrer"}
 
 
 def _asset(name: str) -> str:
@@ -148,7 +150,7 @@ def view_rows(checkins: Sequence[Mapping[str, Any]]) -> str:
 
 
 class StatusPage:
-    """The aiohttp application of the status page.
+    """The status page's routes and what they answer.
 
     Args:
         health: returns the current health document (``Gateway.health``).
@@ -190,26 +192,18 @@ class StatusPage:
                      "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
                      "form-action 'self'; frame-ancestors 'none'")
 
-    def app(self) -> web.Application:
-        """A new application with the page's routes."""
-        app = web.Application(middlewares=[self._headers], client_max_size=4096)
-        app.router.add_get("/", self._index)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/checkins", self._checkins)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/pin", self._pin)
-        app.router.add_post("/lock", self._lock)
+    def app(self) -> App:
+        """A new application with the page's routes (serve it with :func:`start_status`)."""
+        app = App(headers=HEADERS, max_body=MAX_BODY)
+        app.get("/", self._index)
+        app.get("/health", self._health)
+        app.get("/checkins", self._checkins)
+        app.get("/metrics", self._metrics)
+        app.post("/pin", self._pin)
+        app.post("/lock", self._lock)
         return app
 
-    @web.middleware
-    async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        resp: web.StreamResponse = await handler(request)
-        resp.headers["Cache-Control"] = "no-store"
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        return resp
-
-    def staff(self, request: web.Request) -> Session | None:
+    def staff(self, request: Request) -> Session | None:
         """The request's PIN session, if any."""
         return self.sessions.get(request.cookies.get(STAFF_COOKIE))
 
@@ -218,18 +212,17 @@ class StatusPage:
             return self.health()
         except (BzgwError, OSError) as err:
             log.error("health unavailable: %s", err)
-            raise web.HTTPServiceUnavailable(
-                text=json.dumps({"error": f"health unavailable: {err}"}),
-                content_type="application/json") from err
+            raise HTTPError(Response.json({"error": f"health unavailable: {err}"},
+                                          status=503)) from err
 
     def _checkin_list(self) -> list[dict[str, Any]]:
         return checkin_rows(self.recent(RECENT_N * 4))[:RECENT_N] if self.recent else []
 
-    async def _index(self, request: web.Request) -> web.Response:
+    async def _index(self, request: Request) -> Response:
         return self._render(request, self.staff(request))
 
-    def _render(self, request: web.Request, staff: Session | None, *, error: str = "",
-                status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    def _render(self, request: Request, staff: Session | None, *, error: str = "",
+                status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
         values = view(self._doc(), self._checkin_list() if staff else [])
         # one form token per browser (double-submit): several open tabs all keep working
         form_token = request.cookies.get(FORM_COOKIE) or new_token()
@@ -241,12 +234,10 @@ class StatusPage:
                                      staff=self._staff_html(staff, form_token, error,
                                                             values["checkins"]),
                                      **self._assets)
-        resp = web.Response(text=body, content_type="text/html", charset="utf-8",
-                            status=status, headers={"Content-Security-Policy": self._csp,
-                                                    **(headers or {})})
+        resp = Response.text(body, content_type="text/html", status=status,
+                             headers={"Content-Security-Policy": self._csp, **(headers or {})})
         if staff is None and self.staff_pin_hash:
-            resp.set_cookie(FORM_COOKIE, form_token, httponly=True, samesite="Strict",
-                            path="/", max_age=3600)
+            resp.set_cookie(FORM_COOKIE, form_token, max_age=3600)
         return resp
 
     def _staff_html(self, staff: Session | None, form_token: str, error: str,
@@ -266,8 +257,8 @@ class StatusPage:
                 'type="password" inputmode="numeric" autocomplete="off" maxlength="12" '
                 'required></label><button type="submit" id="unlock">Mở / Show</button></form>')
 
-    async def _pin(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+    async def _pin(self, request: Request) -> Response:
+        form = request.form()
         if not same_token(str(form.get("csrf", "")), request.cookies.get(FORM_COOKIE)):
             return self._render(request, None, status=403,
                                 error="Biểu mẫu đã hết hạn / The form expired: try again")
@@ -289,33 +280,31 @@ class StatusPage:
             return self._render(request, None, status=401, error="Sai mã PIN / Wrong PIN")
         self.addr_throttle.clear(addr)
         token, _ = self.sessions.create("staff", "staff")
-        resp = web.HTTPSeeOther("./")
-        resp.set_cookie(STAFF_COOKIE, token, httponly=True, samesite="Strict", path="/",
-                        max_age=int(self.sessions.ttl_s))
-        resp.del_cookie(FORM_COOKIE, path="/")
-        raise resp
+        resp = Response.redirect("./")
+        resp.set_cookie(STAFF_COOKIE, token, max_age=int(self.sessions.ttl_s))
+        resp.del_cookie(FORM_COOKIE)
+        return resp
 
-    async def _lock(self, request: web.Request) -> web.StreamResponse:
+    async def _lock(self, request: Request) -> Response:
         token = request.cookies.get(STAFF_COOKIE)
         s = self.sessions.get(token)
-        form = await request.post()
+        form = request.form()
         if s is None or not same_token(str(form.get("csrf", "")), s.csrf):
-            raise web.HTTPForbidden(text="no PIN session or a wrong form token")
+            return Response.error(403, "no PIN session or a wrong form token")
         self.sessions.drop(token)
-        resp = web.HTTPSeeOther("./")
-        resp.del_cookie(STAFF_COOKIE, path="/")
-        raise resp
+        resp = Response.redirect("./")
+        resp.del_cookie(STAFF_COOKIE)
+        return resp
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(self._doc(), dumps=_dumps)
+    async def _health(self, request: Request) -> Response:
+        return Response.json(self._doc(), dumps=_dumps)
 
-    async def _checkins(self, request: web.Request) -> web.Response:
+    async def _checkins(self, request: Request) -> Response:
         if self.staff(request) is None:
-            raise web.HTTPUnauthorized(text='{"error": "staff PIN required"}',
-                                       content_type="application/json")
-        return web.json_response(self._checkin_list(), dumps=_dumps)
+            return Response.json({"error": "staff PIN required"}, status=401)
+        return Response.json(self._checkin_list(), dumps=_dumps)
 
-    def _metrics_allowed(self, request: web.Request) -> bool:
+    def _metrics_allowed(self, request: Request) -> bool:
         try:
             addr = ipaddress.ip_address((request.remote or "").split("%")[0])
         except ValueError:
@@ -324,52 +313,47 @@ class StatusPage:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.metrics_allow)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: Request) -> Response:
         if not self._metrics_allowed(request):
-            raise web.HTTPForbidden(text="metrics are served to status.metrics_allow only")
+            return Response.error(403, "metrics are served to status.metrics_allow only")
         if self.metrics is None:
-            raise web.HTTPNotFound(text="metrics are not enabled")
+            return Response.error(404, "metrics are not enabled")
         try:
             body = self.metrics.render()  # the collector builds a health document
         except (BzgwError, OSError) as err:
             log.error("metrics unavailable: %s", err)
-            raise web.HTTPServiceUnavailable(text=f"metrics unavailable: {err}") from err
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+            return Response.error(503, f"metrics unavailable: {err}")
+        return Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
-async def start_status(page: StatusPage, *, host: str, port: int) -> web.AppRunner:
-    """Serve ``page`` on ``host:port`` (port 0: any free port); ``await runner.cleanup()``.
+async def start_status(page: StatusPage, *, host: str, port: int) -> Server:
+    """Serve ``page`` on ``host:port`` (port 0: any free port); ``await server.close()``.
 
     Raises:
         BzgwError: the address cannot be bound (in use, not an address of this machine).
     """
-    runner = web.AppRunner(page.app(), access_log=None)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        return await serve(page.app(), host=host, port=port)
     except OSError as err:
-        await runner.cleanup()
         raise BzgwError(f"status page cannot listen on {host}:{port}: {err}") from err
-    return runner
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The TCP port a started runner listens on."""
-    addr = runner.addresses[0]
-    return int(addr[1])
+def bound_port(server: Server) -> int:
+    """The TCP port a started server listens on."""
+    return server.port
 
 
 async def serve_status(page: StatusPage, *, host: str, port: int,
                        stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set (the daemon's task)."""
-    runner = await start_status(page, host=host, port=port)
-    log.info("status page on http://%s:%d/", host, bound_port(runner))
+    server = await start_status(page, host=host, port=port)
+    log.info("status page on http://%s:%d/", host, bound_port(server))
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.close()
 

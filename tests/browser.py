@@ -34,6 +34,7 @@ from contract.registry import GatewayEntry, Registry
 from contract.sealing import open_batch
 from core.clock import Clock, ClockEpoch, ClockSource, ReplayClock
 from core.settings import to_plain
+from gateway import httpserver
 from gateway.health import Component, build_health
 from gateway.outbox import Outbox, OutboxStatus
 from gateway.pipeline import CapturePipeline, PipelineStats
@@ -112,17 +113,23 @@ class LoopThread:
 
 
 class ServedApp:
-    """An aiohttp application served on 127.0.0.1 from a :class:`LoopThread`."""
+    """An application served on 127.0.0.1 from a :class:`LoopThread`: the matcher's dashboard
+    (aiohttp) or the gateway's status page (:mod:`gateway.httpserver`)."""
 
-    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+    def __init__(self, make_app: Callable[[], web.Application | httpserver.App]) -> None:
         self.thread = LoopThread()
-        self._runner: web.AppRunner | None = None
+        self._cleanup: Callable[[], Awaitable[None]] | None = None
 
         async def start() -> int:
-            runner = web.AppRunner(make_app(), access_log=None)
+            app = make_app()
+            if isinstance(app, httpserver.App):
+                server = await httpserver.serve(app, host="127.0.0.1", port=0)
+                self._cleanup = server.close
+                return server.port
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self._runner = runner
+            self._cleanup = runner.cleanup
             return int(runner.addresses[0][1])
 
         self.port = self.thread.run(start())
@@ -130,8 +137,8 @@ class ServedApp:
 
     def close(self) -> None:
         """Stop serving."""
-        if self._runner is not None:
-            self.thread.run(self._runner.cleanup())
+        if self._cleanup is not None:
+            self.thread.run(self._cleanup())
         self.thread.close()
 
     def __enter__(self) -> ServedApp:

@@ -88,14 +88,15 @@ def test_run_refuses_config_without_gateway_sections(tmp_path: Path) -> None:
 def test_run_without_camera_leaves_heavy_stages_unimported(lab: Lab, tmp_path: Path) -> None:
     # numpy (QR frames, the matcher's large batches), gpiozero (staff feedback) and the X.509
     # enrolment code are ~19 MB of resident memory a gateway without a camera never uses;
-    # pydantic (~9 MB) is no longer a dependency and must not come back through one
+    # pydantic (~9 MB) is no longer a dependency and must not come back through one;
+    # aiohttp (~10 MB) is the matcher's: the status page runs on h11
     from bzgw.lab import free_port
 
     cfg = write_gateway_config(lab, "gw-a", tmp_path / "gw",
                                status={"enabled": True, "listen": "127.0.0.1",
                                        "port": free_port()})
     heavy = ("numpy", "pandas", "gpiozero", "gateway.enroll", "cryptography.x509", "qr.sources",
-             "pydantic", "pydantic_core")
+             "pydantic", "pydantic_core", "aiohttp", "yarl", "multidict")
     code = ("import atexit, sys\n"
             f"atexit.register(lambda: print(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
             f"sys.argv = ['bzgw', '-v', 'run', '--config', {str(cfg)!r}]\n"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import RunningGateway, ServedApp, free_port, gateway_config
+from browser import LoopThread, RunningGateway, ServedApp, free_port, gateway_config, site_health
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from webclient import FAST_HASHER, WebClient
@@ -27,7 +29,7 @@ from gateway.clock import TrackedClock
 from gateway.daemon import DaemonState, Gateway
 from gateway.feedback import Feedback
 from gateway.metrics import GatewayMetrics
-from gateway.status import StatusPage, checkin_rows
+from gateway.status import StatusPage, checkin_rows, start_status
 from qr.recognizers import Recognizer
 from qr.records import FeedbackState, ScannedCheckIn
 
@@ -331,3 +333,61 @@ def test_status_auth_config_keeps_hashes_only(tmp_path: Path) -> None:
     cfg.write_text("status:\n  metrics_allow: [10.1.0.0/33]\n")
     with pytest.raises(ConfigError, match="metrics_allow"):
         load(cfg)
+
+
+# -- the page over HTTP: methods, cookies, caps, addresses ------------------------------------
+
+def _attrs(set_cookie: str) -> set[str]:
+    return {p.strip() for p in set_cookie.split(";")[1:]}
+
+
+def test_page_http_methods_cookies_and_body_cap() -> None:
+    doc = site_health("gw-a", time.time())
+    page = StatusPage(lambda: doc, staff_pin_hash=PIN_HASH, staff_session_s=900)
+    with ServedApp(page.app) as srv:
+        client = WebClient(srv.url, follow=False)
+        first = client.get("")
+        (form_cookie,) = [c for c in first.set_cookies if c.startswith("bzgw_pin_form=")]
+        assert _attrs(form_cookie) == {"HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=3600"}
+        assert first.headers["X-Content-Type-Options"] == "nosniff"
+        assert first.headers["Referrer-Policy"] == "no-referrer"
+        done = client.post("pin", {"csrf": first.field("csrf"), "pin": PIN})
+        assert done.status == 303 and done.headers["Location"] == "./"
+        staff, gone = sorted(done.set_cookies, key=lambda c: not c.startswith("bzgw_staff="))
+        assert _attrs(staff) == {"HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=900"}
+        assert gone.startswith("bzgw_pin_form=") and "Max-Age=0" in _attrs(gone)
+        # a body past the page's 4 KiB is refused before any handler reads it
+        assert client.post("pin", {"csrf": "x", "pin": "1" * 5000}).status == 413
+        for method, path, allow in (("PUT", "", "GET, HEAD"), ("GET", "pin", "POST"),
+                                    ("DELETE", "lock", "POST")):
+            req = urllib.request.Request(srv.url + path, method=method)
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                raise AssertionError(f"{method} /{path} was served")
+            except urllib.error.HTTPError as err:
+                assert err.code == 405 and err.headers["Allow"] == allow
+        with urllib.request.urlopen(urllib.request.Request(srv.url, method="HEAD"),
+                                    timeout=10) as r:
+            assert r.status == 200 and r.read() == b""
+            assert int(r.headers["Content-Length"]) > 1000
+            assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+
+
+def test_metrics_allowlist_over_ipv6() -> None:
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    doc = site_health("gw-a", time.time())
+    thread = LoopThread()
+    try:
+        for allow, want in ((["127.0.0.1/32", "::1/128"], 200), (["127.0.0.1/32"], 403)):
+            page = StatusPage(lambda: doc, metrics=GatewayMetrics(lambda: doc),
+                              metrics_allow=allow)
+            server = thread.run(start_status(page, host="::1", port=0))
+            try:
+                assert fetch(f"http://[::1]:{server.port}/metrics")[0] == want, allow
+            finally:
+                thread.run(asyncio.wait_for(server.close(), 5))
+    finally:
+        thread.close()
