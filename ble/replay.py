@@ -116,6 +116,20 @@ def iter_events(buf: bytes | mmap.mmap, stats: ReplayStats, name: str = "capture
         yield from _btsnoop(buf, stats, name, fmt)
 
 
+_RELEASE_STEP = 1 << 20
+
+
+def _release(buf: bytes | mmap.mmap, off: int) -> int:
+    """Let go of the mapped pages before ``off`` (already read); returns the next offset to
+    call again at. Pages of a mapped file count in the process's RSS once read: without this
+    a capture replayed for hours would hold its whole file (page cache keeps them anyway)."""
+    if isinstance(buf, mmap.mmap):
+        upto = off - off % mmap.PAGESIZE
+        if upto:
+            buf.madvise(mmap.MADV_DONTNEED, 0, upto)
+    return off + _RELEASE_STEP
+
+
 def _cut(stats: ReplayStats, name: str, offset: int, need: int, have: int) -> None:
     stats.truncated += 1
     log.warning("%s: last record cut off at byte %d (%d of %d bytes present); "
@@ -127,6 +141,7 @@ def _btsnoop(buf: bytes | mmap.mmap, stats: ReplayStats, name: str, fmt: Capture
     n = len(buf)
     off = 16
     unpack = struct.Struct(">IIIIq").unpack_from
+    release_at = _RELEASE_STEP
     while off < n:
         if n - off < 24:
             _cut(stats, name, off, 24, n - off)
@@ -142,6 +157,8 @@ def _btsnoop(buf: bytes | mmap.mmap, stats: ReplayStats, name: str, fmt: Capture
             return
         pkt = buf[start:start + incl]
         off = start + incl
+        if off >= release_at:
+            release_at = _release(buf, off)
         stats.records += 1
         t = (ts - BTSNOOP_EPOCH_DELTA_US) / 1e6
         if fmt is CaptureFormat.BTSNOOP_H4:
@@ -181,6 +198,7 @@ def _pcapng(buf: bytes | mmap.mmap, stats: ReplayStats, name: str
     endian = "<"
     ifaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
     last_ts = 0.0
+    release_at = _RELEASE_STEP
     while off < n:
         if n - off < 12:
             _cut(stats, name, off, 12, n - off)
@@ -232,6 +250,8 @@ def _pcapng(buf: bytes | mmap.mmap, stats: ReplayStats, name: str
             stats.records += 1
             yield from _emit(stats, ifaces[0][0], bytes(buf[body + 4:body + 4 + cap]), last_ts)
         off += blen
+        if off >= release_at:
+            release_at = _release(buf, off)
 
 
 def _emit(stats: ReplayStats, linktype: int, pkt: bytes, ts: float
@@ -272,6 +292,7 @@ def _pcap(buf: bytes | mmap.mmap, stats: ReplayStats, name: str
             f"pcap link type {linktype} is not Bluetooth HCI (expected 187, 201 or 254)",
             offset=20)
     off = 24
+    release_at = _RELEASE_STEP
     rec = struct.Struct(endian + "IIII").unpack_from
     while off < n:
         if n - off < 16:
@@ -286,6 +307,8 @@ def _pcap(buf: bytes | mmap.mmap, stats: ReplayStats, name: str
             return
         pkt = bytes(buf[off + 16:off + 16 + incl])
         off += 16 + incl
+        if off >= release_at:
+            release_at = _release(buf, off)
         stats.records += 1
         yield from _emit(stats, linktype, pkt, sec + sub * frac)
 

@@ -225,3 +225,47 @@ def test_simulated_crowd_written_and_replayed(tmp_path: Path) -> None:
     assert [a.ident for a in got] == [phone.id_at(r.ts) for r in reports]
     assert [a.rssi for a in got] == [r.rssi for r in reports]
     assert all(abs(a.ts - r.ts) < 1e-6 for a, r in zip(got, reports, strict=True))
+
+
+# -- long replays --------------------------------------------------------------------------
+
+def _mapped_rss_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (0 when not mapped)."""
+    total, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                current = len(fields) >= 6 and fields[5] == str(path)
+            elif current and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@pytest.mark.parametrize(("convert", "fmt"), [(None, "btsnoop-h4"), (_to_pcapng, "pcapng"),
+                                              (_to_pcap, "pcap")])
+def test_a_long_replay_does_not_keep_the_file_it_has_read(convert: object, fmt: str,
+                                                          tmp_path: Path) -> None:
+    # a mapped file's pages count in RSS once read: a capture replayed for hours must not
+    # end up holding all of it
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("needs /proc/self/smaps (Linux)")
+    from ble.replay import build_legacy_event
+
+    path = tmp_path / "long.btsnoop"
+    data = bytes([0x02, 0x01, 0x06, 0x1B, 0xFF]) + bytes(range(26))
+    write_btsnoop(path, ((1_627_790_400 + i / 100, build_legacy_event(
+        0, f"AA:BB:CC:{i >> 16 & 0xFF:02X}:{i >> 8 & 0xFF:02X}:{i & 0xFF:02X}", 1, data, -60))
+        for i in range(120_000)))
+    if convert is not None:
+        path.write_bytes(convert(path.read_bytes()))  # type: ignore[operator]
+    size_kb = path.stat().st_size // 1024
+    assert size_kb > 6 * 1024
+    stats = ReplayStats()
+    reports = read_reports(path, stats)
+    peak = n = 0
+    for n, _ in enumerate(reports, 1):
+        if n % 5000 == 0:
+            peak = max(peak, _mapped_rss_kb(path))
+    assert stats.format == fmt and n == 120_000
+    assert 0 < peak <= 2 * 1024 + 64, f"{peak} kB of a {size_kb} kB file resident"
