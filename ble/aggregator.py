@@ -444,10 +444,10 @@ class WindowAggregator:
         out = self._ready
         self._ready = []
         done = [k for k, tr in self._tracks.items() if final or tr.slot_end <= now]
-        if done or out:
-            # cached entries may point at sightings about to be handed out; when none is,
-            # (most flushes: sightings end with their ID slot) the fast path keeps its cache
-            self._forget()
+        if out:
+            self._forget()  # a clock change closed sightings (already forgotten there)
+        elif done:
+            self._drop_cached(done)
         done.sort(key=lambda k: (self._tracks[k].slot_end, self._tracks[k].first, k[0]))
         for k in done:
             out.append(self._sighting(self._tracks.pop(k)))
@@ -461,6 +461,19 @@ class WindowAggregator:
         counts = self._counts
         self._counts = []
         return out, counts
+
+    def _drop_cached(self, keys: list[tuple[bytes, int]]) -> None:
+        """Forget the fast-path entries that point at the sightings of ``keys``, about to be
+        handed out (a later advert must find a new sighting, counted late). Only those: at a
+        slot's end every other address keeps its entry, instead of taking the slow path again
+        (at a bus station, 1,500 addresses at each 10-minute EN slot)."""
+        gone = {id(self._tracks[k]) for k in keys}
+        for cache, at in ((self._fast, 3), (self._fast_alt, 3)):
+            for address in [a for a, st in cache.items() if id(st[at]) in gone]:
+                del cache[address]
+        for adv_cache in (self._fast_adv, self._fast_adv_alt):
+            for address in [a for a, sta in adv_cache.items() if id(sta[5]) in gone]:
+                del adv_cache[address]
 
     def diagnostics(self) -> dict[str, int]:
         """Sizes and counters, for the health topic."""

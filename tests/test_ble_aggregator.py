@@ -189,6 +189,25 @@ def test_late_advert_after_flush_gives_a_supplementary_sighting() -> None:
     assert agg.late == 1
 
 
+def test_a_slot_end_flush_forgets_only_the_sightings_it_hands_out() -> None:
+    # raw reports: a Bluezone phone (its sighting ends with the slot) and a plain device
+    bz_data = b"\x02\x01\x06\x03\x03\x56\x4e\x0f\xff\xb5\x22" + BZ1
+    dev_data = b"\x02\x01\x06\x05\xff\x59\x00\x01\x02"
+    assert decode(bz_data)[0] is IdKind.BLUEZONE and decode(dev_data)[0] is IdKind.OTHER
+    agg = WindowAggregator(CAL, clock=EP, count_window_s=3600)
+    agg.feed([(DAY + 1, "C0:00:00:00:00:01", -60, bz_data),
+              (DAY + 2, "E0:00:00:00:00:02", -80, dev_data)])
+    assert set(agg._fast) == {"C0:00:00:00:00:01", "E0:00:00:00:00:02"}
+    first, _ = agg.flush(DAY + 900)
+    # the handed-out sighting's address lost its entry; the device kept its own
+    assert set(agg._fast) == {"E0:00:00:00:00:02"}
+    agg.feed([(DAY + 899, "C0:00:00:00:00:01", -62, bz_data),  # late, raw
+              (DAY + 901, "E0:00:00:00:00:02", -80, dev_data)])
+    late, _ = agg.flush(DAY + 1800)
+    assert [(s.count, s.rssi_max) for s in first + late] == [(1, -60), (1, -62)]
+    assert agg.late == 1 and agg.adverts == 4
+
+
 def test_feed_of_raw_reports_equals_add_of_decoded_adverts() -> None:
     t0 = DAY + 3 * 3600
     crowd = Crowd(seed=11, start=t0)
