@@ -16,11 +16,12 @@ cdef class LivePhones:
     cdef public object _seen
     cdef public dict _digests
     cpdef void seen(self, double ts, str address, object kind)
+    cpdef entry(self, str address)
     @cython.locals(cutoff=cython.double, first=list)
     cpdef void _expire(self, double now)
 
 @cython.locals(ts=cython.double, lo=cython.double, hi=cython.double, end=cython.double,
-               due=cython.double, slow=Py_ssize_t, ri=cython.long, st=list, tr=_Track, hist=list)
+               due=cython.double, slow=Py_ssize_t, ri=cython.long, entry=list, st=list, tr=_Track, hist=list)
 cpdef Py_ssize_t _feed(object reports, dict fast, dict fast_alt, object observe, object resolve,
                        object watcher, LivePhones live, double refresh,
                        object ck) except -1

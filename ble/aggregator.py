@@ -169,8 +169,8 @@ class WindowAggregator:
         self._counts: list[AdoptionCount] = []
         self._recent: dict[str, _Addr] = {}
         # address → [last payload, valid from, watcher due at, its open sighting, the
-        # sighting's histogram, its kind, valid until]: the fast path of feed(). A list, so
-        # that the watcher's due time moves in place.
+        # sighting's histogram, its kind, valid until, its LivePhones entry]: the fast path of
+        # feed(). A list, so that the watcher's due time moves in place.
         self._fast: dict[str, list[Any]] = {}
         # address → (kind, ID, AEM, valid from, valid until, sighting, histogram): add().
         self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float, Any,
@@ -311,8 +311,12 @@ class WindowAggregator:
                 if aem is not None:
                     tr.aem = aem
         watcher = self.watcher
+        live_entry = None
         if watcher is not None:
             watcher(ts, address, kind)
+            live = _live_phones(watcher)
+            if live is not None:
+                live_entry = live.entry(address)
         if clock is self._fast_clock and not (
                 kind is IdKind.BLUEZONE_IOS and ident is None and self.resolve is not None):
             # Let repeats take the fast path until the window or the slot ends (or, with a
@@ -330,7 +334,7 @@ class WindowAggregator:
                 prev = self._fast.get(address)
                 if prev is not None and prev[0] != data:
                     self._fast_alt[address] = prev
-                self._fast[address] = [data, lo, hi, tr, hist, kind, end]
+                self._fast[address] = [data, lo, hi, tr, hist, kind, end, live_entry]
             else:
                 prev_adv = self._fast_adv.get(address)
                 if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
@@ -520,8 +524,12 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
                     # The watcher is due to hear of this address again: tell it here, not
                     # through the slow path (nothing else about the address changed).
                     end = st[6]
-                    if live is not None:
+                    entry = st[7]
+                    if entry is not None and entry[4]:
+                        entry[0] = ts  # the live count's entry, still alive: heard now
+                    elif live is not None:
                         live.seen(ts, address, st[5])
+                        st[7] = live.entry(address)
                     else:
                         watcher(ts, address, st[5])
                     due = ts + refresh
@@ -630,6 +638,14 @@ class LivePhones:
             old = seen[digest] = [ts, rank, digest, ts, True]
         if len(self._digests) < self.max_entries:
             self._digests[address] = old
+
+    def entry(self, address: str) -> list[Any] | None:
+        """The table entry of an address just :meth:`seen` (``None``: not tracked).
+
+        :func:`_feed` keeps it with the address's fast-path entry and refreshes a live entry
+        by writing its last-heard time (``entry[0]``), the whole of what :meth:`seen` would
+        do for an address it already holds under a kind it already has."""
+        return self._digests.get(address)
 
     def _expire(self, now: float) -> None:
         seen, cutoff = self._seen, now - self.window_s

@@ -319,3 +319,32 @@ def test_order_inside_a_window_does_not_change_the_result() -> None:
     a.feed(reports)
     b.feed(shuffled)
     assert a.flush(t0 + 1800, final=True) == b.flush(t0 + 1800, final=True)
+
+
+def test_live_phones_fed_through_feed_counts_as_fed_through_add() -> None:
+    # feed()'s fast path refreshes a LivePhones entry in place instead of calling seen(); the
+    # counts must be the ones seen() gives, while devices come and go over several windows
+    from ble.aggregator import LivePhones
+
+    t0 = DAY + 7 * 3600
+    crowd = Crowd(seed=17, start=t0, duration_s=1800)
+    crowd.add_bluezone_phones(8, venues=["v"])
+    crowd.add_en_phones(5, venues=["v"])
+    crowd.add_iphones(3, venues=["v"])
+    crowd.add_background(6, venues=["v"])
+    reports = list(crowd.reports("v", t0, t0 + 1800, rate_hz=2))
+    pa, pb = LivePhones(window_s=60), LivePhones(window_s=60)
+    a = WindowAggregator(CAL, clock=EP, count_window_s=600, watcher=pa.seen)
+    b = WindowAggregator(CAL, clock=EP, count_window_s=600, watcher=pb.seen)
+    snaps: dict[str, list[dict[str, object]]] = {"add": [], "feed": []}
+    for i in range(0, len(reports), 256):
+        batch = reports[i:i + 256]
+        for r in batch:
+            a.add(Advert(r.ts, r.address, 1, r.rssi, *decode(r.data)))
+        b.feed([(r.ts, r.address, r.rssi, r.data) for r in batch])
+        now = batch[-1].ts
+        snaps["add"].append(pa.snapshot(now))
+        snaps["feed"].append(pb.snapshot(now))
+    assert snaps["feed"] == snaps["add"]
+    phones = [s["phones"] for s in snaps["add"]]
+    assert max(phones) > 0 and len(set(phones)) > 2  # devices came and went
