@@ -184,6 +184,16 @@ class WindowAggregator:
         self.adverts = 0
         self.late = 0  # adverts for an (ID, slot) already flushed: a supplementary sighting
 
+    @property
+    def watcher(self) -> Callable[[float, str, IdKind], None] | None:
+        """Told ``(ts, address, kind)`` of every address heard (see the class docstring)."""
+        return self._watcher
+
+    @watcher.setter
+    def watcher(self, fn: Callable[[float, str, IdKind], None] | None) -> None:
+        self._watcher = fn
+        self._live = _live_phones(fn)  # derived once here, not per batch or per slow path
+
     # -- input ----------------------------------------------------------------------------
 
     def add(self, advert: Advert, clock: ClockEpoch | None = None) -> None:
@@ -248,9 +258,8 @@ class WindowAggregator:
         if ck is not self._fast_clock:
             self._forget()
             self._fast_clock = ck
-        watcher = self.watcher
         slow = _feed(reports, self._fast, self._fast_alt, self._observe, self.resolve,
-                     watcher, _live_phones(watcher), self.watch_refresh_s, ck)
+                     self._watcher, self._live, self.watch_refresh_s, ck)
         self.adverts += len(reports) - slow  # the slow path counts its own
         return len(reports)
 
@@ -310,13 +319,12 @@ class WindowAggregator:
                     tr.tx_power = tx
                 if aem is not None:
                     tr.aem = aem
-        watcher = self.watcher
+        watcher = self._watcher
         live_entry = None
         if watcher is not None:
             watcher(ts, address, kind)
-            live = _live_phones(watcher)
-            if live is not None:
-                live_entry = live.entry(address)
+            if self._live is not None:
+                live_entry = self._live.entry(address)
         if clock is self._fast_clock and not (
                 kind is IdKind.BLUEZONE_IOS and ident is None and self.resolve is not None):
             # Let repeats take the fast path until the window or the slot ends (or, with a
