@@ -71,6 +71,11 @@ def convert(data: object, kind: type[M]) -> M:
     Raises:
         msgspec.ValidationError: the first problem found.
     """
+    return _lax(data, kind)
+
+
+def _lax(data: object, kind: Any) -> Any:
+    """:func:`convert` for any type (a section's field as much as a whole section)."""
     return msgspec.convert(data, kind, strict=False, dec_hook=dec_hook)
 
 
@@ -104,7 +109,7 @@ class Section(msgspec.Struct, forbid_unknown_fields=True):
         for name, kind in _field_types(type(self)):
             value = getattr(self, name)
             try:
-                ok = msgspec.convert(value, kind, strict=False, dec_hook=dec_hook)
+                ok = _lax(value, kind)
             except msgspec.ValidationError as err:
                 raise msgspec.ValidationError(_prefixed(str(err), name)) from None
             if ok is not value:  # coerced, e.g. an int given for a float
@@ -170,7 +175,7 @@ def problems_of(data: dict[str, Any], model: type[msgspec.Struct]) -> list[tuple
                 found.append(((key,), "unknown key"))
             continue
         try:
-            msgspec.convert(value, field.type, strict=False, dec_hook=dec_hook)
+            _lax(value, field.type)
         except msgspec.ValidationError as err:
             loc, msg = problem_of(err)
             found.append(((key, *loc), msg))
