@@ -1,13 +1,29 @@
 # Types for the Cython build of aggregator.py into ble._aggregator_c (see ble/compiled.py); the .py stays plain Python.
-# The fast path of feed(): times as C doubles, the open sighting as a C struct, the live
-# phone count (the watcher the daemon gives it) as a C class called directly.
+# The fast path of feed(): times as C doubles, the address's entry, its open sighting (with
+# its histogram as a C array) and the live phone count (the watcher the daemon gives it) as C
+# objects, called and written directly.
 import cython
 
 cdef class _Track:
     cdef public object kind, ident, tx_power, aem, clock, slot_start
-    cdef public list hist
+    cdef unsigned int hist[256]  # not public: Python code must not see a copy
     cdef public double first, last, slot_end
     cdef public Py_ssize_t no_rssi
+    @cython.locals(h=cython.p_uint, n=Py_ssize_t, i=Py_ssize_t, half=Py_ssize_t,
+                   acc=Py_ssize_t, top=cython.long, rssi=cython.long, c=Py_ssize_t)
+    cpdef tuple stats(self)
+
+cdef class _Live:
+    cdef public double last, put
+    cdef public Py_ssize_t rank
+    cdef public object key
+    cdef public bint alive
+
+cdef class _Fast:
+    cdef public object data, kind
+    cdef public double lo, hi, end
+    cdef public _Track track
+    cdef public _Live live
 
 cdef class LivePhones:
     cdef public double window_s, address_cache_s, _cache_until
@@ -17,12 +33,11 @@ cdef class LivePhones:
     cdef public dict _digests
     cpdef void seen(self, double ts, str address, object kind)
     cpdef entry(self, str address)
-    @cython.locals(cutoff=cython.double, first=list)
+    @cython.locals(cutoff=cython.double, first=_Live)
     cpdef void _expire(self, double now)
 
-@cython.locals(ts=cython.double, lo=cython.double, hi=cython.double, end=cython.double,
-               due=cython.double, slow=Py_ssize_t, ri=cython.long, entry=list, st=list, tr=_Track, hist=list)
+@cython.locals(ts=cython.double, hi=cython.double, due=cython.double, slow=Py_ssize_t,
+               ri=cython.long, entry=_Live, st=_Fast, tr=_Track)
 cpdef Py_ssize_t _feed(object reports, dict fast, dict fast_alt, object observe, object resolve,
                        object watcher, LivePhones live, double refresh,
                        object ck) except -1
-

@@ -32,17 +32,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ble.config import ProximityThresholds
-from ble.decoders import BLUEZONE_BEACON, Decoded, decode
+from ble.decoders import BLUEZONE_BEACON, decode
 from ble.ids import BLUEZONE_SLOT_S, EN_INTERVAL
 from ble.proximity import proximity_of
 from ble.records import Advert
 from contract.records import PHONE_CLASS, AdoptionCount, IdKind, PhoneClass, Sighting
 from core.clock import ClockEpoch
 
+try:
+    import cython
+except ImportError:  # pure Python, and Cython not installed
+    _C_BUILD = False
+else:
+    _C_BUILD = cython.compiled  # True only in the compiled copy (ble._aggregator_c)
+
 _BINS = 256  # RSSI histogram over every signed-byte value
-_STRONGEST_FIRST = range(127, -129, -1)
 _RECENT_MAX = 8192  # per-address cache entries (MACs, memory only, emptied every window)
 _OVERFLOW_BITS = 1 << 16
+# IdKind members as plain names: on Python 3.11 reading an enum member off its class is a
+# descriptor call (~150 ns), and the slow path compares a kind several times per advert
+_BLUEZONE, _BLUEZONE_IOS, _GAEN, _IBEACON = (IdKind.BLUEZONE, IdKind.BLUEZONE_IOS, IdKind.GAEN,
+                                             IdKind.IBEACON)
 
 
 # Ranks: what an address is counted as in a window is the highest rank it showed.
@@ -61,7 +71,9 @@ _PHONE_RANK = {k: int(c) for k, c in PHONE_CLASS.items()}
 
 class _Track:
     """A sighting being built. The histogram has a bin for every signed-byte RSSI, indexed
-    by ``rssi & 0xFF``, so the hot path is one subscript (2 KiB per open sighting)."""
+    by ``rssi & 0xFF``, so the hot path is one subscript. The compiled build holds it as a C
+    array inside the object (``_aggregator_c.pxd``: 1 KiB, zeroed when the object is
+    allocated, one increment per advert, no int objects); pure Python as a list."""
 
     __slots__ = ("aem", "clock", "first", "hist", "ident", "kind", "last", "no_rssi",
                  "slot_end", "slot_start", "tx_power")
@@ -75,24 +87,40 @@ class _Track:
         self.first = math.inf
         self.last = -math.inf
         self.no_rssi = 0
-        self.hist = [0] * _BINS  # a list: CPython specialises list[int] subscripts
+        self.hist: list[int]
+        if not _C_BUILD:  # compiled: a C array, already zeroed
+            self.hist = _empty_histogram()
         self.tx_power: int | None = None
         self.aem: bytes | None = None
         self.clock = clock
 
+    def note(self, ts: float, rssi: int | None) -> None:
+        """Account one advert heard at ``ts`` (:func:`_feed` does the same inline)."""
+        if rssi is None:
+            self.no_rssi += 1
+        else:
+            ri = rssi  # compiled: a C long
+            self.hist[ri & 0xFF] += 1
+        if ts > self.last:
+            self.last = ts
+        if ts < self.first:
+            self.first = ts
+
     def stats(self) -> tuple[int, int | None, int | None]:
         """``(count, rssi_max, rssi_median)``."""
         h = self.hist
-        n = sum(h)
+        n = 0
+        for i in range(_BINS):
+            n += h[i]
         if not n:
             return self.no_rssi, None, None
         half = (n + 1) // 2
         acc = 0
-        top: int | None = None
-        for rssi in _STRONGEST_FIRST:
+        top = 128  # none yet
+        for rssi in range(127, -129, -1):  # strongest first
             c = h[rssi & 0xFF]
             if c:
-                if top is None:
+                if top == 128:
                     top = rssi
                 acc += c
                 if acc >= half:
@@ -100,17 +128,38 @@ class _Track:
         raise AssertionError("histogram bins do not add up")  # pragma: no cover
 
 
+def _empty_histogram() -> list[int]:
+    return [0] * _BINS
+
+
+class _Fast:
+    """An address's entry on the fast path of :meth:`WindowAggregator.feed`: the payload it
+    repeats, until when a repeat may skip every lookup (``lo <= ts < hi``; ``hi`` is also
+    when the watcher is due to hear of it, ``end`` when the window or the ID slot ends), the
+    sighting it feeds and its live-count entry (a C object in the compiled build)."""
+
+    __slots__ = ("data", "end", "hi", "kind", "live", "lo", "track")
+
+    def __init__(self, data: bytes, lo: float, hi: float, end: float, track: _Track | None,
+                 kind: IdKind, live: _Live | None) -> None:
+        self.data = data
+        self.lo = lo
+        self.hi = hi
+        self.end = end
+        self.track = track
+        self.kind = kind
+        self.live = live
+
+
 class _Addr:
     """Per-address state for one window (memory only)."""
 
-    __slots__ = ("data", "decoded", "digest", "rank", "track")
+    __slots__ = ("digest", "rank", "track")
 
     def __init__(self, digest: bytes) -> None:
         self.digest = digest
         self.rank = -1
         self.track: _Track | None = None
-        self.data: bytes | None = None
-        self.decoded: Decoded | None = None
 
 
 class _Window:
@@ -168,16 +217,13 @@ class WindowAggregator:
         self._ready: list[Sighting] = []
         self._counts: list[AdoptionCount] = []
         self._recent: dict[str, _Addr] = {}
-        # address → [last payload, valid from, watcher due at, its open sighting, the
-        # sighting's histogram, its kind, valid until, its LivePhones entry]: the fast path of
-        # feed(). A list, so that the watcher's due time moves in place.
-        self._fast: dict[str, list[Any]] = {}
-        # address → (kind, ID, AEM, valid from, valid until, sighting, histogram): add().
-        self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float, Any,
-                                        list[int] | None]] = {}
-        self._fast_alt: dict[str, list[Any]] = {}
+        self._fast: dict[str, _Fast] = {}  # address → its entry: the fast path of feed()
+        self._fast_alt: dict[str, _Fast] = {}  # the entry of its other payload (scan response)
+        # address → (kind, ID, AEM, valid from, valid until, sighting): add().
+        self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
+                                        _Track | None]] = {}
         self._fast_adv_alt: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
-                                            Any, list[int] | None]] = {}
+                                            _Track | None]] = {}
         self._fast_clock: ClockEpoch | None = None
         self._win: _Window | None = None
         self._flushed: dict[tuple[bytes, int], None] = {}  # recent (ID, slot) keys sent
@@ -210,21 +256,13 @@ class WindowAggregator:
         if st is not None and (st[0] is not advert.kind or st[1] != advert.ident):
             st = self._fast_adv_alt.get(address)  # advert / scan response alternation
         if st is not None and ck is self._fast_clock:
-            kind, ident, aem, lo, hi, tr, hist = st
+            kind, ident, aem, lo, hi, tr = st
             ts = advert.ts
             if lo <= ts < hi and advert.ident == ident and advert.kind is kind \
                     and advert.aem == aem:
                 self.adverts += 1
-                if hist is not None:
-                    rssi = advert.rssi
-                    if rssi is None:
-                        tr.no_rssi += 1
-                    else:
-                        hist[rssi & 0xFF] += 1
-                    if ts > tr.last:
-                        tr.last = ts
-                    elif ts < tr.first:
-                        tr.first = ts
+                if tr is not None:
+                    tr.note(ts, advert.rssi)
                     if advert.tx_power is not None:
                         tr.tx_power = advert.tx_power
                 return
@@ -286,9 +324,9 @@ class WindowAggregator:
         if st is None:
             st = self._new_addr(address, win)
         rank = _RANK[kind]
-        if kind is IdKind.IBEACON and ident == BLUEZONE_BEACON:
+        if kind is _IBEACON and ident == BLUEZONE_BEACON:
             rank = _R_BZ_BEACON
-        elif kind is IdKind.BLUEZONE_IOS and ident is not None:
+        elif kind is _BLUEZONE_IOS and ident is not None:
             rank = _R_ID  # resolved by GATT: counted through its ID
         if rank > st.rank:
             st.rank = rank
@@ -307,14 +345,7 @@ class WindowAggregator:
                     or tr.clock != clock:
                 tr = st.track = self._track_for(win, kind, ident, ts, clock)
             if tr is not None:
-                if rssi is None:
-                    tr.no_rssi += 1
-                else:
-                    tr.hist[rssi & 0xFF] += 1
-                if ts > tr.last:
-                    tr.last = ts
-                if ts < tr.first:
-                    tr.first = ts
+                tr.note(ts, rssi)
                 if tx is not None:
                     tr.tx_power = tx
                 if aem is not None:
@@ -326,7 +357,7 @@ class WindowAggregator:
             if self._live is not None:
                 live_entry = self._live.entry(address)
         if clock is self._fast_clock and not (
-                kind is IdKind.BLUEZONE_IOS and ident is None and self.resolve is not None):
+                kind is _BLUEZONE_IOS and ident is None and self.resolve is not None):
             # Let repeats take the fast path until the window or the slot ends (or, with a
             # watcher, until it is due to hear of this address again); an iOS phone whose ID
             # is still being read keeps the slow path, which asks the resolver again.
@@ -337,17 +368,16 @@ class WindowAggregator:
             hi = end
             if watcher is not None and ts + self.watch_refresh_s < hi:
                 hi = ts + self.watch_refresh_s
-            hist = None if tr is None else tr.hist
             if data is not None:
                 prev = self._fast.get(address)
-                if prev is not None and prev[0] != data:
+                if prev is not None and prev.data != data:
                     self._fast_alt[address] = prev
-                self._fast[address] = [data, lo, hi, tr, hist, kind, end, live_entry]
+                self._fast[address] = _Fast(data, lo, hi, end, tr, kind, live_entry)
             else:
                 prev_adv = self._fast_adv.get(address)
                 if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
                     self._fast_adv_alt[address] = prev_adv
-                self._fast_adv[address] = (kind, ident, aem, lo, hi, tr, hist)
+                self._fast_adv[address] = (kind, ident, aem, lo, hi, tr)
 
     def _new_addr(self, address: str, win: _Window) -> _Addr:
         recent = self._recent
@@ -377,9 +407,8 @@ class WindowAggregator:
                 return None
             if key in self._flushed:
                 self.late += 1
-            tr = self._tracks[key] = _Track(
-                IdKind.GAEN if kind is IdKind.GAEN else IdKind.BLUEZONE, ident, slot, slot_len,
-                clock)
+            tr = self._tracks[key] = _Track(_GAEN if kind is _GAEN else _BLUEZONE, ident, slot,
+                                            slot_len, clock)
         if ident not in win.ids:
             if len(win.ids) >= self.max_ids:
                 self._refuse(win, ident)
@@ -480,8 +509,8 @@ class WindowAggregator:
         slot's end every other address keeps its entry, instead of taking the slow path again
         (at a bus station, 1,500 addresses at each 10-minute EN slot)."""
         gone = {id(self._tracks[k]) for k in keys}
-        for cache, at in ((self._fast, 3), (self._fast_alt, 3)):
-            for address in [a for a, st in cache.items() if id(st[at]) in gone]:
+        for cache in (self._fast, self._fast_alt):
+            for address in [a for a, st in cache.items() if id(st.track) in gone]:
                 del cache[address]
         for adv_cache in (self._fast_adv, self._fast_adv_alt):
             for address in [a for a, sta in adv_cache.items() if id(sta[5]) in gone]:
@@ -510,7 +539,7 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
           refresh: float, ck: ClockEpoch) -> int:
     """The loop of :meth:`WindowAggregator.feed`; returns how many reports took the slow
     path. A module function so that the compiled build can type its locals (C doubles for
-    the times, a C struct for the sighting, the live count as a C class:
+    the times, C objects for the entry, the sighting and the live count:
     ``ble/_aggregator_c.pxd``). ``live`` is ``watcher``'s :class:`LivePhones`, if it is one."""
     slow = 0
     for r in reports:
@@ -520,36 +549,33 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
         data = r[-1]
         st = fast.get(address)  # compiled: a C call on the typed dict
         # Active scanning alternates an advert and its scan response: try both payloads.
-        if st is not None and st[0] != data:
+        if st is not None and st.data != data:
             st = fast_alt.get(address)
-            if st is not None and st[0] != data:
+            if st is not None and st.data != data:
                 st = None
         if st is not None:
-            lo = st[1]
-            hi = st[2]
-            if lo <= ts < hi or (watcher is not None and hi <= ts < st[6]):
+            hi = st.hi
+            if st.lo <= ts < hi or (watcher is not None and hi <= ts < st.end):
                 if ts >= hi and watcher is not None:
                     # The watcher is due to hear of this address again: tell it here, not
                     # through the slow path (nothing else about the address changed).
-                    end = st[6]
-                    entry = st[7]
-                    if entry is not None and entry[4]:
-                        entry[0] = ts  # the live count's entry, still alive: heard now
+                    entry = st.live
+                    if entry is not None and entry.alive:
+                        entry.last = ts  # the live count's entry, still alive: heard now
                     elif live is not None:
-                        live.seen(ts, address, st[5])
-                        st[7] = live.entry(address)
+                        live.seen(ts, address, st.kind)
+                        st.live = live.entry(address)
                     else:
-                        watcher(ts, address, st[5])
+                        watcher(ts, address, st.kind)
                     due = ts + refresh
-                    st[2] = due if due < end else end
-                hist = st[4]
-                if hist is not None:
-                    tr = st[3]
+                    st.hi = due if due < st.end else st.end
+                tr = st.track
+                if tr is not None:
                     if rssi is None:
                         tr.no_rssi += 1
                     else:
-                        ri = rssi  # compiled: a C long, so the bin is indexed without objects
-                        hist[ri & 0xFF] += 1
+                        ri = rssi  # compiled: a C long, the bin a C array element
+                        tr.hist[ri & 0xFF] += 1
                     if ts > tr.last:
                         tr.last = ts
                     elif ts < tr.first:
@@ -557,10 +583,23 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
                 continue
         slow += 1
         kind, ident, aem, tx = decode(data)
-        if kind is IdKind.BLUEZONE_IOS and ident is None and resolve is not None:
+        if kind is _BLUEZONE_IOS and ident is None and resolve is not None:
             ident = resolve(ts, address, r[2] if len(r) > 4 else 1)
         observe(ts, address, rssi, kind, ident, aem, tx, ck, data)
     return slow
+
+
+class _Live:
+    """A device in :class:`LivePhones`' table (a C object in the compiled build)."""
+
+    __slots__ = ("alive", "key", "last", "put", "rank")
+
+    def __init__(self, ts: float, rank: int, key: bytes) -> None:
+        self.last = ts  # last heard
+        self.rank = rank  # the most specific PhoneClass it showed
+        self.key = key  # its key in the table
+        self.put = ts  # last heard when it was put at the table's end
+        self.alive = True
 
 
 class LivePhones:
@@ -595,10 +634,9 @@ class LivePhones:
         self.max_entries = max_entries
         self.untracked = 0
         self._key = os.urandom(16)
-        # digest → [last heard, rank, digest, last heard when put at the end, alive], in the
-        # order they were put at the end
-        self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()
-        self._digests: dict[str, list[Any]] = {}  # address → its entry of _seen
+        # digest → its entry, in the order they were put at the end
+        self._seen: OrderedDict[bytes, _Live] = OrderedDict()
+        self._digests: dict[str, _Live] = {}  # address → its entry of _seen
         self._cache_until = -math.inf
 
     def add(self, adv: Advert) -> None:
@@ -617,63 +655,62 @@ class LivePhones:
             self._cache_until = ts + self.address_cache_s
         rank = _PHONE_RANK.get(kind, 0)  # PhoneClass.DEVICE
         entry = self._digests.get(address)
-        if entry is not None and entry[4]:
+        if entry is not None and entry.alive:
             # The common case (every watch_refresh_s per device): the entry is updated in
             # place and stays where it is in the table; _expire moves it to the end when it
             # reaches the front still alive, so it moves once per window_s, not per call.
-            entry[0] = ts
-            if rank > entry[1]:
-                entry[1] = rank
+            entry.last = ts
+            if rank > entry.rank:
+                entry.rank = rank
             return
         seen = self._seen
         if entry is not None:
-            digest = entry[2]  # expired meanwhile: counted again, under the same digest
+            digest = entry.key  # expired meanwhile: counted again, under the same digest
         else:
             digest = hashlib.blake2b(address.encode(), key=self._key,
                                      digest_size=8).digest()
         old = seen.get(digest)
         if old is not None:
-            old[0] = ts
-            if rank > old[1]:
-                old[1] = rank
+            old.last = ts
+            if rank > old.rank:
+                old.rank = rank
         else:
             if len(seen) >= self.max_entries:
                 self._expire(ts)
                 if len(seen) >= self.max_entries:
                     self.untracked += 1
                     return
-            # [last heard, rank, digest, last heard when put at the end, alive]
-            old = seen[digest] = [ts, rank, digest, ts, True]
+            old = seen[digest] = _Live(ts, rank, digest)
         if len(self._digests) < self.max_entries:
             self._digests[address] = old
 
-    def entry(self, address: str) -> list[Any] | None:
+    def entry(self, address: str) -> _Live | None:
         """The table entry of an address just :meth:`seen` (``None``: not tracked).
 
         :func:`_feed` keeps it with the address's fast-path entry and refreshes a live entry
-        by writing its last-heard time (``entry[0]``), the whole of what :meth:`seen` would
-        do for an address it already holds under a kind it already has."""
+        by writing its last-heard time, the whole of what :meth:`seen` would do for an
+        address it already holds under a kind it already has."""
         return self._digests.get(address)
 
     def _expire(self, now: float) -> None:
         seen, cutoff = self._seen, now - self.window_s
         while seen:
             first = next(iter(seen.values()))
-            if first[3] >= cutoff:
+            if first.put >= cutoff:
                 break  # every later entry was put there later still: all alive
             seen.popitem(last=False)
-            if first[0] >= cutoff:  # heard since it was put there: alive, to the end
-                first[3] = first[0]
-                seen[first[2]] = first
+            if first.last >= cutoff:  # heard since it was put there: alive, to the end
+                first.put = first.last
+                seen[first.key] = first
             else:
-                first[4] = False
+                first.alive = False
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Counts over ``[now - window_s, now]`` and the Bluezone share of phones."""
         self._expire(now)
         by = [0] * len(PhoneClass)
         for entry in self._seen.values():
-            by[entry[1]] += 1
+            by[entry.rank] += 1
         bz, gaen = by[PhoneClass.BLUEZONE], by[PhoneClass.GAEN]
         other = by[PhoneClass.OTHER_PHONE]
         phones = bz + gaen + other
