@@ -28,7 +28,7 @@ cdef class _Fast:
 cdef class LivePhones:
     cdef public double window_s, address_cache_s, _cache_until
     cdef public Py_ssize_t max_entries, untracked
-    cdef public bytes _key
+    cdef public unsigned long long _k0, _k1
     cdef public object _seen
     cdef public dict _digests
     cpdef void seen(self, double ts, str address, object kind)
@@ -41,3 +41,11 @@ cdef class LivePhones:
 cpdef Py_ssize_t _feed(object reports, dict fast, dict fast_alt, object observe, object resolve,
                        object watcher, LivePhones live, double refresh,
                        object ck) except -1
+
+cdef unsigned long long _M64, _IV0, _IV1, _IV2, _IV3
+
+@cython.locals(v0=cython.ulonglong, v1=cython.ulonglong, v2=cython.ulonglong,
+               v3=cython.ulonglong, m=cython.ulonglong, b=cython.ulonglong, n=Py_ssize_t,
+               full=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t, rounds=cython.int)
+cpdef unsigned long long _siphash(unsigned long long k0, unsigned long long k1,
+                                  bytes data) except? 0

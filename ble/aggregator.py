@@ -8,10 +8,11 @@ median to the dBm.
 
 Adoption (:class:`~ble.records.AdoptionCount`) counts distinct phones per window by kind:
 Bluezone IDs, EN RPIs, other phones and other devices by address. MAC addresses are never
-kept as data: each is reduced to a keyed BLAKE2b digest under a random key that lives in
-memory for one window only; the small per-address cache that makes repeated adverts cheap is
-emptied at every window close. Memory is bounded by ``max_ids``; IDs and devices beyond it are
-not tracked, and their number is estimated (linear counting) into ``overflow``.
+kept as data: each is reduced to a keyed digest (SipHash-2-4, 64 bits) under a random key
+that lives in memory for one window only; the small per-address cache that makes repeated
+adverts cheap is emptied at every window close. Memory is bounded by ``max_ids``; IDs and
+devices beyond it are not tracked, and their number is estimated (linear counting) into
+``overflow``.
 
 Counting biases, documented rather than hidden:
 
@@ -24,7 +25,6 @@ Counting biases, documented rather than hidden:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -156,20 +156,20 @@ class _Addr:
 
     __slots__ = ("digest", "rank", "track")
 
-    def __init__(self, digest: bytes) -> None:
+    def __init__(self, digest: int) -> None:
         self.digest = digest
         self.rank = -1
         self.track: _Track | None = None
 
 
 class _Window:
-    __slots__ = ("devices", "end", "ids", "key", "refused", "start")
+    __slots__ = ("devices", "end", "ids", "k0", "k1", "refused", "start")
 
     def __init__(self, start: int, length: int) -> None:
         self.start = start
         self.end = float(start + length)
-        self.key = os.urandom(16)  # per-window digest key, never stored
-        self.devices: dict[bytes, int] = {}  # address digest → rank
+        self.k0, self.k1 = _random_key()  # per-window digest key, never stored
+        self.devices: dict[int, int] = {}  # address digest → rank
         self.ids: dict[bytes, IdKind] = {}  # tracing ID → kind
         self.refused = bytearray(_OVERFLOW_BITS // 8)
 
@@ -386,8 +386,7 @@ class WindowAggregator:
             del recent[old]
             for cache in (self._fast, self._fast_alt, self._fast_adv, self._fast_adv_alt):
                 cache.pop(old, None)
-        digest = hashlib.blake2b(address.encode(), key=win.key, digest_size=8).digest()
-        st = recent[address] = _Addr(digest)
+        st = recent[address] = _Addr(_siphash(win.k0, win.k1, address.encode()))
         return st
 
     def _track_for(self, win: _Window, kind: IdKind, ident: bytes, ts: float,
@@ -403,7 +402,7 @@ class WindowAggregator:
             tr = None
         if tr is None:
             if len(self._tracks) >= self.max_ids:
-                self._refuse(win, ident)
+                self._refuse(win, _siphash(win.k0, win.k1, ident))
                 return None
             if key in self._flushed:
                 self.late += 1
@@ -411,14 +410,14 @@ class WindowAggregator:
                                             slot_len, clock)
         if ident not in win.ids:
             if len(win.ids) >= self.max_ids:
-                self._refuse(win, ident)
+                self._refuse(win, _siphash(win.k0, win.k1, ident))
             else:
                 win.ids[ident] = kind
         return tr
 
-    def _refuse(self, win: _Window, key: bytes) -> None:
-        h = int.from_bytes(hashlib.blake2b(key, key=win.key, digest_size=4).digest(), "big")
-        h &= _OVERFLOW_BITS - 1
+    def _refuse(self, win: _Window, digest: int) -> None:
+        """Count an address or ID that cannot be tracked, by its keyed digest."""
+        h = digest & (_OVERFLOW_BITS - 1)
         win.refused[h >> 3] |= 1 << (h & 7)
 
     # -- output ---------------------------------------------------------------------------
@@ -594,7 +593,7 @@ class _Live:
 
     __slots__ = ("alive", "key", "last", "put", "rank")
 
-    def __init__(self, ts: float, rank: int, key: bytes) -> None:
+    def __init__(self, ts: float, rank: int, key: int) -> None:
         self.last = ts  # last heard
         self.rank = rank  # the most specific PhoneClass it showed
         self.key = key  # its key in the table
@@ -608,13 +607,13 @@ class LivePhones:
     The status page's "phones now", fed as :class:`WindowAggregator`'s ``watcher`` (it lives
     here to be compiled with the aggregator's fast path: ``gateway.health.PhonesNow``). It
     classifies devices with the same :data:`~contract.records.PHONE_CLASS` as the batch
-    counts. As in the aggregator, addresses are reduced to a keyed BLAKE2b digest under a
-    random per-process key before they are counted; the small address → digest cache that makes
-    repeated adverts cheap is emptied every ``address_cache_s`` (by default the aggregator's
-    adoption window, for which the aggregator holds each address anyway: holding it here as
-    long exposes nothing more, and digests a present device once per window instead of once
-    per ``window_s``). Both tables are bounded; devices
-    beyond the bound are counted as ``untracked``. A device counts as the most specific kind
+    counts. As in the aggregator, addresses are reduced to a keyed digest (SipHash-2-4) under
+    a random per-process key before they are counted; the small address → digest cache that
+    makes repeated adverts cheap is emptied every ``address_cache_s`` (by default the
+    aggregator's adoption window, for which the aggregator holds each address anyway: holding
+    it here as long exposes nothing more, and digests a present device once per window
+    instead of once per ``window_s``). Both tables are bounded; devices beyond the bound are
+    counted as ``untracked``. A device counts as the most specific kind
     it showed (an address seen with a Bluezone ID is Bluezone even if it also sent plain
     adverts).
 
@@ -633,9 +632,9 @@ class LivePhones:
         self.address_cache_s = max(window_s, address_cache_s)
         self.max_entries = max_entries
         self.untracked = 0
-        self._key = os.urandom(16)
+        self._k0, self._k1 = _random_key()
         # digest → its entry, in the order they were put at the end
-        self._seen: OrderedDict[bytes, _Live] = OrderedDict()
+        self._seen: OrderedDict[int, _Live] = OrderedDict()
         self._digests: dict[str, _Live] = {}  # address → its entry of _seen
         self._cache_until = -math.inf
 
@@ -667,8 +666,7 @@ class LivePhones:
         if entry is not None:
             digest = entry.key  # expired meanwhile: counted again, under the same digest
         else:
-            digest = hashlib.blake2b(address.encode(), key=self._key,
-                                     digest_size=8).digest()
+            digest = _siphash(self._k0, self._k1, address.encode())
         old = seen.get(digest)
         if old is not None:
             old.last = ts
@@ -717,6 +715,72 @@ class LivePhones:
         return {"window_s": self.window_s, "phones": phones, "bluezone": bz, "gaen": gaen,
                 "other_phones": other, "devices": by[PhoneClass.DEVICE],
                 "bluezone_share": round(bz / phones, 4) if phones else None}
+
+
+_U64 = int  # a 64-bit unsigned integer (an unsigned long long in the compiled build)
+_M64 = 0xFFFFFFFFFFFFFFFF
+_IV0, _IV1, _IV2, _IV3 = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261,
+                          0x7465646279746573)  # "somepseudorandomlygeneratedbytes"
+
+
+def _random_key() -> tuple[int, int]:
+    """A fresh random 128-bit :func:`_siphash` key, as its two 64-bit halves."""
+    key = os.urandom(16)
+    return int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+
+
+def _siphash(k0: _U64, k1: _U64, data: bytes) -> _U64:
+    """SipHash-2-4 of ``data`` under the key ``(k0, k1)`` (Aumasson and Bernstein's keyed PRF
+    for short inputs, the reference's test vectors in ``tests/test_ble_aggregator.py``).
+
+    Written here because it runs on the slow path, for every device a window or the live
+    count meets: hashlib's keyed BLAKE2b costs ~1 µs a call there (a new object, a key block,
+    keyword arguments) and no library offers a keyed hash callable from C; compiled (typed in
+    ``_aggregator_c.pxd``, where every ``& _M64`` is a no-op) this is ~50 ns. Pure Python
+    runs the same code, slowly (~13 µs), which only the slow path pays."""
+    v0 = k0 ^ _IV0
+    v1 = k1 ^ _IV1
+    v2 = k0 ^ _IV2
+    v3 = k1 ^ _IV3
+    n = len(data)
+    full = n - (n & 7)
+    j = 0
+    rounds = 2
+    while True:
+        if j < full:  # a whole 8-byte word, little-endian
+            m = 0
+            for k in range(8):
+                b = data[j + k]
+                m |= b << (8 * k)
+        elif j == full:  # the last bytes and the length
+            m = (n & 0xFF) << 56
+            for k in range(n - full):
+                b = data[j + k]
+                m |= b << (8 * k)
+        else:  # finalization
+            m = 0
+            v2 ^= 0xFF
+            rounds = 4
+        v3 ^= m
+        for _ in range(rounds):  # SipRound
+            v0 = (v0 + v1) & _M64
+            v1 = ((v1 << 13) | (v1 >> 51)) & _M64
+            v1 ^= v0
+            v0 = ((v0 << 32) | (v0 >> 32)) & _M64
+            v2 = (v2 + v3) & _M64
+            v3 = ((v3 << 16) | (v3 >> 48)) & _M64
+            v3 ^= v2
+            v0 = (v0 + v3) & _M64
+            v3 = ((v3 << 21) | (v3 >> 43)) & _M64
+            v3 ^= v0
+            v2 = (v2 + v1) & _M64
+            v1 = ((v1 << 17) | (v1 >> 47)) & _M64
+            v1 ^= v2
+            v2 = ((v2 << 32) | (v2 >> 32)) & _M64
+        if j > full:
+            return v0 ^ v1 ^ v2 ^ v3
+        v0 ^= m
+        j += 8
 
 
 COMPILED = False

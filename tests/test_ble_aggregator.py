@@ -7,7 +7,7 @@ import random
 import statistics
 from pathlib import Path
 
-from ble.aggregator import WindowAggregator
+from ble.aggregator import WindowAggregator, _siphash
 from ble.config import ProximityThresholds
 from ble.decoders import BLUEZONE_BEACON, decode
 from ble.records import Advert
@@ -161,7 +161,7 @@ def test_no_mac_address_leaves_or_outlives_a_window() -> None:
     agg.add(other(DAY + 901, IdKind.APPLE, addr))  # next window: fresh key
     second_keys = set(agg._win.devices) if agg._win else set()
     assert first_keys and second_keys and not first_keys & second_keys
-    assert all(len(k) == 8 for k in first_keys | second_keys)
+    assert all(type(k) is int and 0 <= k < 1 << 64 for k in first_keys | second_keys)
     sightings, counts = agg.flush(DAY + 1800, final=True)
     assert not (agg._recent or agg._fast or agg._fast_alt or agg._fast_adv or agg._fast_adv_alt)
     text = repr(sightings) + repr(counts)
@@ -348,3 +348,18 @@ def test_live_phones_fed_through_feed_counts_as_fed_through_add() -> None:
     assert snaps["feed"] == snaps["add"]
     phones = [s["phones"] for s in snaps["add"]]
     assert max(phones) > 0 and len(set(phones)) > 2  # devices came and went
+
+
+def test_address_digests_are_siphash_2_4() -> None:
+    # the reference implementation's vectors (key 00..0f, message 00 01 .. n-1)
+    k0 = int.from_bytes(bytes(range(8)), "little")
+    k1 = int.from_bytes(bytes(range(8, 16)), "little")
+    vectors = {0: 0x726FDB47DD0E0E31, 1: 0x74F839C593DC67FD, 2: 0x0D6C8009D9A94F5A,
+               3: 0x85676696D7FB7E2D, 4: 0xCF2794E0277187B7, 7: 0xAB0200F58B01D137,
+               8: 0x93F5F5799A932462, 15: 0xA129CA6149BE45E5, 16: 0x3F2ACC7F57C29BDB}
+    for n, want in vectors.items():
+        assert _siphash(k0, k1, bytes(range(n))) == want, n
+    # a different key, or one more byte, gives another digest
+    addr = b"C0:FF:EE:00:00:01"
+    assert len({_siphash(k0, k1, addr), _siphash(k0 ^ 1, k1, addr),
+                _siphash(k0, k1, addr + b"\x00")}) == 3

@@ -46,6 +46,8 @@ print(json.dumps({
     "sightings": [repr(s) for s in s1 + s2], "counts": [repr(c) for c in c1 + c2],
     "heard": heard, "adverts": [agg.adverts, agg2.adverts],
     "decoded": [repr(D.decode_uncached(b)) for b in junk + [r.data for r in reps[:2000]]],
+    "digests": [A._siphash(0x0123456789ABCDEF, 0xFEDCBA9876543210 + n, b)
+                for n, b in enumerate(junk[:500])],
 }))
 """
 
@@ -67,5 +69,5 @@ def test_compiled_modules_decide_exactly_as_the_pure_code() -> None:
     pure, compiled = _run(pure=True), _run(pure=False)
     assert compiled["compiled"] == [True, True]
     assert pure["sightings"] and pure["counts"] and pure["heard"]
-    for key in ("sightings", "counts", "heard", "adverts", "decoded"):
+    for key in ("sightings", "counts", "heard", "adverts", "decoded", "digests"):
         assert compiled[key] == pure[key], key
