@@ -25,6 +25,18 @@ cdef class _Fast:
     cdef public _Track track
     cdef public _Live live
 
+cdef class _Addr:
+    cdef public object digest
+    cdef public Py_ssize_t rank
+    cdef public _Track track
+
+cdef class _Window:
+    cdef public object start
+    cdef public double end
+    cdef public unsigned long long k0, k1
+    cdef public dict devices, ids
+    cdef public bytearray refused
+
 cdef class LivePhones:
     cdef public double window_s, address_cache_s, _cache_until
     cdef public Py_ssize_t max_entries, untracked
@@ -36,11 +48,25 @@ cdef class LivePhones:
     @cython.locals(cutoff=cython.double, first=_Live)
     cpdef void _expire(self, double now)
 
+cdef class WindowAggregator:
+    cdef public object thresholds, clock, resolve, _watcher, _fast_clock, count_window_s
+    cdef public LivePhones _live
+    cdef public _Window _win
+    cdef public Py_ssize_t max_ids, adverts, late
+    cdef public double watch_refresh_s
+    cdef public dict _slot_len, _tracks, _recent, _fast, _fast_alt, _fast_adv, _fast_adv_alt
+    cdef public dict _flushed
+    cdef public list _ready, _counts
+    @cython.locals(win=_Window, st=_Addr, tr=_Track, live=LivePhones, rank=Py_ssize_t,
+                   lo=cython.double, hi=cython.double, end=cython.double)
+    cpdef void _observe(self, double ts, str address, object rssi, object kind, bytes ident,
+                        bytes aem, object tx, object clock, bytes data=*)
+    cpdef _Addr _new_addr(self, str address, _Window win)
+
 @cython.locals(ts=cython.double, hi=cython.double, due=cython.double, slow=Py_ssize_t,
-               ri=cython.long, entry=_Live, st=_Fast, tr=_Track)
-cpdef Py_ssize_t _feed(object reports, dict fast, dict fast_alt, object observe, object resolve,
-                       object watcher, LivePhones live, double refresh,
-                       object ck) except -1
+               ri=cython.long, entry=_Live, st=_Fast, tr=_Track, fast=dict, fast_alt=dict,
+               live=LivePhones, refresh=cython.double)
+cpdef Py_ssize_t _feed(object reports, WindowAggregator agg, object ck) except -1
 
 cdef unsigned long long _M64, _IV0, _IV1, _IV2, _IV3
 

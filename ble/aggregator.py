@@ -296,8 +296,7 @@ class WindowAggregator:
         if ck is not self._fast_clock:
             self._forget()
             self._fast_clock = ck
-        slow = _feed(reports, self._fast, self._fast_alt, self._observe, self.resolve,
-                     self._watcher, self._live, self.watch_refresh_s, ck)
+        slow = _feed(reports, self, ck)
         self.adverts += len(reports) - slow  # the slow path counts its own
         return len(reports)
 
@@ -313,8 +312,8 @@ class WindowAggregator:
             raise ValueError("pass the advert's ClockEpoch (or give the aggregator a clock)")
         return self.clock
 
-    def _observe(self, ts: float, address: str, rssi: int | None, kind: IdKind,
-                 ident: bytes | None, aem: bytes | None, tx: int | None,
+    def _observe(self, ts: float, address: str, rssi: _MaybeInt, kind: IdKind,
+                 ident: bytes | None, aem: bytes | None, tx: _MaybeInt,
                  clock: ClockEpoch, data: bytes | None = None) -> None:
         self.adverts += 1
         win = self._win
@@ -350,12 +349,13 @@ class WindowAggregator:
                     tr.tx_power = tx
                 if aem is not None:
                     tr.aem = aem
-        watcher = self._watcher
+        live = self._live
         live_entry = None
-        if watcher is not None:
-            watcher(ts, address, kind)
-            if self._live is not None:
-                live_entry = self._live.entry(address)
+        if live is not None:  # the watcher is this LivePhones' seen: a direct (C) call
+            live.seen(ts, address, kind)
+            live_entry = live.entry(address)
+        elif self._watcher is not None:
+            self._watcher(ts, address, kind)
         if clock is self._fast_clock and not (
                 kind is _BLUEZONE_IOS and ident is None and self.resolve is not None):
             # Let repeats take the fast path until the window or the slot ends (or, with a
@@ -366,7 +366,7 @@ class WindowAggregator:
             else:
                 lo, end = max(float(win.start), tr.slot_start), min(win.end, tr.slot_end)
             hi = end
-            if watcher is not None and ts + self.watch_refresh_s < hi:
+            if self._watcher is not None and ts + self.watch_refresh_s < hi:
                 hi = ts + self.watch_refresh_s
             if data is not None:
                 prev = self._fast.get(address)
@@ -531,15 +531,17 @@ def _live_phones(watcher: Callable[[float, str, IdKind], None] | None) -> LivePh
     return None
 
 
-def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict[str, Any],
-          observe: Callable[..., None],
-          resolve: Callable[[float, str, int], bytes | None] | None,
-          watcher: Callable[[float, str, IdKind], None] | None, live: LivePhones | None,
-          refresh: float, ck: ClockEpoch) -> int:
+def _feed(reports: Sequence[Sequence[Any]], agg: WindowAggregator, ck: ClockEpoch) -> int:
     """The loop of :meth:`WindowAggregator.feed`; returns how many reports took the slow
     path. A module function so that the compiled build can type its locals (C doubles for
     the times, C objects for the entry, the sighting and the live count:
-    ``ble/_aggregator_c.pxd``). ``live`` is ``watcher``'s :class:`LivePhones`, if it is one."""
+    ``ble/_aggregator_c.pxd``)."""
+    fast = agg._fast
+    fast_alt = agg._fast_alt
+    watcher = agg._watcher
+    live = agg._live  # watcher's LivePhones, if it is one
+    refresh = agg.watch_refresh_s
+    resolve = agg.resolve
     slow = 0
     for r in reports:
         ts = r[0]
@@ -584,7 +586,7 @@ def _feed(reports: Sequence[Sequence[Any]], fast: dict[str, Any], fast_alt: dict
         kind, ident, aem, tx = decode(data)
         if kind is _BLUEZONE_IOS and ident is None and resolve is not None:
             ident = resolve(ts, address, r[2] if len(r) > 4 else 1)
-        observe(ts, address, rssi, kind, ident, aem, tx, ck, data)
+        agg._observe(ts, address, rssi, kind, ident, aem, tx, ck, data)
     return slow
 
 
@@ -717,6 +719,7 @@ class LivePhones:
                 "bluezone_share": round(bz / phones, 4) if phones else None}
 
 
+_MaybeInt = int | None  # (an alias: the compiled build takes its types from the .pxd)
 _U64 = int  # a 64-bit unsigned integer (an unsigned long long in the compiled build)
 _M64 = 0xFFFFFFFFFFFFFFFF
 _IV0, _IV1, _IV2, _IV3 = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261,
