@@ -24,6 +24,7 @@ cdef class _Fast:
     cdef public double lo, hi, end
     cdef public _Track track
     cdef public _Live live
+    cdef public _Fast alt
 
 cdef class _Addr:
     cdef public object digest
@@ -43,6 +44,7 @@ cdef class LivePhones:
     cdef public unsigned long long _k0, _k1
     cdef public object _seen
     cdef public dict _digests
+    @cython.locals(entry=_Live, old=_Live, rank=Py_ssize_t)
     cpdef void seen(self, double ts, str address, object kind)
     cpdef entry(self, str address)
     @cython.locals(cutoff=cython.double, first=_Live)
@@ -54,17 +56,18 @@ cdef class WindowAggregator:
     cdef public _Window _win
     cdef public Py_ssize_t max_ids, adverts, late
     cdef public double watch_refresh_s
-    cdef public dict _slot_len, _tracks, _recent, _fast, _fast_alt, _fast_adv, _fast_adv_alt
+    cdef public dict _slot_len, _tracks, _recent, _fast, _fast_adv, _fast_adv_alt
     cdef public dict _flushed
     cdef public list _ready, _counts
     @cython.locals(win=_Window, st=_Addr, tr=_Track, live=LivePhones, rank=Py_ssize_t,
-                   lo=cython.double, hi=cython.double, end=cython.double)
+                   lo=cython.double, hi=cython.double, end=cython.double, fe=_Fast, prev=_Fast)
     cpdef void _observe(self, double ts, str address, object rssi, object kind, bytes ident,
                         bytes aem, object tx, object clock, bytes data=*)
+    @cython.locals(st=_Addr)
     cpdef _Addr _new_addr(self, str address, _Window win)
 
 @cython.locals(ts=cython.double, hi=cython.double, due=cython.double, slow=Py_ssize_t,
-               ri=cython.long, entry=_Live, st=_Fast, tr=_Track, fast=dict, fast_alt=dict,
+               ri=cython.long, entry=_Live, st=_Fast, tr=_Track, fast=dict,
                live=LivePhones, refresh=cython.double)
 cpdef Py_ssize_t _feed(object reports, WindowAggregator agg, object ck) except -1
 

@@ -132,34 +132,35 @@ def _empty_histogram() -> list[int]:
     return [0] * _BINS
 
 
+# _Fast, _Addr and _Live are made with __new__ and their fields set where they are made: the
+# compiled build then allocates a C object without a Python-level __init__ call (~30 ns,
+# not ~200, on the slow path of every new device).
+
 class _Fast:
     """An address's entry on the fast path of :meth:`WindowAggregator.feed`: the payload it
     repeats, until when a repeat may skip every lookup (``lo <= ts < hi``; ``hi`` is also
     when the watcher is due to hear of it, ``end`` when the window or the ID slot ends), the
-    sighting it feeds and its live-count entry (a C object in the compiled build)."""
+    sighting it feeds, its live-count entry, and the entry of its other payload (active
+    scanning alternates an advert and its scan response). A C object in the compiled build."""
 
-    __slots__ = ("data", "end", "hi", "kind", "live", "lo", "track")
-
-    def __init__(self, data: bytes, lo: float, hi: float, end: float, track: _Track | None,
-                 kind: IdKind, live: _Live | None) -> None:
-        self.data = data
-        self.lo = lo
-        self.hi = hi
-        self.end = end
-        self.track = track
-        self.kind = kind
-        self.live = live
+    __slots__ = ("alt", "data", "end", "hi", "kind", "live", "lo", "track")
+    data: bytes
+    lo: float
+    hi: float
+    end: float
+    track: _Track | None
+    kind: IdKind
+    live: _Live | None
+    alt: _Fast | None
 
 
 class _Addr:
     """Per-address state for one window (memory only)."""
 
     __slots__ = ("digest", "rank", "track")
-
-    def __init__(self, digest: int) -> None:
-        self.digest = digest
-        self.rank = -1
-        self.track: _Track | None = None
+    digest: int
+    rank: int
+    track: _Track | None
 
 
 class _Window:
@@ -218,7 +219,6 @@ class WindowAggregator:
         self._counts: list[AdoptionCount] = []
         self._recent: dict[str, _Addr] = {}
         self._fast: dict[str, _Fast] = {}  # address → its entry: the fast path of feed()
-        self._fast_alt: dict[str, _Fast] = {}  # the entry of its other payload (scan response)
         # address → (kind, ID, AEM, valid from, valid until, sighting): add().
         self._fast_adv: dict[str, tuple[IdKind, bytes | None, bytes | None, float, float,
                                         _Track | None]] = {}
@@ -303,7 +303,6 @@ class WindowAggregator:
     def _forget(self) -> None:
         """Drop the fast-path caches (they may point at sightings being handed out)."""
         self._fast.clear()
-        self._fast_alt.clear()
         self._fast_adv.clear()
         self._fast_adv_alt.clear()
 
@@ -369,10 +368,15 @@ class WindowAggregator:
             if self._watcher is not None and ts + self.watch_refresh_s < hi:
                 hi = ts + self.watch_refresh_s
             if data is not None:
+                fe = _Fast.__new__(_Fast)
+                fe.data, fe.lo, fe.hi, fe.end, fe.track, fe.kind, fe.live = \
+                    data, lo, hi, end, tr, kind, live_entry
+                fe.alt = None
                 prev = self._fast.get(address)
                 if prev is not None and prev.data != data:
-                    self._fast_alt[address] = prev
-                self._fast[address] = _Fast(data, lo, hi, end, tr, kind, live_entry)
+                    fe.alt = prev
+                    prev.alt = None  # one alternate payload, no chain
+                self._fast[address] = fe
             else:
                 prev_adv = self._fast_adv.get(address)
                 if prev_adv is not None and (prev_adv[0], prev_adv[1]) != (kind, ident):
@@ -384,9 +388,13 @@ class WindowAggregator:
         if len(recent) >= _RECENT_MAX:
             old = next(iter(recent))  # oldest first; the window's digests keep the counts
             del recent[old]
-            for cache in (self._fast, self._fast_alt, self._fast_adv, self._fast_adv_alt):
+            for cache in (self._fast, self._fast_adv, self._fast_adv_alt):
                 cache.pop(old, None)
-        st = recent[address] = _Addr(_siphash(win.k0, win.k1, address.encode()))
+        st = _Addr.__new__(_Addr)
+        st.digest = _siphash(win.k0, win.k1, address.encode())
+        st.rank = -1
+        st.track = None
+        recent[address] = st
         return st
 
     def _track_for(self, win: _Window, kind: IdKind, ident: bytes, ts: float,
@@ -508,9 +516,11 @@ class WindowAggregator:
         slot's end every other address keeps its entry, instead of taking the slow path again
         (at a bus station, 1,500 addresses at each 10-minute EN slot)."""
         gone = {id(self._tracks[k]) for k in keys}
-        for cache in (self._fast, self._fast_alt):
-            for address in [a for a, st in cache.items() if id(st.track) in gone]:
-                del cache[address]
+        for address in [a for a, st in self._fast.items() if id(st.track) in gone]:
+            del self._fast[address]
+        for st in self._fast.values():
+            if st.alt is not None and id(st.alt.track) in gone:
+                st.alt = None
         for adv_cache in (self._fast_adv, self._fast_adv_alt):
             for address in [a for a, sta in adv_cache.items() if id(sta[5]) in gone]:
                 del adv_cache[address]
@@ -537,7 +547,6 @@ def _feed(reports: Sequence[Sequence[Any]], agg: WindowAggregator, ck: ClockEpoc
     the times, C objects for the entry, the sighting and the live count:
     ``ble/_aggregator_c.pxd``)."""
     fast = agg._fast
-    fast_alt = agg._fast_alt
     watcher = agg._watcher
     live = agg._live  # watcher's LivePhones, if it is one
     refresh = agg.watch_refresh_s
@@ -551,7 +560,7 @@ def _feed(reports: Sequence[Sequence[Any]], agg: WindowAggregator, ck: ClockEpoc
         st = fast.get(address)  # compiled: a C call on the typed dict
         # Active scanning alternates an advert and its scan response: try both payloads.
         if st is not None and st.data != data:
-            st = fast_alt.get(address)
+            st = st.alt
             if st is not None and st.data != data:
                 st = None
         if st is not None:
@@ -594,13 +603,11 @@ class _Live:
     """A device in :class:`LivePhones`' table (a C object in the compiled build)."""
 
     __slots__ = ("alive", "key", "last", "put", "rank")
-
-    def __init__(self, ts: float, rank: int, key: int) -> None:
-        self.last = ts  # last heard
-        self.rank = rank  # the most specific PhoneClass it showed
-        self.key = key  # its key in the table
-        self.put = ts  # last heard when it was put at the table's end
-        self.alive = True
+    last: float  # last heard
+    rank: int  # the most specific PhoneClass it showed
+    key: int  # its key in the table
+    put: float  # last heard when it was put at the table's end
+    alive: bool
 
 
 class LivePhones:
@@ -680,7 +687,9 @@ class LivePhones:
                 if len(seen) >= self.max_entries:
                     self.untracked += 1
                     return
-            old = seen[digest] = _Live(ts, rank, digest)
+            old = _Live.__new__(_Live)
+            old.last, old.rank, old.key, old.put, old.alive = ts, rank, digest, ts, True
+            seen[digest] = old
         if len(self._digests) < self.max_entries:
             self._digests[address] = old
 

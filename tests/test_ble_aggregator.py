@@ -163,7 +163,7 @@ def test_no_mac_address_leaves_or_outlives_a_window() -> None:
     assert first_keys and second_keys and not first_keys & second_keys
     assert all(type(k) is int and 0 <= k < 1 << 64 for k in first_keys | second_keys)
     sightings, counts = agg.flush(DAY + 1800, final=True)
-    assert not (agg._recent or agg._fast or agg._fast_alt or agg._fast_adv or agg._fast_adv_alt)
+    assert not (agg._recent or agg._fast or agg._fast_adv or agg._fast_adv_alt)
     text = repr(sightings) + repr(counts)
     assert addr not in text and addr.replace(":", "").lower() not in text.lower()
 
