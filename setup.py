@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -34,7 +35,7 @@ class OptionalBuildExt(build_ext):
             print(f"bzgw: {getattr(ext, 'name', ext)} not compiled ({err})", file=sys.stderr)
 
 
-def _extensions() -> list[object]:
+def _extensions() -> list[Any]:
     if os.environ.get("BZGW_PURE_PYTHON", "") not in ("", "0"):
         return []
     try:
@@ -42,8 +43,14 @@ def _extensions() -> list[object]:
         from setuptools import Extension
     except ImportError:
         return []
-    return list(cythonize([Extension(name, [src]) for name, src in HOT.items()],
-                          compiler_directives={"language_level": "3"}, quiet=True))
+    extensions = []
+    for name, src in HOT.items():  # one by one: a module that does not translate stays pure
+        try:
+            extensions += cythonize([Extension(name, [src])],
+                                    compiler_directives={"language_level": "3"}, quiet=True)
+        except Exception as err:  # noqa: BLE001 - Cython could not translate it
+            print(f"bzgw: {name} not compiled ({err}); using pure Python", file=sys.stderr)
+    return extensions
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

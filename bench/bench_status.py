@@ -1,6 +1,6 @@
 """Status page, health and dashboard costs, each against the alternative measured in the same run.
 
-- ``PhonesNow.add`` per advert (keyed BLAKE2b digest of the address into a bounded, ordered
+- ``PhonesNow.add`` per advert (keyed SipHash-2-4 digest of the address into a bounded, ordered
   table), on adverts of the crowd simulator. Alternative: the same table keyed by the raw
   address string, i.e. what not keeping MACs costs on the capture path.
 - One health document (``Gateway.health``: outbox status query on a real SQLite outbox

@@ -208,6 +208,34 @@ def test_a_slot_end_flush_forgets_only_the_sightings_it_hands_out() -> None:
     assert agg.late == 1 and agg.adverts == 4
 
 
+def test_an_advert_and_its_scan_response_both_take_the_fast_path() -> None:
+    # active scanning: one address alternates its Bluezone advert and a scan response
+    bz_data = b"\x02\x01\x06\x03\x03\x56\x4e\x0f\xff\xb5\x22" + BZ1
+    sr_data = b"\x05\x09\x50\x68\x6f\x6e"  # a complete local name
+    addr = "C0:00:00:00:00:01"
+    reports = [(DAY + 1 + i, addr, -60 - i, bz_data if i % 2 == 0 else sr_data)
+               for i in range(20)]
+    agg = WindowAggregator(CAL, clock=EP, count_window_s=3600)
+    agg.feed(reports)
+    entry = agg._fast[addr]
+    assert entry.data == sr_data and entry.alt is not None and entry.alt.data == bz_data
+    assert entry.alt.alt is None  # one alternate payload, never a chain
+    by_add = WindowAggregator(CAL, clock=EP, count_window_s=3600)
+    for ts, address, rssi, data in reports:
+        d = decode(data)
+        by_add.add(Advert(ts, address, 1, rssi, d.kind, d.ident, d.aem, d.tx_power))
+    first = agg.flush(DAY + 900)
+    assert first == by_add.flush(DAY + 900)
+    (s,) = first[0]
+    assert (s.count, s.rssi_max, s.first_seen, s.last_seen) == (10, -60, DAY + 1, DAY + 19)
+    # the handed-out sighting is forgotten through the alternate entry too: a late advert
+    # of the same ID and slot makes a supplementary sighting, not a lost count
+    assert agg._fast[addr].alt is None
+    agg.feed([(DAY + 899, addr, -70, bz_data)])
+    (late,), _ = agg.flush(DAY + 1800)
+    assert (late.count, late.rssi_max, agg.late) == (1, -70, 1)
+
+
 def test_feed_of_raw_reports_equals_add_of_decoded_adverts() -> None:
     t0 = DAY + 3 * 3600
     crowd = Crowd(seed=11, start=t0)
