@@ -373,9 +373,12 @@ class WindowAggregator:
                     data, lo, hi, end, tr, kind, live_entry
                 fe.alt = None
                 prev = self._fast.get(address)
-                if prev is not None and prev.data != data:
-                    fe.alt = prev
-                    prev.alt = None  # one alternate payload, no chain
+                if prev is not None:
+                    if prev.data != data:
+                        fe.alt = prev
+                        prev.alt = None  # one alternate payload, no chain
+                    else:
+                        fe.alt = prev.alt  # the same payload again: it keeps its alternate
                 self._fast[address] = fe
             else:
                 prev_adv = self._fast_adv.get(address)

@@ -220,6 +220,10 @@ def test_an_advert_and_its_scan_response_both_take_the_fast_path() -> None:
     entry = agg._fast[addr]
     assert entry.data == sr_data and entry.alt is not None and entry.alt.data == bz_data
     assert entry.alt.alt is None  # one alternate payload, never a chain
+    # the slow path for a payload it holds (here a report from before the entry's window)
+    # keeps the alternate entry
+    agg.feed([(DAY - 5, addr, -61, sr_data)])
+    assert agg._fast[addr].alt is not None and agg._fast[addr].alt.data == bz_data
     by_add = WindowAggregator(CAL, clock=EP, count_window_s=3600)
     for ts, address, rssi, data in reports:
         d = decode(data)
