@@ -90,6 +90,19 @@ def _handed_over(reps: list[Report], size: int = 256
                 bytes(bytearray(data))) for ts, address, rssi, data in reps[i:i + size]]
 
 
+def _timed_batches(reps: list[Report],
+                   handle: Callable[[list[tuple[float, str, int, int | None, bytes]]], object]
+                   ) -> float:
+    """Seconds spent in ``handle`` over :func:`_handed_over` batches (building them is not
+    timed)."""
+    took = 0.0
+    for batch in _handed_over(reps):
+        t = time.perf_counter()
+        handle(batch)
+        took += time.perf_counter() - t
+    return took
+
+
 def _clear() -> None:
     decode.cache_clear()
     from bluetooth_data_tools import parse_advertisement_data_bytes
@@ -145,13 +158,13 @@ def _workload(label: str, reps: list[Report], repeats: int) -> list[dict[str, An
             phones = PhonesNow()
             pipe.aggregator.watcher = phones.seen
             on_reports, advance = pipe.on_reports, clock.advance
-            took = 0.0
-            # batches as the sources hand them over (the radio queue's bound, a feed's 256)
-            for batch in _handed_over(reps):
-                t = time.perf_counter()
+
+            def handle(batch: list[Any]) -> None:
                 advance(batch[-1][0])
                 on_reports(batch)
-                took += time.perf_counter() - t
+
+            # batches as the sources hand them over (the radio queue's bound, a feed's 256)
+            took = _timed_batches(reps, handle)
             pipe.flush(end, final=True)
             pipe.close()
             outbox.close()
@@ -166,13 +179,11 @@ def _workload(label: str, reps: list[Report], repeats: int) -> list[dict[str, An
             bdt(r[-1])
 
     def bdt_batches() -> float:
-        took = 0.0
-        for batch in _handed_over(reps):
-            t = time.perf_counter()
+        def parse(batch: list[Any]) -> None:
             for r in batch:
                 bdt(r[-1])
-            took += time.perf_counter() - t
-        return took
+
+        return _timed_batches(reps, parse)
 
     def bdt_uncached() -> None:
         for r in reps:

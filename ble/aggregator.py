@@ -129,6 +129,8 @@ class _Track:
 
 
 def _empty_histogram() -> list[int]:
+    # a function, not ``[0] * _BINS`` in __init__: Cython refuses to compile that
+    # expression against the compiled build's C array, even in a branch it never takes
     return [0] * _BINS
 
 
@@ -519,10 +521,10 @@ class WindowAggregator:
         slot's end every other address keeps its entry, instead of taking the slow path again
         (at a bus station, 1,500 addresses at each 10-minute EN slot)."""
         gone = {id(self._tracks[k]) for k in keys}
-        for address in [a for a, st in self._fast.items() if id(st.track) in gone]:
-            del self._fast[address]
-        for st in self._fast.values():
-            if st.alt is not None and id(st.alt.track) in gone:
+        for address, st in list(self._fast.items()):
+            if id(st.track) in gone:
+                del self._fast[address]
+            elif st.alt is not None and id(st.alt.track) in gone:
                 st.alt = None
         for adv_cache in (self._fast_adv, self._fast_adv_alt):
             for address in [a for a, sta in adv_cache.items() if id(sta[5]) in gone]:
@@ -762,14 +764,10 @@ def _siphash(k0: _U64, k1: _U64, data: bytes) -> _U64:
     j = 0
     rounds = 2
     while True:
-        if j < full:  # a whole 8-byte word, little-endian
-            m = 0
-            for k in range(8):
-                b = data[j + k]
-                m |= b << (8 * k)
-        elif j == full:  # the last bytes and the length
-            m = (n & 0xFF) << 56
-            for k in range(n - full):
+        if j <= full:  # an 8-byte word, little-endian; the last one ends with the length
+            b = n & 0xFF  # compiled: unsigned 64 bits, so the shift cannot overflow
+            m = 0 if j < full else b << 56
+            for k in range(min(8, n - j)):
                 b = data[j + k]
                 m |= b << (8 * k)
         else:  # finalization

@@ -47,7 +47,7 @@ print(json.dumps({
     "heard": heard, "adverts": [agg.adverts, agg2.adverts],
     "decoded": [repr(D.decode_uncached(b)) for b in junk + [r.data for r in reps[:2000]]],
     "digests": [A._siphash(0x0123456789ABCDEF, 0xFEDCBA9876543210 + n, b)
-                for n, b in enumerate(junk[:500])],
+                for n, b in enumerate(junk[:500] + [bytes(range(256)) * 2, bytes(range(200))])],
 }))
 """
 
